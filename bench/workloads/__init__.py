@@ -1,0 +1,66 @@
+"""Workload registry: name -> factory, plus ``module:function`` for your own.
+
+A factory takes ``samples`` (N, or None for its default) and its own keyword options and
+returns a :class:`bench.workloads.base.Workload`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bench.errors import ConfigError, did_you_mean, unknown
+from bench.workloads.base import Workload
+
+BUILTIN = {
+    "seed-mlp": "bench.workloads.seed_mlp:build",
+    "teacher-mlp": "bench.workloads.teacher_mlp:build",
+    "char-lm": "bench.workloads.char_lm:build",
+}
+
+
+def _resolve(name: str) -> Callable[..., Workload]:
+    target = BUILTIN.get(name)
+    if target is None:
+        if ":" not in name:
+            raise unknown("workload", name, BUILTIN)
+        target = name
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"workload {name!r}: cannot import module {module_name!r}: {exc}") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ConfigError(f"workload {name!r}: {module_name} has no function {func_name!r}")
+    return factory
+
+
+def workload_options(name: str) -> dict[str, Any]:
+    """The options a workload accepts, with their defaults."""
+    params = inspect.signature(_resolve(name)).parameters
+    return {p.name: p.default for p in params.values() if p.name != "samples"}
+
+
+def build_workload(name: str, *, samples: int | None = None, options: Mapping[str, Any] | None = None) -> Workload:
+    factory = _resolve(name)
+    options = dict(options or {})
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not takes_any:
+        for key in options:
+            if key not in params or key == "samples":
+                accepted = [p for p in params if p != "samples"]
+                raise ConfigError(
+                    f"workload {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
+                    f"options: {', '.join(accepted) or 'none'}"
+                )
+    try:
+        workload = factory(samples=samples, **options)
+    except TypeError as exc:
+        raise ConfigError(f"workload {name!r}: {exc}") from None
+    if not isinstance(workload, Workload):
+        raise ConfigError(f"workload {name!r}: factory returned {type(workload).__name__}, not a Workload")
+    return workload

@@ -1,0 +1,59 @@
+"""teacher-mlp: a learnable classification task whose size is a dial.
+
+Labels come from a fixed random teacher network (argmax of its logits), with a fraction
+``label_noise`` replaced by random classes, so the best reachable loss is known to be
+above zero and SGD / MBGD / BGD really differ in how fast they get there. The student's
+``width`` and ``depth`` set its memory footprint (activations grow with width x batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.workloads.base import ClassificationWorkload, mlp
+from bench.workloads.options import check_float, check_int
+
+
+def build(
+    *,
+    samples: int | None = None,
+    val_samples: int = 2000,
+    in_features: int = 32,
+    classes: int = 10,
+    width: int = 128,
+    depth: int = 2,
+    teacher_width: int = 64,
+    label_noise: float = 0.1,
+    dropout: float = 0.0,
+    data_seed: int = 0,
+) -> ClassificationWorkload:
+    n = check_int("samples", 8192 if samples is None else samples, 1)
+    val_samples = check_int("val_samples", val_samples, 1)
+    in_features = check_int("in_features", in_features, 1)
+    classes = check_int("classes", classes, 2)
+    width = check_int("width", width, 1)
+    depth = check_int("depth", depth, 1)
+    teacher_width = check_int("teacher_width", teacher_width, 1)
+    label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
+    dropout = check_float("dropout", dropout, 0.0, 0.99)
+    g = torch.Generator().manual_seed(check_int("data_seed", data_seed, 0))
+    total = n + val_samples
+    x = torch.randn(total, in_features, generator=g)
+    # The teacher: a fixed two-layer net with its own weights from the data generator.
+    w1 = torch.randn(in_features, teacher_width, generator=g) / in_features**0.5
+    w2 = torch.randn(teacher_width, classes, generator=g) / teacher_width**0.5
+    y = (torch.tanh(x @ w1) @ w2).argmax(dim=1)
+    noisy = torch.rand(total, generator=g) < label_noise
+    y = torch.where(noisy, torch.randint(0, classes, (total,), generator=g), y)
+    sizes = [in_features] + [width] * depth + [classes]
+    return ClassificationWorkload(
+        name="teacher-mlp",
+        train=(x[:n], y[:n]),
+        val=(x[n:], y[n:]),
+        make_model=lambda: mlp(sizes, dropout=dropout),
+        options={
+            "val_samples": val_samples, "in_features": in_features, "classes": classes,
+            "width": width, "depth": depth, "teacher_width": teacher_width,
+            "label_noise": label_noise, "dropout": dropout, "data_seed": data_seed,
+        },
+    )
