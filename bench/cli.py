@@ -1,0 +1,207 @@
+"""Command line: argument parsing only; the work is done by the modules it calls.
+
+Bad input ends with one line on stderr (``bench: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from bench.errors import BenchError, ConfigError
+
+# Commands that live in their own modules: name -> (module, add_arguments, main, help).
+EXTERNAL = {
+    "sweep": ("bench.sweep.command", "add_arguments", "main", "run a declared sweep (experiments/*.toml)"),
+    "oom": ("bench.oom", "add_arguments", "main", "find the largest micro-batch that fits a memory capacity"),
+    "report": ("bench.report.command", "add_report_arguments", "report_main", "figures and tables from results"),
+    "compare": ("bench.report.command", "add_compare_arguments", "compare_main", "compare two result sets for a pull request"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        where = self.prog.removeprefix("bench").strip()
+        raise BenchError(f"{where}: {message}" if where else message)
+
+
+def add_plan_arguments(p: argparse.ArgumentParser, *, for_run: bool) -> None:
+    g = p.add_argument_group("epoch / batch / step")
+    g.add_argument("--samples", type=int, metavar="N", help="training samples N" + ("" if for_run else " (required)"))
+    g.add_argument("--batch-size", type=int, metavar="b", help="micro-batch size b")
+    g.add_argument("--accumulation-steps", type=int, metavar="k", help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--epochs", type=int, metavar="E", help="epochs (default 1 unless --max-steps)")
+    g.add_argument("--max-steps", type=int, metavar="S", help="stop after S optimizer steps")
+    g.add_argument("--drop-last", action="store_true", default=None, help="drop the last incomplete micro-batch")
+    g.add_argument("--partial-window", choices=("step", "drop"), help="short window at epoch end: step it or drop it")
+    g.add_argument("--mode", choices=("sgd", "mbgd", "bgd"), help="sgd: b=1, bgd: b=N, mbgd: the given b")
+
+
+def _plan_values(args: argparse.Namespace) -> dict:
+    keys = ("samples", "batch_size", "accumulation_steps", "epochs", "max_steps", "drop_last", "partial_window", "mode")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+# -- plan --------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.plan import make_plan
+
+    values = _plan_values(args)
+    if "samples" not in values:
+        raise ConfigError("--samples is required")
+    if "epochs" not in values and "max_steps" not in values:
+        values["epochs"] = 1
+    plan = make_plan(**values)
+    out = plan.to_dict()
+    if (args.at_epoch is None) != (args.at_batch is None):
+        raise ConfigError("--at-epoch and --at-batch go together")
+    if args.at_epoch is not None:
+        out["at_epoch"], out["at_batch"] = args.at_epoch, args.at_batch
+        out["global_step"] = plan.global_step(args.at_epoch, args.at_batch)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        shown = "-" if value is None else value
+        print(f"{key.replace('_', ' '):<{width}}  {shown}")
+    if args.at_epoch is not None and out["global_step"] is None:
+        print("(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)")
+    return 0
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--option expects key=value, got {text!r}")
+    try:  # TOML literal: 3, 0.5, true, "text"; anything else is a bare string
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import TrialConfig, read_toml
+
+    values: dict = {}
+    if args.config:
+        values.update(read_toml(args.config))
+    values.update(_plan_values(args))
+    for key in ("workload", "lr", "optimizer", "momentum", "seed", "normalize", "precision", "device",
+                "data_path", "scheduler", "scheduler_interval", "warmup", "eval_every", "patience",
+                "min_delta", "restore_best", "grad_clip", "flush_every", "timing_warmup_steps",
+                "time_limit_s"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if args.option:
+        options = dict(values.get("workload_options", {}))
+        options.update(_parse_option(o) for o in args.option)
+        values["workload_options"] = options
+    where = str(args.config) if args.config else "run"
+    config = TrialConfig.from_mapping(values, where=where)
+
+    from bench.trial import prepare, run_trial, write_result
+
+    prepare(config)  # every input error surfaces here, before OUT is touched
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    result = run_trial(config, results_dir=out)
+    write_result(result, out, per_key=False)
+    t = result.trial
+    rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"
+    loss = f"{t['final_loss']:.4f}" if t.get("final_loss") is not None else "-"
+    line = (
+        f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']} "
+        f"steps={t['optimizer_steps']}/{t['planned_steps']} final_loss={loss} {rate} -> {out}"
+    )
+    if t.get("error"):
+        line += f" ({t['error']})"
+    print(line)
+    return 0 if t["status"] == "ok" else 1
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file of TrialConfig keys (flags override it)")
+    p.add_argument("--workload", help="seed-mlp, teacher-mlp, char-lm, or module:function")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="workload option (repeatable)")
+    add_plan_arguments(p, for_run=True)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"))
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--scheduler", choices=("constant", "linear-warmup", "cosine", "step"))
+    g.add_argument("--scheduler-interval", choices=("step", "epoch"))
+    g.add_argument("--warmup", type=int, help="scheduler intervals of linear warm-up")
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--normalize", choices=("sample", "micro"), help="loss normalisation across a window")
+    g = p.add_argument_group("evaluation and early stopping")
+    g.add_argument("--eval-every", type=int, metavar="STEPS", help="default: every epoch")
+    g.add_argument("--patience", type=int)
+    g.add_argument("--min-delta", type=float)
+    g.add_argument("--restore-best", action="store_true", default=None)
+    g = p.add_argument_group("execution")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"))
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--data-path", choices=("tensor", "dataloader"), help="fast device tensors or the tutorial's DataLoader")
+    g.add_argument("--flush-every", type=int, help="steps between host syncs (default 64)")
+    g.add_argument("--timing-warmup-steps", type=int, help="steps excluded from throughput (default 3)")
+    g.add_argument("--time-limit-s", type=float)
+    p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("plan", help="epoch / micro-batch / step arithmetic for a configuration")
+    add_plan_arguments(p, for_run=False)
+    p.add_argument("--at-epoch", type=int, metavar="E", help="with --at-batch: which global step")
+    p.add_argument("--at-batch", type=int, metavar="I", help="micro-batch index within the epoch (1-based)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("run", help="train one configuration and store its results")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+    for name, (module, add, main, help_text) in EXTERNAL.items():
+        p = sub.add_parser(name, help=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            p.set_defaults(func=lambda args, n=name: _missing(n))
+            continue
+        getattr(mod, add)(p)
+        p.set_defaults(func=getattr(mod, main))
+    return parser
+
+
+def _missing(name: str) -> int:
+    raise BenchError(f"the {name} command is not available in this build")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130

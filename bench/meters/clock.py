@@ -1,0 +1,68 @@
+"""Step timing that never syncs the device inside the training loop.
+
+After each optimizer step the loop calls ``mark()``: on CUDA that records an event on the
+current stream (asynchronous), on the CPU it reads ``time.perf_counter`` (CPU kernels run
+synchronously, so the clock is already in step with the work). ``flush()`` resolves the
+marks recorded since the last flush into per-step durations; on CUDA that is the one
+place it synchronises (nanoGPT's bench.py and TorchBench time the same way).
+
+``resume()`` starts a new reference after work that must not count as training time
+(an evaluation pass): the next step's duration is measured from there.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class StepClock:
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._pending: list = []  # (kind, marker) with kind "step" or "resume"
+        self._last = None  # marker the next step is measured from
+        self._free_events: list = []
+
+    def _marker(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = self._free_events.pop() if self._free_events else torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        self._last = self._marker()
+        self._pending = []
+
+    def mark(self) -> None:
+        self._pending.append(("step", self._marker()))
+
+    def resume(self) -> None:
+        self._pending.append(("resume", self._marker()))
+
+    def _seconds(self, a, b) -> float:
+        return (b - a) if not self.cuda else a.elapsed_time(b) / 1000.0
+
+    def flush(self) -> list[float]:
+        """Durations in seconds of the steps marked since the last flush (syncs on CUDA)."""
+        if not self._pending:
+            return []
+        if self.cuda:
+            self._pending[-1][1].synchronize()
+        used = [self._last] + [marker for _, marker in self._pending]
+        durations = []
+        reference = self._last
+        for kind, marker in self._pending:
+            if kind == "step":
+                durations.append(self._seconds(reference, marker))
+            reference = marker
+        self._last = reference
+        self._pending = []
+        if self.cuda:  # every resolved event but the new reference can be recorded again
+            self._free_events.extend(used[:-1])
+        return durations
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()

@@ -1,0 +1,398 @@
+"""The training loop: executes a Plan exactly, on CPU or CUDA.
+
+What it gets right that the seed tutorial's accumulation loop does not:
+
+- Windows never straddle an epoch: the epoch's trailing short window is either stepped
+  on its own (``partial_window="step"``) or not computed at all (``"drop"``), and
+  gradients are zeroed after every optimizer step, so nothing leaks into the next epoch.
+- ``normalize="sample"`` divides each micro-batch's *summed* loss by the number of units
+  (samples, or target tokens) in the whole window, so the accumulated gradient is exactly
+  the gradient of the window's mean loss, short windows and uneven micro-batches included.
+  ``"micro"`` is the tutorial's ``loss.mean() / k``, kept so its error can be measured.
+
+Hot-loop rules (nanoGPT's comment: ``.item()`` is a sync point): losses, gradient norms
+and token counts stay on the device and are read back every ``flush_every`` steps, at
+evaluation points and at the end; step times come from ``StepClock`` the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.config import TrialConfig
+from bench.meters.clock import StepClock
+from bench.plan import Plan
+from bench.workloads.base import Batch, Workload
+
+
+@dataclass
+class TrainOutcome:
+    """What the loop observed. Filled as it goes, so a crash mid-run keeps what was flushed."""
+
+    status: str = "ok"  # ok / diverged / failed (time limit)
+    error: str | None = None
+    stopped_early: bool = False
+    rows: list[dict] = field(default_factory=list)  # one per flushed optimizer step
+    step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
+    micro_batches: int = 0
+    samples_seen: int = 0
+    tokens_seen: int | None = None
+    best_val_loss: float | None = None
+    epochs_run: int = 0
+    timing_warmup_steps: int = 0  # steps actually excluded from throughput
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return len(self.rows)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.rows[-1]["loss"] if self.rows else None
+
+
+# -- building blocks -------------------------------------------------------------------
+
+
+def model_dtype(precision: str) -> torch.dtype:
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrialConfig, total_intervals: int) -> Callable[[int], float]:
+    """LR multiplier after ``t`` scheduler intervals (optimizer steps or epochs)."""
+    warmup, name = config.warmup, config.scheduler
+
+    def factor(t: int) -> float:
+        if name in ("linear-warmup", "cosine") and warmup and t < warmup:
+            return (t + 1) / warmup
+        if name == "cosine":
+            span = max(1, total_intervals - warmup)
+            progress = min(1.0, (t - warmup) / span)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if name == "step":
+            return config.gamma ** (t // config.step_size)
+        return 1.0
+
+    return factor
+
+
+def cast_batch(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    """Move to the device; floating tensors take the model's dtype (fp64 runs)."""
+    return tuple(
+        t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+        for t in batch
+    )
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """Feeds a DataLoader the same per-epoch permutation as the fast path."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class _Batches:
+    """Micro-batches of one epoch, in plan order, from device tensors or a DataLoader."""
+
+    def __init__(self, config: TrialConfig, workload: Workload, plan: Plan, device, dtype) -> None:
+        self.plan, self.device, self.dtype = plan, device, dtype
+        self.dataloader = config.data_path == "dataloader"
+        if self.dataloader:
+            # The tutorial's path: TensorDataset + DataLoader on host memory, copied per batch.
+            self.sampler = _EpochOrder()
+            self.loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(*workload.train),
+                batch_size=plan.micro_batch_size,
+                sampler=self.sampler,
+                drop_last=plan.drop_last,
+            )
+        else:
+            # Fast path: the whole training set lives on the device; a batch is an index_select.
+            self.train = cast_batch(workload.train, device, dtype)
+
+    def epoch(self, order: torch.Tensor) -> Iterator[Batch]:
+        if self.dataloader:
+            self.sampler.order = order.tolist()
+            for batch in self.loader:
+                yield cast_batch(tuple(batch), self.device, self.dtype)
+            return
+        if self.device.type == "cuda":  # pinned + non_blocking: an async copy, not a sync
+            order = order.pin_memory().to(self.device, non_blocking=True)
+        else:
+            order = order.to(self.device)
+        for m in range(self.plan.micro_batches_per_epoch):
+            start, stop = self.plan.micro_batch_slice(m)
+            index = order[start:stop]
+            yield tuple(t.index_select(0, index) for t in self.train)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, workload: Workload, val: Batch, chunk: int, device, precision) -> float:
+    """Mean validation loss per unit over the whole validation split (one host sync)."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    units = torch.zeros((), dtype=torch.float64, device=device)
+    n = val[0].shape[0]
+    with autocast_context(device, precision):
+        for start in range(0, n, chunk):
+            batch = tuple(t[start : start + chunk] for t in val)
+            total += workload.loss_sum(model, batch).double()
+            units += workload.units(batch)
+    model.train()
+    return float(total / units)
+
+
+@contextlib.contextmanager
+def host_sync_point(device: torch.device):
+    """Where the loop may synchronise with the device: flushes, evaluation, warm-up end.
+
+    Under ``torch.cuda.set_sync_debug_mode("error")`` (the test that proves the hot loop
+    never syncs) these are the only places a sync is allowed.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+class _EarlyStopping:
+    """Stops after exactly ``patience`` evaluations without an improvement of ``min_delta``.
+
+    (The seed tutorial's ``counter > patience`` waits one evaluation too many.)
+    """
+
+    def __init__(self, config: TrialConfig) -> None:
+        self.config = config
+        self.bad_evals = 0
+        self.best_state: bytes | None = None
+        self.best_step: int | None = None
+
+    def update(self, val_loss: float, model: nn.Module, step: int, outcome: TrainOutcome) -> bool:
+        """Record an evaluation; True when training must stop."""
+        if not math.isfinite(val_loss):
+            outcome.status, outcome.error = "diverged", f"non-finite validation loss at step {step}"
+            return True
+        best = outcome.best_val_loss
+        if best is None or val_loss < best - self.config.min_delta:
+            outcome.best_val_loss, self.bad_evals, self.best_step = val_loss, 0, step
+            if self.config.restore_best:  # torch.save / torch.load(weights_only=True)
+                buffer = io.BytesIO()
+                torch.save(model.state_dict(), buffer)
+                self.best_state = buffer.getvalue()
+            return False
+        self.bad_evals += 1
+        if self.config.patience is not None and self.bad_evals >= self.config.patience:
+            outcome.stopped_early = True
+            outcome.notes.append(f"early stop at step {step}: {self.bad_evals} evaluations without improvement")
+            return True
+        return False
+
+
+# -- the loop --------------------------------------------------------------------------
+
+
+def train(
+    config: TrialConfig,
+    workload: Workload,
+    plan: Plan,
+    device: torch.device,
+    *,
+    model: nn.Module | None = None,
+    outcome: TrainOutcome | None = None,
+    on_window_start: Callable[[], None] | None = None,
+) -> tuple[nn.Module, TrainOutcome]:
+    """Train ``workload`` following ``plan``. Returns the model and what was observed.
+
+    ``on_window_start`` is called (device synchronised) when timing warm-up is over and
+    the measured window opens; meters hook energy and the like there.
+    """
+    outcome = outcome if outcome is not None else TrainOutcome()
+    dtype = model_dtype(config.precision)
+    if model is None:
+        torch.manual_seed(config.seed)
+        model = workload.make_model()
+    model.to(device=device, dtype=dtype)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config, params)
+    per_epoch = config.scheduler_interval == "epoch"
+    total_intervals = plan.epochs_run if per_epoch else plan.total_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_intervals))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    autocast = autocast_context(device, config.precision)
+    batches = _Batches(config, workload, plan, device, dtype)
+    val = cast_batch(workload.val, device, dtype)
+    eval_chunk = plan.micro_batch_size
+    order_generator = torch.Generator().manual_seed(config.seed)
+    token_unit = workload.unit != "sample"
+
+    k = plan.accumulation_steps
+    warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
+    outcome.timing_warmup_steps = warmup_steps
+    if warmup_steps == 0 and on_window_start is not None:
+        on_window_start()
+
+    pending: list[tuple[dict, torch.Tensor, torch.Tensor]] = []  # rows waiting for a flush
+    tokens_total = torch.zeros((), dtype=torch.int64, device=device) if token_unit else None
+    early_stopping = _EarlyStopping(config)
+    deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else None
+    clock = StepClock(device)
+    clock.start()
+
+    def flush() -> bool:
+        """Read back pending losses and times; False when training must stop (diverged)."""
+        if not pending:
+            return True
+        seconds = clock.flush()
+        values = torch.stack([torch.stack((loss, norm)) for _, loss, norm in pending]).tolist()
+        elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
+        for (row, _, _), (loss, norm), dt in zip(pending, values, seconds, strict=True):
+            elapsed += dt
+            row.update(loss=loss, grad_norm=norm, time_s=elapsed)
+            outcome.rows.append(row)
+            outcome.step_seconds.append(dt)
+            if not math.isfinite(loss):
+                outcome.status = "diverged"
+                outcome.error = f"non-finite loss ({loss}) at step {row['step']}"
+                break
+        pending.clear()
+        return outcome.status == "ok"
+
+    global_step = 0
+    stop = False
+    for epoch in range(1, plan.epochs_run + 1):
+        outcome.epochs_run = epoch
+        order = torch.randperm(plan.samples, generator=order_generator)
+        micro = batches.epoch(order)
+        for step_in_epoch in range(1, plan.steps_per_epoch + 1):
+            global_step += 1
+            window = [next(micro) for _ in plan.window(step_in_epoch)]
+            units = [workload.units(b) for b in window]
+            window_units = sum(units)
+            window_loss = torch.zeros((), dtype=torch.float32, device=device)
+            for batch, batch_units in zip(window, units, strict=True):
+                with autocast:
+                    loss_sum = workload.loss_sum(model, batch)
+                if config.normalize == "sample":
+                    scaled = loss_sum / window_units
+                else:  # the tutorial: mean over the micro-batch, divided by k
+                    scaled = loss_sum / batch_units / k
+                scaler.scale(scaled).backward()
+                window_loss += loss_sum.detach().float()
+            scaler.unscale_(optimizer)  # no-op unless fp16; unscale once per window
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = nn.utils.get_total_norm(grads, foreach=True)
+            if config.grad_clip is not None:
+                nn.utils.clip_grads_with_norm_(params, config.grad_clip, grad_norm, foreach=True)
+            lr_used = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if not per_epoch:
+                scheduler.step()
+            clock.mark()
+
+            samples = plan.window_samples(step_in_epoch)
+            outcome.micro_batches += len(window)
+            outcome.samples_seen += samples
+            if token_unit:
+                tokens_total += window_units
+            pending.append(
+                (
+                    {
+                        "epoch": epoch,
+                        "step": global_step,
+                        "step_in_epoch": step_in_epoch,
+                        "micro_batches": len(window),
+                        "samples": samples,
+                        "samples_seen": outcome.samples_seen,
+                        "lr": lr_used,
+                        "val_loss": None,
+                    },
+                    (window_loss / window_units).float(),
+                    grad_norm.detach().float(),
+                )
+            )
+            last = global_step == plan.total_steps
+            end_of_epoch = step_in_epoch == plan.steps_per_epoch
+            eval_due = (
+                config.eval_every is not None and global_step % config.eval_every == 0
+            ) or (config.eval_every is None and end_of_epoch)
+            if (
+                global_step == warmup_steps
+                or global_step % config.flush_every == 0
+                or last
+                or eval_due
+            ):
+                with host_sync_point(device):
+                    ok = flush()
+                    if ok and global_step == warmup_steps and on_window_start is not None:
+                        clock.synchronize()
+                        on_window_start()
+                if not ok:
+                    stop = True
+                    break
+            if eval_due:
+                with host_sync_point(device):
+                    val_loss = evaluate(model, workload, val, eval_chunk, device, config.precision)
+                    outcome.rows[-1]["val_loss"] = val_loss
+                    stop = early_stopping.update(val_loss, model, global_step, outcome)
+                clock.resume()  # evaluation time is not training time
+                if stop:
+                    break
+            if deadline is not None and time.monotonic() > deadline:
+                with host_sync_point(device):
+                    flush()
+                outcome.status = "failed"
+                outcome.error = f"time limit of {config.time_limit_s} s reached after {global_step} steps"
+                stop = True
+                break
+            if last:
+                stop = True
+                break
+        if stop:
+            break
+        if per_epoch:
+            scheduler.step()
+    with host_sync_point(device):
+        flush()
+        if token_unit:
+            outcome.tokens_seen = int(tokens_total)
+    if early_stopping.best_state is not None:
+        model.load_state_dict(torch.load(io.BytesIO(early_stopping.best_state), weights_only=True))
+        outcome.notes.append(f"restored the best weights (step {early_stopping.best_step})")
+    return model, outcome

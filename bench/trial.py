@@ -1,0 +1,215 @@
+"""One configuration, end to end: workload + plan + training loop + meters -> records."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench import store
+from bench.config import TrialConfig
+from bench.errors import ConfigError
+from bench.failures import describe, is_oom
+from bench.plan import Plan, make_plan
+from bench.train import TrainOutcome, train
+from bench.workloads import build_workload
+from bench.workloads.base import Workload
+
+
+@dataclass
+class TrialResult:
+    trial: dict  # one row of the trials table
+    steps: pd.DataFrame  # the steps table of this trial
+
+    @property
+    def status(self) -> str:
+        return self.trial["status"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available on this machine")
+    return device
+
+
+def prepare(config: TrialConfig) -> tuple[Workload, Plan, torch.device]:
+    """Everything that can be wrong with a configuration is found here, before any work."""
+    workload = build_workload(config.workload, samples=config.samples, options=config.workload_options)
+    plan = make_plan(
+        samples=workload.n_train,
+        batch_size=config.batch_size,
+        accumulation_steps=config.accumulation_steps,
+        mode=config.mode,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        drop_last=config.drop_last,
+        partial_window=config.partial_window,
+    )
+    device = resolve_device(config.device)
+    if config.precision == "fp16" and device.type == "cpu":
+        pass  # CPU autocast supports float16 in current torch; GradScaler works on CPU too
+    return workload, plan, device
+
+
+def _median_iqr(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    if len(values) < 4:
+        return statistics.median(values), None
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q2, q3 - q1
+
+
+def _throughput(outcome: TrainOutcome, plan: Plan) -> dict:
+    """Rates over the measured window: steps after the timing warm-up, eval time excluded."""
+    skip = outcome.timing_warmup_steps
+    timed_rows = outcome.rows[skip:]
+    seconds = outcome.step_seconds[skip : len(outcome.rows)]
+    total = sum(seconds)
+    median_s, iqr_s = _median_iqr(seconds)
+    out = {
+        "train_time_s": outcome.rows[-1]["time_s"] if outcome.rows else None,
+        "timed_steps": len(timed_rows),
+        "samples_per_s": None,
+        "steps_per_s": None,
+        "step_time_ms_median": None if median_s is None else median_s * 1e3,
+        "step_time_ms_iqr": None if iqr_s is None else iqr_s * 1e3,
+        "timing_noisy": None if (iqr_s is None or not median_s) else bool(iqr_s / median_s >= 0.10),
+    }
+    if total > 0 and timed_rows:
+        out["samples_per_s"] = sum(r["samples"] for r in timed_rows) / total
+        out["steps_per_s"] = len(timed_rows) / total
+    return out
+
+
+def run_trial(config: TrialConfig, *, sweep: str | None = None, results_dir: str | Path | None = None) -> TrialResult:
+    """Run one configuration. Raises ConfigError only for invalid input, before any work;
+    OOM, divergence and other errors during the run are recorded in the row's status."""
+    workload, plan, device = prepare(config)
+    from bench import meters as meters_mod
+    from bench.meters import env as env_mod
+    from bench.meters import flops as flops_mod
+
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    notes: list[str] = []
+    outcome = TrainOutcome()
+    row: dict = {}
+    flops_per_sample = None
+
+    torch.manual_seed(config.seed)
+    model = workload.make_model()
+    meters = meters_mod.TrialMeters(device, config)
+    try:
+        # FLOPs are counted on a copy, before the meters start, so counting costs no peak.
+        try:
+            first = tuple(t[: plan.micro_batch_size] for t in workload.train)
+            flops_per_sample = flops_mod.train_flops_per_sample(
+                workload, copy.deepcopy(model), first, config.precision, device=device
+            )
+        except Exception as exc:  # a counter failure must not lose the trial
+            if is_oom(exc):
+                raise
+            notes.append(f"FLOP count failed: {describe(exc)}")
+        meters.start()
+        train(config, workload, plan, device, model=model, outcome=outcome, on_window_start=meters.window_start)
+        status, error = outcome.status, outcome.error
+    except Exception as exc:
+        status = "oom" if is_oom(exc) else "failed"
+        error = describe(exc)
+    finally:
+        try:
+            meters.window_end()
+        finally:
+            meters.stop()
+    del model
+    if device.type == "cuda" and status == "oom":
+        torch.cuda.empty_cache()
+
+    row.update(
+        trial_key=config.trial_key,
+        sweep=sweep,
+        workload=config.workload,
+        mode=plan.mode,
+        samples=plan.samples,
+        micro_batch_size=plan.micro_batch_size,
+        accumulation_steps=plan.accumulation_steps,
+        effective_batch_size=plan.effective_batch_size,
+        normalize=config.normalize,
+        partial_window=plan.partial_window,
+        drop_last=plan.drop_last,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        scheduler=config.scheduler,
+        precision=config.precision,
+        data_path=config.data_path,
+        seed=config.seed,
+        status=status,
+        error=error,
+        stopped_early=outcome.stopped_early,
+        epochs_run=outcome.epochs_run,
+        optimizer_steps=outcome.optimizer_steps,
+        micro_batches=outcome.micro_batches,
+        samples_seen=outcome.samples_seen,
+        tokens_seen=outcome.tokens_seen,
+        final_loss=outcome.final_loss,
+        best_val_loss=outcome.best_val_loss,
+        planned_steps=plan.total_steps,
+        device=_device_name(device),
+        config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
+        started_at=started_at,
+        schema_version=store.SCHEMA_VERSION,
+    )
+    row.update(_throughput(outcome, plan))
+    if row["timed_steps"] == 0 and outcome.rows:
+        notes.append("no steps after the timing warm-up: rates are null")
+    if outcome.tokens_seen is not None and row["samples_per_s"] and outcome.samples_seen:
+        row["tokens_per_s"] = row["samples_per_s"] * outcome.tokens_seen / outcome.samples_seen
+    fields = meters.fields()
+    notes.extend(fields.pop("notes", []))
+    row.update(fields)
+    if row.get("energy_j") is not None and row["samples_per_s"] and row["train_time_s"]:
+        timed_samples = sum(r["samples"] for r in outcome.rows[outcome.timing_warmup_steps :])
+        row["energy_j_per_sample"] = row["energy_j"] / timed_samples if timed_samples else None
+    row["flops_per_sample"] = flops_per_sample
+    row["flops_per_step"] = None if flops_per_sample is None else flops_per_sample * plan.effective_batch_size
+    peak = flops_mod.peak_flops_per_s(device, config.precision, override_tflops=config.peak_tflops)
+    row["peak_flops_per_s"] = peak
+    row["mfu"] = (
+        flops_per_sample * row["samples_per_s"] / peak
+        if (peak and flops_per_sample and row["samples_per_s"])
+        else None
+    )
+    environment = env_mod.environment()
+    row["env_id"] = env_mod.env_id(environment)
+    if results_dir is not None:
+        env_mod.write_environment(results_dir, environment)
+    notes.extend(outcome.notes)
+    row["notes"] = "; ".join(notes) if notes else None
+
+    steps = pd.DataFrame(outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
+    steps.insert(0, "trial_key", config.trial_key)
+    return TrialResult(trial=row, steps=steps)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def write_result(result: TrialResult, folder: str | Path, *, per_key: bool = True) -> None:
+    store.write_trial(folder, result.trial, result.steps, per_key=per_key)
