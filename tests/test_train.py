@@ -1,0 +1,263 @@
+"""The training loop does what the plan says, and accumulation is exact."""
+
+import copy
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bench.config import TrialConfig
+from bench.train import train
+from bench.trial import prepare
+
+
+def run(**overrides):
+    config = TrialConfig(**{"workload": "teacher-mlp", "device": "cpu", **overrides})
+    workload, plan, device = prepare(config)
+    model, outcome = train(config, workload, plan, device)
+    return model, outcome, workload, plan
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def rel_diff(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# 100 samples, b=8: 13 micro-batches (the last has 4 samples); k=4 -> windows 4, 4, 4, 1.
+SHORT = dict(
+    samples=100, precision="fp64", lr=0.1, epochs=1, optimizer="sgd",
+    workload_options={"width": 16, "val_samples": 10}, timing_warmup_steps=0,
+)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sample_normalised_accumulation_equals_big_batch(momentum):
+    big, _, _, _ = run(**SHORT, batch_size=32, accumulation_steps=1, momentum=momentum)
+    acc, outcome, _, plan = run(**SHORT, batch_size=8, accumulation_steps=4, momentum=momentum)
+    assert plan.short_window_micro_batches == 1 and outcome.optimizer_steps == 4
+    assert rel_diff(params(acc), params(big)) < 1e-10
+
+
+def test_sample_normalisation_is_exact_over_several_epochs_with_adamw():
+    kw = {**SHORT, "epochs": 3, "optimizer": "adamw", "lr": 0.01}
+    big, _, _, _ = run(**kw, batch_size=30, accumulation_steps=1)
+    acc, _, _, _ = run(**kw, batch_size=10, accumulation_steps=3)  # 10 micro: windows 3,3,3,1
+    assert rel_diff(params(acc), params(big)) < 1e-10
+
+
+def test_micro_normalisation_underweights_the_short_window_by_r_over_k():
+    # Full windows (equal micro-batches) agree; the short window of r=1 micro-batch gets
+    # its gradient scaled by r/k = 1/4 under loss.mean()/k: plain SGD makes that exact.
+    before, _, _, _ = run(**SHORT, batch_size=8, accumulation_steps=4, max_steps=3)
+    exact, _, _, _ = run(**SHORT, batch_size=8, accumulation_steps=4, normalize="sample")
+    micro, _, _, _ = run(**SHORT, batch_size=8, accumulation_steps=4, normalize="micro")
+    p0, p_exact, p_micro = params(before), params(exact), params(micro)
+    assert rel_diff(p_micro, p_exact) > 1e-4  # it really differs
+    predicted = p0 + (p_exact - p0) * (1 / 4)
+    assert rel_diff(p_micro, predicted) < 1e-10
+    # ...and not before the short window: the first three steps are identical.
+    micro3, _, _, _ = run(**SHORT, batch_size=8, accumulation_steps=4, normalize="micro", max_steps=3)
+    assert rel_diff(params(micro3), p0) < 1e-12
+
+
+def _reference_sgd(workload, seed, lr, b, k, epochs, leak):
+    """Plain SGD over windows of k micro-batches, written out by hand.
+
+    leak=False: each epoch's windows are independent (what bench must do).
+    leak=True: the tutorial's loop, `if (i + 1) % k == 0: step()` with i running within
+    the epoch but gradients never cleared at the epoch's end, and loss / k.
+    """
+    torch.manual_seed(seed)
+    model = workload.make_model().double()
+    x, y = workload.train
+    x = x.double()
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    n = x.shape[0]
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        micro = [order[i : i + b] for i in range(0, n, b)]
+        if leak:
+            for i, idx in enumerate(micro):
+                (F.cross_entropy(model(x[idx]), y[idx]) / k).backward()
+                if (i + 1) % k == 0:
+                    opt.step()
+                    opt.zero_grad()
+        else:
+            for w in range(0, len(micro), k):
+                idx = torch.cat(micro[w : w + k])
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+                opt.zero_grad()
+    return model
+
+
+def test_no_gradient_leaks_across_epochs():
+    # 100 samples, b=8, k=4: each epoch ends with a 1-micro-batch window.
+    kw = {**SHORT, "epochs": 3}
+    model, _, workload, _ = run(**kw, batch_size=8, accumulation_steps=4)
+    clean = _reference_sgd(workload, 0, 0.1, 8, 4, 3, leak=False)
+    leaky = _reference_sgd(workload, 0, 0.1, 8, 4, 3, leak=True)
+    assert rel_diff(params(model), params(clean)) < 1e-10
+    # The same check fails on the tutorial's loop: its leftovers leak into the next epoch.
+    assert rel_diff(params(leaky), params(clean)) > 1e-4
+
+
+def test_dropped_window_is_not_computed_or_applied():
+    kw = {**SHORT, "epochs": 2}
+    model, outcome, workload, plan = run(**kw, batch_size=8, accumulation_steps=4, partial_window="drop")
+    assert outcome.optimizer_steps == 6 and outcome.micro_batches == 24 and outcome.samples_seen == 192
+    # Equivalent: big batches of 32 over the same order with drop_last (the last 4 dropped).
+    big, _, _, _ = run(**kw, batch_size=32, accumulation_steps=1, drop_last=True)
+    assert rel_diff(params(model), params(big)) < 1e-10
+
+
+def test_dataloader_path_matches_fast_path():
+    kw = {**SHORT, "epochs": 2}
+    _, fast, _, _ = run(**kw, batch_size=8, accumulation_steps=4)
+    _, slow, _, _ = run(**kw, batch_size=8, accumulation_steps=4, data_path="dataloader")
+    assert [r["loss"] for r in fast.rows] == [r["loss"] for r in slow.rows]
+
+
+def test_same_config_and_seed_gives_identical_curves():
+    kw = dict(batch_size=32, epochs=2, lr=0.05, momentum=0.9)
+    _, a, _, _ = run(**kw)
+    _, b, _, _ = run(**kw)
+    _, c, _, _ = run(**kw, seed=1)
+    losses = [r["loss"] for r in a.rows]
+    assert losses == [r["loss"] for r in b.rows]
+    assert losses != [r["loss"] for r in c.rows]
+
+
+def test_step_rows_follow_the_plan():
+    _, outcome, _, plan = run(batch_size=8, accumulation_steps=4, samples=100, epochs=2)
+    rows = outcome.rows
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["epoch"] for r in rows] == [1] * 4 + [2] * 4
+    assert [r["step_in_epoch"] for r in rows] == [1, 2, 3, 4] * 2
+    assert [r["micro_batches"] for r in rows] == [4, 4, 4, 1] * 2
+    assert [r["samples"] for r in rows] == [32, 32, 32, 4] * 2
+    assert rows[-1]["samples_seen"] == 200
+    times = [r["time_s"] for r in rows]
+    assert all(t2 > t1 for t1, t2 in zip(times, times[1:], strict=False))
+    assert all(r["grad_norm"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_scheduler_steps_once_per_optimizer_step_or_epoch(interval):
+    _, outcome, _, plan = run(
+        batch_size=8, accumulation_steps=4, samples=100, epochs=3, lr=1.0,
+        scheduler="step", step_size=1, gamma=0.5, scheduler_interval=interval,
+    )
+    lrs = [r["lr"] for r in outcome.rows]
+    if interval == "step":  # decays every optimizer step, never per micro-batch
+        assert lrs == [0.5**i for i in range(plan.total_steps)]
+    else:
+        assert lrs == [1.0] * 4 + [0.5] * 4 + [0.25] * 4
+
+
+def test_scheduler_calls_equal_optimizer_steps(monkeypatch):
+    calls = {"scheduler": 0, "optimizer": 0}
+    original_sched, original_opt = torch.optim.lr_scheduler.LambdaLR.step, torch.optim.SGD.step
+
+    def count_sched(self, *a, **k):
+        calls["scheduler"] += 1
+        return original_sched(self, *a, **k)
+
+    def count_opt(self, *a, **k):
+        calls["optimizer"] += 1
+        return original_opt(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", count_sched)
+    monkeypatch.setattr(torch.optim.SGD, "step", count_opt)
+    _, outcome, _, _ = run(batch_size=8, accumulation_steps=3, samples=100, epochs=2, scheduler="cosine", warmup=2)
+    # LambdaLR calls step() once when it is built; every other call is one per optimizer step.
+    assert calls["optimizer"] == outcome.optimizer_steps == 10
+    assert calls["scheduler"] - 1 == calls["optimizer"]
+
+
+def test_warmup_and_cosine_shapes():
+    _, outcome, _, _ = run(batch_size=10, samples=100, epochs=1, lr=1.0, scheduler="cosine", warmup=4)
+    lrs = [r["lr"] for r in outcome.rows]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert lrs[-1] < 0.1
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stopping_after_exactly_patience_evaluations(patience):
+    # lr=0: the validation loss never improves after the first evaluation.
+    _, outcome, _, _ = run(batch_size=32, samples=320, epochs=20, lr=0.0, eval_every=2, patience=patience)
+    evaluations = [r["val_loss"] for r in outcome.rows if r["val_loss"] is not None]
+    assert outcome.stopped_early
+    assert len(evaluations) == 1 + patience
+    assert outcome.optimizer_steps == 2 * (1 + patience)
+
+
+def test_restore_best_returns_the_best_weights():
+    # A large lr makes validation loss rise after a while; restore_best undoes that.
+    cfg = dict(batch_size=16, samples=256, epochs=30, lr=0.5, momentum=0.9, eval_every=4, patience=1000)
+    m_best, o_best, workload, _ = run(**cfg, restore_best=True)
+    val = tuple(t.to(torch.float32) if t.is_floating_point() else t for t in workload.val)
+    with torch.no_grad():
+        restored = float(workload.loss_sum(m_best, val) / workload.units(val))
+    assert restored == pytest.approx(o_best.best_val_loss, rel=1e-5)
+    evaluations = [r["val_loss"] for r in o_best.rows if r["val_loss"] is not None]
+    assert min(evaluations) == o_best.best_val_loss
+
+
+def test_divergence_is_a_status_not_a_crash():
+    _, outcome, _, _ = run(batch_size=32, samples=512, epochs=5, lr=1e6, flush_every=4)
+    assert outcome.status == "diverged"
+    assert "non-finite" in outcome.error
+    assert outcome.optimizer_steps < 80  # stopped at the first flush that saw it
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(precision):
+    _, outcome, _, _ = run(batch_size=32, samples=512, epochs=2, lr=0.1, precision=precision)
+    assert outcome.status == "ok"
+    losses = [r["loss"] for r in outcome.rows]
+    assert losses[-1] < losses[0]
+
+
+def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly():
+    # N=20, b=6 -> micro-batches 6, 6, 6, 2; k=4: one window holding everything. Sample
+    # normalisation equals full-batch GD; micro normalisation gives the 2-sample batch
+    # the weight of 6.
+    kw = {**SHORT, "samples": 20}
+    full, _, _, _ = run(**kw, mode="bgd", batch_size=None)
+    exact, _, _, _ = run(**kw, batch_size=6, accumulation_steps=4)
+    micro, _, _, _ = run(**kw, batch_size=6, accumulation_steps=4, normalize="micro")
+    assert rel_diff(params(exact), params(full)) < 1e-10
+    assert rel_diff(params(micro), params(full)) > 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_hot_loop_never_syncs_outside_flush_points(precision):
+    config = TrialConfig(
+        workload="teacher-mlp", device="cuda", batch_size=64, accumulation_steps=2,
+        epochs=2, precision=precision, flush_every=16, eval_every=20,
+    )
+    workload, plan, device = prepare(config)
+    torch.manual_seed(0)
+    model = copy.deepcopy(workload.make_model()).to(device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, outcome = train(config, workload, plan, device, model=model)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert outcome.status == "ok" and outcome.optimizer_steps == plan.total_steps
+
+
+@pytest.mark.gpu
+def test_cuda_accumulation_matches_big_batch_in_fp64():
+    big, _, _, _ = run(**{**SHORT, "device": "cuda"}, batch_size=32)
+    acc, _, _, _ = run(**{**SHORT, "device": "cuda"}, batch_size=8, accumulation_steps=4)
+    assert rel_diff(params(acc).cpu(), params(big).cpu()) < 1e-10
