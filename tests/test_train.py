@@ -261,3 +261,23 @@ def test_cuda_accumulation_matches_big_batch_in_fp64():
     big, _, _, _ = run(**{**SHORT, "device": "cuda"}, batch_size=32)
     acc, _, _, _ = run(**{**SHORT, "device": "cuda"}, batch_size=8, accumulation_steps=4)
     assert rel_diff(params(acc).cpu(), params(big).cpu()) < 1e-10
+
+
+CHAR = dict(
+    workload="char-lm", samples=24, precision="fp64", lr=0.01, epochs=1, optimizer="adamw",
+    workload_options={"seq_len": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "val_samples": 4, "min_len": 4},
+    timing_warmup_steps=0,
+)
+
+
+def test_char_lm_token_normalisation_matches_big_batch_and_micro_does_not():
+    # Documents of different lengths: a micro-batch's mean over its own tokens weights
+    # tokens unevenly across the window; dividing by the window's token count does not.
+    big, _, workload, _ = run(**CHAR, batch_size=8)
+    lengths = workload.train[1]
+    assert lengths.unique().numel() > 3  # really variable-length
+    tokens, outcome, _, _ = run(**CHAR, batch_size=2, accumulation_steps=4)
+    micro, _, _, _ = run(**CHAR, batch_size=2, accumulation_steps=4, normalize="micro")
+    assert outcome.tokens_seen == int((lengths - 1).sum())  # one epoch: every target once
+    assert rel_diff(params(tokens), params(big)) < 1e-10
+    assert rel_diff(params(micro), params(big)) > 1e-6
