@@ -1,0 +1,15 @@
+"""Report and compare: turn results folders into figures, tables and PR verdicts.
+
+Modules (each imports pandas at most at top level; seaborn/matplotlib load lazily):
+
+- ``prepare``: configuration identity (config without seed), labels, derived columns.
+- ``metrics``: the metrics compare knows, with their direction and units.
+- ``scaling``: steps-to-target per trial and the S(B) = S_min (1 + B_crit / B) fit.
+- ``curves``: bin-mean downsampling of loss curves for plotting (never the data).
+- ``tables``: per-configuration summary, Pareto set, GitHub markdown rendering.
+- ``figures``: seaborn figures (PNG + SVG).
+- ``html``: one self-contained index.html.
+- ``compare``: baseline vs candidate with threshold + Mann-Whitney U.
+- ``command``: argparse wiring for ``python -m bench report`` / ``compare``.
+- ``synthetic``: results with planted answers, for tests and the scale benchmark.
+"""

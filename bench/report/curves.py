@@ -1,0 +1,104 @@
+"""Loss curves downsampled for plotting — never for numbers.
+
+Each trial's steps are cut into at most ``points`` consecutive bins and each bin is
+replaced by its mean (step, samples seen, wall time, loss). A bin mean is a proper
+low-pass: a batch-1 curve shows its trend instead of aliased noise, and 10,000 steps
+cost 200 points. Then, per configuration, its seeds are interpolated onto one grid and
+summarised as mean and min–max band. All numbers in tables come from the full data.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+X_AXES = {"step": "optimizer steps", "samples_seen": "samples seen", "time_s": "wall time (s)"}
+
+
+def bin_means(steps: pd.DataFrame, points: int = 200) -> pd.DataFrame:
+    """Per trial, up to ``points`` bin means. ``steps`` sorted by (trial_key, step)."""
+    cols = ["trial_key", *X_AXES, "loss"]
+    if not len(steps):
+        return pd.DataFrame({c: [] for c in cols})
+    keys = steps["trial_key"].to_numpy()
+    n = len(keys)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(len(starts)), lengths)
+    pos = np.arange(n) - starts[group]
+    nbins = np.minimum(lengths, points)
+    # bin index within the trial: floor(pos * nbins / length), then a global bin id.
+    local = (pos * nbins[group]) // lengths[group]
+    offsets = np.r_[0, np.cumsum(nbins)[:-1]]
+    bin_id = offsets[group] + local
+    total = int(nbins.sum())
+    counts = np.bincount(bin_id, minlength=total).astype(float)
+    out = {"trial_key": np.repeat(keys[starts], nbins)}
+    for c in (*X_AXES, "loss"):
+        v = steps[c].to_numpy(dtype=float)
+        finite = np.isfinite(v)
+        s = np.bincount(bin_id, weights=np.where(finite, v, 0.0), minlength=total)
+        m = np.bincount(bin_id, weights=finite.astype(float), minlength=total)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # A bin holding a non-finite loss (divergence) is shown as a gap, not averaged away.
+            mean = s / m
+            mean[m < counts] = np.nan
+        out[c] = mean
+    return pd.DataFrame(out)
+
+
+def config_bands(
+    binned: pd.DataFrame, trials: pd.DataFrame, x: str, grid_points: int = 200
+) -> pd.DataFrame:
+    """Per configuration: mean and min/max of the loss over seeds on a common grid of x.
+
+    A seed contributes only inside its own x range (a run that stopped early or is
+    slower in wall time does not get extrapolated)."""
+    cols = ["config_id", "x", "mean", "lo", "hi", "n"]
+    if not len(binned):
+        return pd.DataFrame({c: [] for c in cols})
+    cfg = trials.set_index("trial_key")["config_id"]
+    frames = []
+    b = binned.assign(config_id=binned["trial_key"].map(cfg))
+    for cid, g in b.groupby("config_id", sort=False):
+        seeds = [s for _, s in g.groupby("trial_key", sort=False)]
+        xs = [s[x].to_numpy() for s in seeds]
+        xs_finite = [v[np.isfinite(v)] for v in xs]
+        if not any(len(v) for v in xs_finite):
+            continue
+        lo_x = min(v.min() for v in xs_finite if len(v))
+        hi_x = max(v.max() for v in xs_finite if len(v))
+        grid = np.linspace(lo_x, hi_x, grid_points) if hi_x > lo_x else np.array([lo_x])
+        ys = np.full((len(seeds), len(grid)), np.nan)
+        for i, s in enumerate(seeds):
+            xv, yv = s[x].to_numpy(), s["loss"].to_numpy()
+            ok = np.isfinite(xv)
+            xv, yv = xv[ok], yv[ok]
+            if not len(xv):
+                continue
+            order = np.argsort(xv, kind="stable")
+            xv, yv = xv[order], yv[order]
+            inside = (grid >= xv[0]) & (grid <= xv[-1])
+            ys[i, inside] = np.interp(grid[inside], xv, yv)
+            # Interpolation across a NaN gap would invent values: keep the gap.
+            if np.isnan(yv).any():
+                nan_x = xv[np.isnan(yv)]
+                near = np.searchsorted(xv, grid[inside])
+                bad = np.isin(xv[np.clip(near, 0, len(xv) - 1)], nan_x)
+                row = ys[i, inside]
+                row[bad] = np.nan
+                ys[i, inside] = row
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a gap
+            mean = np.nanmean(ys, axis=0)
+            lo = np.nanmin(ys, axis=0)
+            hi = np.nanmax(ys, axis=0)
+        n = np.isfinite(ys).sum(axis=0)
+        frames.append(
+            pd.DataFrame({"config_id": cid, "x": grid, "mean": mean, "lo": lo, "hi": hi, "n": n})
+        )
+    if not frames:
+        return pd.DataFrame({c: [] for c in cols})
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,203 @@
+"""Per-configuration summary, Pareto set, and GitHub-flavoured markdown tables.
+
+Every number is a median over a configuration's seeds (its repeats) with the min–max
+spread beside it; metrics come from ok trials only, status counts from all of them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+
+import numpy as np
+import pandas as pd
+
+from bench.report.metrics import format_value
+from bench.report.prepare import STATUSES, Prepared
+
+SUMMARY_METRICS = (
+    ("samples_per_s", ""),
+    ("step_time_ms_median", ""),
+    ("peak_memory_bytes", "bytes"),
+    ("final_loss", ""),
+)
+
+# Pareto objectives: (column, True if higher is better).
+PARETO_OBJECTIVES = (("samples_per_s", True), ("peak_memory_bytes", False), ("final_loss", False))
+
+
+def config_summary(prep: Prepared, points: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per configuration (order of ``prep.configs``)."""
+    t = prep.trials
+    rows = []
+    for _, c in prep.configs.iterrows():
+        g = t[t["config_id"] == c["config_id"]]
+        ok = g[g["status"] == "ok"]
+        row = {k: c[k] for k in prep.configs.columns}
+        row["seeds"] = len(g)
+        counts = g["status"].value_counts()
+        for s in STATUSES:
+            row[s] = int(counts.get(s, 0))
+        row["other_status"] = int(len(g) - sum(row[s] for s in STATUSES))
+        for m, _ in SUMMARY_METRICS:
+            v = ok[m].dropna().to_numpy(dtype=float)
+            row[m] = float(np.median(v)) if len(v) else np.nan
+            row[f"{m}_lo"] = float(v.min()) if len(v) else np.nan
+            row[f"{m}_hi"] = float(v.max()) if len(v) else np.nan
+            row[f"{m}_n"] = len(v)
+        src = ok["peak_memory_source"].dropna()
+        row["peak_memory_source"] = src.mode().iloc[0] if len(src) else None
+        row["device"] = ", ".join(sorted({str(d) for d in g["device"].dropna()})) or None
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    for col in ("steps_to_target", "samples_to_target", "time_to_target_s"):
+        summary[col] = np.nan
+    summary["seeds_reached"] = 0
+    summary["seeds_ran"] = 0
+    if points is not None and len(points):
+        p = points.set_index("config_id")
+        for col in ("steps_to_target", "samples_to_target", "time_to_target_s"):
+            summary[col] = summary["config_id"].map(p[col])
+        summary["seeds_reached"] = (
+            summary["config_id"].map(p["seeds_reached"]).fillna(0).astype(int)
+        )
+        summary["seeds_ran"] = summary["config_id"].map(p["seeds"]).fillna(0).astype(int)
+    summary["pareto"] = pareto_mask(summary)
+    return summary
+
+
+def pareto_mask(summary: pd.DataFrame) -> np.ndarray:
+    """Non-dominated configurations: none other is at least as good on every objective
+    and better on one. Objectives without any value are left out; rows missing a value
+    on a used objective cannot be on the front."""
+    if not len(summary):
+        return np.zeros(0, dtype=bool)
+    used = [(c, hi) for c, hi in PARETO_OBJECTIVES if summary[c].notna().any()]
+    if not used:
+        return np.zeros(len(summary), dtype=bool)
+    # Everything as "lower is better".
+    m = np.column_stack(
+        [(-summary[c] if hi else summary[c]).to_numpy(dtype=float) for c, hi in used]
+    )
+    valid = np.isfinite(m).all(axis=1)
+    mask = np.zeros(len(summary), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = m[valid]
+        dominated = np.any(np.all(others <= m[i], axis=1) & np.any(others < m[i], axis=1))
+        mask[i] = not dominated
+    return mask
+
+
+# -- markdown -------------------------------------------------------------------------------
+
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def md_cell(value: object) -> str:
+    """One table cell: HTML escaped (GitHub renders inline HTML), backslashes and pipes
+    escaped (a `|` would split the cell: GFM spec, tables extension), newlines as <br>."""
+    text = "" if value is None else str(value)
+    text = html.escape(text, quote=False)
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    text = _NEWLINES.sub("<br>", text.strip())
+    return text
+
+
+def markdown_table(
+    headers: list[str], rows: list[list[object]], align: list[str] | None = None
+) -> str:
+    align = align or ["l"] * len(headers)
+    marks = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = [
+        "| " + " | ".join(md_cell(h) for h in headers) + " |",
+        "| " + " | ".join(marks[a] for a in align) + " |",
+    ]
+    for r in rows:
+        if len(r) != len(headers):
+            raise ValueError(f"row has {len(r)} cells, table has {len(headers)} columns")
+        lines.append("| " + " | ".join(md_cell(v) or " " for v in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spread(row: pd.Series, m: str, unit: str = "") -> str:
+    v, lo, hi, n = row[m], row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_n"]
+    if not n:
+        return "-"
+    text = format_value(v, unit)
+    if n > 1 and lo != hi:
+        text += f" ({format_value(lo, unit)}–{format_value(hi, unit)})"
+    return text
+
+
+def status_text(row: pd.Series) -> str:
+    parts = [f"{s} {row[s]}" for s in STATUSES if row[s]]
+    if row.get("other_status"):
+        parts.append(f"other {row['other_status']}")
+    return ", ".join(parts) or "-"
+
+
+def reach_text(row: pd.Series, col: str, unit: str = "") -> str:
+    ran, reached = int(row["seeds_ran"]), int(row["seeds_reached"])
+    if not ran:
+        return "-"
+    v = row[col]
+    if not (isinstance(v, float) and math.isfinite(v)):
+        return f"not reached ({reached}/{ran})" if reached else "not reached"
+    text = f"{v:,.0f}" if unit == "steps" else format_value(v, unit)
+    return text if reached == ran else f"{text} ({reached}/{ran})"
+
+
+CONFIG_HEADERS = [
+    "configuration",
+    "workload",
+    "seeds",
+    "status",
+    "samples/s",
+    "step time (ms)",
+    "peak memory",
+    "final loss",
+    "steps to target",
+    "time to target (s)",
+    "Pareto",
+]
+CONFIG_ALIGN = ["l", "l", "r", "l", "r", "r", "r", "r", "r", "r", "c"]
+
+
+def config_rows(summary: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append(
+            [
+                r["config_label"],
+                r["workload"] if isinstance(r["workload"], str) else "-",
+                str(int(r["seeds"])),
+                status_text(r),
+                spread(r, "samples_per_s"),
+                spread(r, "step_time_ms_median"),
+                spread(r, "peak_memory_bytes", "bytes"),
+                spread(r, "final_loss"),
+                reach_text(r, "steps_to_target", "steps"),
+                reach_text(r, "time_to_target_s"),
+                "★" if r["pareto"] else "",
+            ]
+        )
+    return rows
+
+
+def pareto_rows(summary: pd.DataFrame) -> list[list[str]]:
+    front = summary[summary["pareto"]].sort_values("samples_per_s", ascending=False)
+    return [
+        [
+            r["config_label"],
+            r["workload"] if isinstance(r["workload"], str) else "-",
+            format_value(r["samples_per_s"]),
+            format_value(r["peak_memory_bytes"], "bytes"),
+            format_value(r["final_loss"]),
+        ]
+        for _, r in front.iterrows()
+    ]
+
+
+PARETO_HEADERS = ["configuration", "workload", "samples/s", "peak memory", "final loss"]
+PARETO_ALIGN = ["l", "l", "r", "r", "r"]
