@@ -1,0 +1,244 @@
+"""Where a sweep lives: the Optuna storage, plus two coordination primitives Optuna lacks.
+
+Storage choice (Optuna's docs: SQLite is not safe for several processes writing at
+once, NFS locking is unreliable):
+
+- default, embedded: ``JournalStorage(JournalFileBackend("results/<sweep>/optuna.journal"))``,
+  an append-only log. Every append takes the backend's lock (``JournalFileSymlinkLock``
+  by default: an atomic ``symlink``; ``JournalFileOpenLock`` uses ``O_EXCL`` the same
+  way) and is ``fsync``'d; readers replay the log. Safe for many processes on one machine.
+  A process killed while holding that lock leaves the link behind; the others break it
+  after its 30 s grace period (optuna 5.0.0, ``_file.py``).
+- ``postgresql://user@host/db``: ``RDBStorage``, for workers on many machines.
+
+What Optuna does not give: a sweep-wide mutex (for creating the trial tickets exactly
+once) and a way to tell whether the process that popped a trial is still alive (Optuna's
+heartbeat is a timestamp with a grace period, i.e. a guess tuned by a timeout; the
+journal storage has none). Both are built here on what dies with the process, so a
+``kill -9`` releases them at once and nothing needs a timeout:
+
+- journal: ``fcntl.flock`` on files next to the journal (the kernel drops a dead
+  process's locks). Local file systems only, like the journal's own guarantees.
+- PostgreSQL: session-level advisory locks (``pg_advisory_lock``) on a connection the
+  coordinator holds for its lifetime (the server drops them when the session ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, ConfigError
+
+JOURNAL_NAME = "optuna.journal"
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _key64(text: str) -> int:
+    """A signed 64-bit advisory-lock key from a string."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+class Coordination:
+    """Sweep-wide mutex and owner liveness. Subclasses: file locks, PostgreSQL locks."""
+
+    owner: str
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def is_alive(self, owner: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class FileCoordination(Coordination):
+    def __init__(self, folder: Path, sweep: str) -> None:
+        self.folder = folder
+        self.lock_path = folder / f"{sweep}.sweep.lock"
+        self.owners = folder / f"{sweep}.owners"
+        self.owner = new_owner_id()
+        self._alive_fd: int | None = None
+        self._mutex_fd: int | None = None
+
+    def start(self) -> None:
+        self.owners.mkdir(parents=True, exist_ok=True)
+        path = self.owners / f"{self.owner}.alive"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+        self._alive_fd = fd
+        self._mutex_fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        assert self._mutex_fd is not None, "start() first"
+        fcntl.flock(self._mutex_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._mutex_fd, fcntl.LOCK_UN)
+
+    def is_alive(self, owner: str) -> bool:
+        if owner == self.owner:
+            return True
+        path = self.owners / f"{owner}.alive"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True  # its owner holds the lock: alive
+            # Nobody holds it: the owner is gone (its locks died with it). Tidy up.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._alive_fd is not None:
+            with contextlib.suppress(OSError):
+                (self.owners / f"{self.owner}.alive").unlink()
+            os.close(self._alive_fd)
+            self._alive_fd = None
+        if self._mutex_fd is not None:
+            os.close(self._mutex_fd)
+            self._mutex_fd = None
+
+
+class PostgresCoordination(Coordination):
+    def __init__(self, url: str, sweep: str) -> None:
+        self.url = url
+        self.sweep = sweep
+        self.owner = new_owner_id()
+        self._conn: Any = None
+        self._engine: Any = None
+
+    def _scalar(self, sql: str, key: int) -> Any:
+        import sqlalchemy
+
+        return self._conn.execute(sqlalchemy.text(sql), {"k": key}).scalar()
+
+    def start(self) -> None:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        self._engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
+        self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        if not self._scalar("SELECT pg_try_advisory_lock(:k)", _key64(f"bench-owner:{self.owner}")):
+            raise BenchError(f"could not register sweep owner {self.owner} (advisory lock taken)")
+
+    @contextlib.contextmanager
+    def mutex(self) -> Iterator[None]:
+        key = _key64(f"bench-sweep:{self.sweep}")
+        self._scalar("SELECT pg_advisory_lock(:k)", key)
+        try:
+            yield
+        finally:
+            self._scalar("SELECT pg_advisory_unlock(:k)", key)
+
+    def is_alive(self, owner: str) -> bool:
+        if owner == self.owner:
+            return True
+        key = _key64(f"bench-owner:{owner}")
+        if self._scalar("SELECT pg_try_advisory_lock(:k)", key):
+            self._scalar("SELECT pg_advisory_unlock(:k)", key)
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+@dataclass
+class StorageHandle:
+    storage: Any  # an optuna BaseStorage
+    coordination: Coordination
+    description: str  # for messages: where the study lives
+    kind: str  # "journal" / "postgresql"
+
+
+def parse_storage(url: str | None, sweep_dir: Path) -> tuple[str, str]:
+    """(kind, target) for ``--storage``; raises ConfigError for what is not supported."""
+    if url is None:
+        return "journal", str(sweep_dir / JOURNAL_NAME)
+    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        return "postgresql", url
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:").removeprefix("//")
+        if not path:
+            raise ConfigError("--storage journal:PATH needs a path")
+        return "journal", path
+    if url.startswith("sqlite:"):
+        raise ConfigError(
+            "--storage sqlite: is not safe for several worker processes (Optuna's docs say so); "
+            "leave --storage out for the embedded journal, or use postgresql://"
+        )
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise ConfigError(
+            f"--storage {scheme}:// is not supported; use postgresql://user@host/db "
+            "or journal:PATH (the default is results/<sweep>/optuna.journal)"
+        )
+    return "journal", url
+
+
+def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
+    import optuna
+
+    kind, target = parse_storage(url, sweep_dir)
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return StorageHandle(storage, FileCoordination(path.parent, sweep), str(path), kind)
+    try:
+        storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # connection refused, bad credentials, missing driver
+        text = " ".join(str(exc).split())[:300]
+        raise BenchError(f"cannot open --storage {_redact(target)}: {text}") from None
+    return StorageHandle(storage, PostgresCoordination(target, sweep), _redact(target), kind)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        return f"{scheme}://{cred}@{host}"
+    return url

@@ -1,0 +1,122 @@
+"""The worker process: stays warm, runs one trial at a time, reports over a pipe.
+
+It never touches the Optuna storage or the results folder's trial files: the
+coordinator (its parent) claims, records and writes. So a worker that outlives its
+coordinator can do no harm, and it does not outlive it for long (a watchdog thread).
+
+Top-level imports are light on purpose: the environment (CUDA_VISIBLE_DEVICES, thread
+counts) must be set before torch initialises a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+
+def _die_with_parent(coordinator_pid: int) -> None:
+    # Linux: SIGKILL this process when its parent (the forkserver, which exits with the
+    # coordinator) dies; and, in case the parent is something longer-lived, watch the
+    # coordinator's pid ourselves.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(coordinator_pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="bench-coordinator-watch", daemon=True).start()
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM so the next reading is this trial's peak (Linux >= 4.0, clear_refs 5)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def worker_main(
+    conn: Any,
+    *,
+    env: dict[str, str],
+    threads: int | None,
+    cap_bytes: int | None,
+    sweep: str,
+    results_dir: str,
+    log_path: str,
+    coordinator_pid: int,
+) -> None:
+    os.environ.update(env)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    _die_with_parent(coordinator_pid)
+    try:
+        import torch
+
+        from bench.config import TrialConfig
+        from bench.errors import BenchError
+        from bench.failures import describe, is_oom
+        from bench.trial import run_trial
+
+        if threads:
+            torch.set_num_threads(threads)
+        cap_info = None
+        cap_device = None
+        if cap_bytes:
+            from bench.isolation import apply_memory_cap, lift_cpu_cap, resolve_device_name
+
+            cap_device = resolve_device_name(env.get("BENCH_SWEEP_DEVICE", "auto"))
+            cap_info = apply_memory_cap(cap_bytes, cap_device)
+        conn.send(("ready", os.getpid(), None if cap_info is None else cap_info.describe()))
+    except BaseException as exc:  # noqa: BLE001 - the parent must learn why
+        with contextlib.suppress(Exception):
+            conn.send(("startup-error", os.getpid(), f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job_id, config_dict = message
+        _reset_peak_rss()
+        if cap_device is not None and cap_device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            config = TrialConfig.from_mapping(config_dict)
+            result = run_trial(config, sweep=sweep, results_dir=results_dir)
+            reply = ("result", job_id, result.trial, result.steps)
+        except BenchError as exc:
+            reply = ("invalid", job_id, str(exc))
+        except BaseException as exc:  # noqa: BLE001 - recorded as the trial's failure
+            reply = ("error", job_id, describe(exc), is_oom(exc), traceback.format_exc()[-2000:])
+        if cap_info is not None and cap_device == "cpu":
+            lift_cpu_cap()  # sending the result must not fail for lack of memory
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+        if cap_info is not None and cap_device == "cpu":
+            try:
+                apply_memory_cap(cap_bytes, "cpu")
+            except BenchError:
+                return  # grown past the cap while idle: the coordinator starts a fresh worker
