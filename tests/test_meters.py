@@ -137,9 +137,27 @@ def test_cpu_trial_starts_no_thread_and_reports_nulls_for_devices():
     f = meters.fields()
     assert set(FIELDS) <= set(f)
     for key in FIELDS:
-        if not key.startswith("cpu_"):
+        if not key.startswith("cpu_") and key != "window_wall_s":
             assert f[key] is None, key  # not measured -> None, never 0
+    assert f["window_wall_s"] >= 0
     assert f["notes"] == []
+
+
+def test_window_wall_time_needs_both_ends_and_counts_the_first_start():
+    m = TrialMeters("cpu", TrialConfig())
+    m.start()
+    m.window_end()  # no window open: ignored
+    m.window_start()
+    time.sleep(0.05)
+    m.window_start()  # a second start does not move the first
+    m.window_end()
+    m.stop()
+    assert 0.05 <= m.fields()["window_wall_s"] < 1.0
+    m = TrialMeters("cpu", TrialConfig())
+    m.start()
+    m.window_start()
+    m.stop()  # e.g. an OOM before window_end
+    assert m.fields()["window_wall_s"] is None
 
 
 def test_fields_before_start_and_stop_before_start_are_safe():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 from bench.meters.memory import CudaMemoryMeter, PeriodicSampler, RssMeter
@@ -52,6 +53,7 @@ FIELDS = (
     "energy_method",
     "energy_window_s",
     "meter_interval_ms",
+    "window_wall_s",
 )
 
 
@@ -93,6 +95,9 @@ class TrialMeters:
         self.energy = None  # energy.EnergyMeter
         self.sampler: PeriodicSampler | None = None
         self.notes: list[str] = []
+        # Wall time of the measured window (perf_counter), everything in it included
+        # (flushes, evaluations): an independent check on the step clock's total.
+        self._window: list[float] = []
         self._state = "new"  # new -> started -> stopped
 
     # -- the four calls -------------------------------------------------------------
@@ -123,11 +128,17 @@ class TrialMeters:
             raise
 
     def window_start(self) -> None:
-        if self.energy is not None and self._state == "started":
+        if self._state != "started" or self._window:
+            return
+        self._window.append(time.perf_counter())
+        if self.energy is not None:
             self.energy.window_start()
 
     def window_end(self) -> None:
-        if self.energy is not None and self._state == "started":
+        if self._state != "started" or len(self._window) != 1:
+            return
+        self._window.append(time.perf_counter())
+        if self.energy is not None:
             self.energy.window_end()
 
     def stop(self) -> None:
@@ -163,6 +174,7 @@ class TrialMeters:
             else None,
             cpu_rss_method=self.rss.method,
             meter_interval_ms=self.interval_ms if self.sampler is not None else None,
+            window_wall_s=self._window[1] - self._window[0] if len(self._window) == 2 else None,
         )
         for part in (self.monitor, self.energy):
             if part is not None:
