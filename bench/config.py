@@ -54,8 +54,9 @@ class TrialConfig:
     step_size: int = 1  # step decay: intervals between decays
     gamma: float = 0.1  # step decay factor
     grad_clip: float | None = None
+    grad_norm: bool = True  # record the global gradient norm per step (one foreach norm)
     # validation and early stopping
-    eval_every: int | None = None  # optimizer steps; None = at the end of every epoch
+    eval_every: int | None = None  # optimizer steps; None = at the end of every epoch; 0 = never
     patience: int | None = None  # evaluations without improvement; None = never stop early
     min_delta: float = 0.0
     restore_best: bool = False
@@ -149,9 +150,17 @@ def _validate(c: TrialConfig) -> None:
         "batch_size",
         "an integer >= 1",
     )
-    need(_is_int(c.accumulation_steps) and c.accumulation_steps >= 1, "accumulation_steps", "an integer >= 1")
+    need(
+        _is_int(c.accumulation_steps) and c.accumulation_steps >= 1,
+        "accumulation_steps",
+        "an integer >= 1",
+    )
     need(c.epochs is None or (_is_int(c.epochs) and c.epochs >= 1), "epochs", "an integer >= 1")
-    need(c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1), "max_steps", "an integer >= 1")
+    need(
+        c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1),
+        "max_steps",
+        "an integer >= 1",
+    )
     if c.epochs is None and c.max_steps is None:
         raise ConfigError("give epochs or max_steps (or both: whichever ends first)")
     need(isinstance(c.drop_last, bool), "drop_last", "true or false")
@@ -166,23 +175,51 @@ def _validate(c: TrialConfig) -> None:
     need(_is_int(c.warmup) and c.warmup >= 0, "warmup", "an integer >= 0")
     need(_is_int(c.step_size) and c.step_size >= 1, "step_size", "an integer >= 1")
     need(_is_number(c.gamma) and c.gamma > 0, "gamma", "a number > 0")
-    need(c.grad_clip is None or (_is_number(c.grad_clip) and c.grad_clip > 0), "grad_clip", "a number > 0")
-    need(c.eval_every is None or (_is_int(c.eval_every) and c.eval_every >= 1), "eval_every", "an integer >= 1")
-    need(c.patience is None or (_is_int(c.patience) and c.patience >= 1), "patience", "an integer >= 1")
+    need(
+        c.grad_clip is None or (_is_number(c.grad_clip) and c.grad_clip > 0),
+        "grad_clip",
+        "a number > 0",
+    )
+    need(
+        c.eval_every is None or (_is_int(c.eval_every) and c.eval_every >= 0),
+        "eval_every",
+        "an integer >= 0 (0: never)",
+    )
+    need(
+        c.patience is None or (_is_int(c.patience) and c.patience >= 1),
+        "patience",
+        "an integer >= 1",
+    )
+    if c.patience is not None and c.eval_every == 0:
+        raise ConfigError("patience needs evaluations: eval_every is 0 (never)")
     need(_is_number(c.min_delta) and c.min_delta >= 0, "min_delta", "a number >= 0")
     need(isinstance(c.restore_best, bool), "restore_best", "true or false")
+    need(isinstance(c.grad_norm, bool), "grad_norm", "true or false")
     choice("precision", PRECISIONS)
     need(_is_int(c.seed) and c.seed >= 0, "seed", "an integer >= 0")
     need(
-        isinstance(c.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device) is not None,
+        isinstance(c.device, str)
+        and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device) is not None,
         "device",
         "one of auto, cpu, cuda, cuda:N, mps",
     )
     choice("data_path", DATA_PATHS)
-    need(_is_int(c.timing_warmup_steps) and c.timing_warmup_steps >= 0, "timing_warmup_steps", "an integer >= 0")
+    need(
+        _is_int(c.timing_warmup_steps) and c.timing_warmup_steps >= 0,
+        "timing_warmup_steps",
+        "an integer >= 0",
+    )
     need(_is_int(c.flush_every) and c.flush_every >= 1, "flush_every", "an integer >= 1")
-    need(c.time_limit_s is None or (_is_number(c.time_limit_s) and c.time_limit_s > 0), "time_limit_s", "a number > 0")
-    need(c.peak_tflops is None or (_is_number(c.peak_tflops) and c.peak_tflops > 0), "peak_tflops", "a number > 0")
+    need(
+        c.time_limit_s is None or (_is_number(c.time_limit_s) and c.time_limit_s > 0),
+        "time_limit_s",
+        "a number > 0",
+    )
+    need(
+        c.peak_tflops is None or (_is_number(c.peak_tflops) and c.peak_tflops > 0),
+        "peak_tflops",
+        "a number > 0",
+    )
     for key in c.workload_options:
         if not isinstance(key, str):
             raise ConfigError(f"workload_options keys must be strings, got {key!r}")
@@ -191,8 +228,14 @@ def _validate(c: TrialConfig) -> None:
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 
 

@@ -33,7 +33,9 @@ def test_tutorial_sgd_bgd_mbgd(mode, batch_size, steps):
 
 @pytest.mark.parametrize("partial_window, steps", [("step", 313), ("drop", 312)])
 def test_tutorial_accumulation(partial_window, steps):
-    plan = make_plan(samples=10_000, batch_size=8, accumulation_steps=4, partial_window=partial_window)
+    plan = make_plan(
+        samples=10_000, batch_size=8, accumulation_steps=4, partial_window=partial_window
+    )
     assert plan.micro_batches_per_epoch == 1250
     assert plan.effective_batch_size == 32
     assert plan.short_window_micro_batches == 2
@@ -50,9 +52,22 @@ def test_windows_cover_the_epoch_exactly(n, b, k, drop_last, partial_window):
     m = n // b if drop_last else math.ceil(n / b)
     if partial_window == "drop" and m // k == 0:
         with pytest.raises(ConfigError, match="no optimizer step"):
-            make_plan(samples=n, batch_size=b, accumulation_steps=k, drop_last=drop_last, partial_window=partial_window)
+            make_plan(
+                samples=n,
+                batch_size=b,
+                accumulation_steps=k,
+                drop_last=drop_last,
+                partial_window=partial_window,
+            )
         return
-    plan = make_plan(samples=n, batch_size=b, accumulation_steps=k, drop_last=drop_last, partial_window=partial_window, epochs=3)
+    plan = make_plan(
+        samples=n,
+        batch_size=b,
+        accumulation_steps=k,
+        drop_last=drop_last,
+        partial_window=partial_window,
+        epochs=3,
+    )
     assert plan.micro_batches_per_epoch == m
     assert plan.steps_per_epoch == (math.ceil(m / k) if partial_window == "step" else m // k)
     assert plan.total_steps == 3 * plan.steps_per_epoch
@@ -97,7 +112,10 @@ def test_steps_iterates_in_order():
         ({"samples": 0, "batch_size": 1}, "samples must be >= 1"),
         ({"samples": 10, "batch_size": 0}, "batch_size must be >= 1"),
         ({"samples": 10, "batch_size": 11}, "exceeds samples"),
-        ({"samples": 10, "batch_size": 2, "accumulation_steps": 0}, "accumulation_steps must be >= 1"),
+        (
+            {"samples": 10, "batch_size": 2, "accumulation_steps": 0},
+            "accumulation_steps must be >= 1",
+        ),
         ({"samples": 10, "batch_size": 2, "mode": "sdg"}, "did you mean 'sgd'"),
         ({"samples": 10, "batch_size": 2, "epochs": None}, "give epochs or max_steps"),
         ({"samples": 10, "batch_size": 2.5}, "must be an integer"),

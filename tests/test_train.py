@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from bench.config import TrialConfig
-from bench.train import train
+from bench.train import LRSchedule, train
 from bench.trial import prepare
 
 
@@ -28,8 +28,13 @@ def rel_diff(a, b):
 
 # 100 samples, b=8: 13 micro-batches (the last has 4 samples); k=4 -> windows 4, 4, 4, 1.
 SHORT = dict(
-    samples=100, precision="fp64", lr=0.1, epochs=1, optimizer="sgd",
-    workload_options={"width": 16, "val_samples": 10}, timing_warmup_steps=0,
+    samples=100,
+    precision="fp64",
+    lr=0.1,
+    epochs=1,
+    optimizer="sgd",
+    workload_options={"width": 16, "val_samples": 10},
+    timing_warmup_steps=0,
 )
 
 
@@ -59,7 +64,9 @@ def test_micro_normalisation_underweights_the_short_window_by_r_over_k():
     predicted = p0 + (p_exact - p0) * (1 / 4)
     assert rel_diff(p_micro, predicted) < 1e-10
     # ...and not before the short window: the first three steps are identical.
-    micro3, _, _, _ = run(**SHORT, batch_size=8, accumulation_steps=4, normalize="micro", max_steps=3)
+    micro3, _, _, _ = run(
+        **SHORT, batch_size=8, accumulation_steps=4, normalize="micro", max_steps=3
+    )
     assert rel_diff(params(micro3), p0) < 1e-12
 
 
@@ -108,8 +115,12 @@ def test_no_gradient_leaks_across_epochs():
 
 def test_dropped_window_is_not_computed_or_applied():
     kw = {**SHORT, "epochs": 2}
-    model, outcome, workload, plan = run(**kw, batch_size=8, accumulation_steps=4, partial_window="drop")
-    assert outcome.optimizer_steps == 6 and outcome.micro_batches == 24 and outcome.samples_seen == 192
+    model, outcome, workload, plan = run(
+        **kw, batch_size=8, accumulation_steps=4, partial_window="drop"
+    )
+    assert (
+        outcome.optimizer_steps == 6 and outcome.micro_batches == 24 and outcome.samples_seen == 192
+    )
     # Equivalent: big batches of 32 over the same order with drop_last (the last 4 dropped).
     big, _, _, _ = run(**kw, batch_size=32, accumulation_steps=1, drop_last=True)
     assert rel_diff(params(model), params(big)) < 1e-10
@@ -149,8 +160,15 @@ def test_step_rows_follow_the_plan():
 @pytest.mark.parametrize("interval", ["step", "epoch"])
 def test_scheduler_steps_once_per_optimizer_step_or_epoch(interval):
     _, outcome, _, plan = run(
-        batch_size=8, accumulation_steps=4, samples=100, epochs=3, lr=1.0,
-        scheduler="step", step_size=1, gamma=0.5, scheduler_interval=interval,
+        batch_size=8,
+        accumulation_steps=4,
+        samples=100,
+        epochs=3,
+        lr=1.0,
+        scheduler="step",
+        step_size=1,
+        gamma=0.5,
+        scheduler_interval=interval,
     )
     lrs = [r["lr"] for r in outcome.rows]
     if interval == "step":  # decays every optimizer step, never per micro-batch
@@ -161,7 +179,7 @@ def test_scheduler_steps_once_per_optimizer_step_or_epoch(interval):
 
 def test_scheduler_calls_equal_optimizer_steps(monkeypatch):
     calls = {"scheduler": 0, "optimizer": 0}
-    original_sched, original_opt = torch.optim.lr_scheduler.LambdaLR.step, torch.optim.SGD.step
+    original_sched, original_opt = LRSchedule.step, torch.optim.SGD.step
 
     def count_sched(self, *a, **k):
         calls["scheduler"] += 1
@@ -171,16 +189,19 @@ def test_scheduler_calls_equal_optimizer_steps(monkeypatch):
         calls["optimizer"] += 1
         return original_opt(self, *a, **k)
 
-    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", count_sched)
+    monkeypatch.setattr(LRSchedule, "step", count_sched)
     monkeypatch.setattr(torch.optim.SGD, "step", count_opt)
-    _, outcome, _, _ = run(batch_size=8, accumulation_steps=3, samples=100, epochs=2, scheduler="cosine", warmup=2)
-    # LambdaLR calls step() once when it is built; every other call is one per optimizer step.
+    _, outcome, _, _ = run(
+        batch_size=8, accumulation_steps=3, samples=100, epochs=2, scheduler="cosine", warmup=2
+    )
     assert calls["optimizer"] == outcome.optimizer_steps == 10
-    assert calls["scheduler"] - 1 == calls["optimizer"]
+    assert calls["scheduler"] == calls["optimizer"]
 
 
 def test_warmup_and_cosine_shapes():
-    _, outcome, _, _ = run(batch_size=10, samples=100, epochs=1, lr=1.0, scheduler="cosine", warmup=4)
+    _, outcome, _, _ = run(
+        batch_size=10, samples=100, epochs=1, lr=1.0, scheduler="cosine", warmup=4
+    )
     lrs = [r["lr"] for r in outcome.rows]
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0)
@@ -191,7 +212,9 @@ def test_warmup_and_cosine_shapes():
 @pytest.mark.parametrize("patience", [1, 3])
 def test_early_stopping_after_exactly_patience_evaluations(patience):
     # lr=0: the validation loss never improves after the first evaluation.
-    _, outcome, _, _ = run(batch_size=32, samples=320, epochs=20, lr=0.0, eval_every=2, patience=patience)
+    _, outcome, _, _ = run(
+        batch_size=32, samples=320, epochs=20, lr=0.0, eval_every=2, patience=patience
+    )
     evaluations = [r["val_loss"] for r in outcome.rows if r["val_loss"] is not None]
     assert outcome.stopped_early
     assert len(evaluations) == 1 + patience
@@ -200,7 +223,9 @@ def test_early_stopping_after_exactly_patience_evaluations(patience):
 
 def test_restore_best_returns_the_best_weights():
     # A large lr makes validation loss rise after a while; restore_best undoes that.
-    cfg = dict(batch_size=16, samples=256, epochs=30, lr=0.5, momentum=0.9, eval_every=4, patience=1000)
+    cfg = dict(
+        batch_size=16, samples=256, epochs=30, lr=0.5, momentum=0.9, eval_every=4, patience=1000
+    )
     m_best, o_best, workload, _ = run(**cfg, restore_best=True)
     val = tuple(t.to(torch.float32) if t.is_floating_point() else t for t in workload.val)
     with torch.no_grad():
@@ -241,8 +266,14 @@ def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly()
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_hot_loop_never_syncs_outside_flush_points(precision):
     config = TrialConfig(
-        workload="teacher-mlp", device="cuda", batch_size=64, accumulation_steps=2,
-        epochs=2, precision=precision, flush_every=16, eval_every=20,
+        workload="teacher-mlp",
+        device="cuda",
+        batch_size=64,
+        accumulation_steps=2,
+        epochs=2,
+        precision=precision,
+        flush_every=16,
+        eval_every=20,
     )
     workload, plan, device = prepare(config)
     torch.manual_seed(0)
@@ -264,8 +295,20 @@ def test_cuda_accumulation_matches_big_batch_in_fp64():
 
 
 CHAR = dict(
-    workload="char-lm", samples=24, precision="fp64", lr=0.01, epochs=1, optimizer="adamw",
-    workload_options={"seq_len": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "val_samples": 4, "min_len": 4},
+    workload="char-lm",
+    samples=24,
+    precision="fp64",
+    lr=0.01,
+    epochs=1,
+    optimizer="adamw",
+    workload_options={
+        "seq_len": 32,
+        "d_model": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "val_samples": 4,
+        "min_len": 4,
+    },
     timing_warmup_steps=0,
 )
 
