@@ -16,10 +16,30 @@ from bench.errors import BenchError, ConfigError
 
 # Commands that live in their own modules: name -> (module, add_arguments, main, help).
 EXTERNAL = {
-    "sweep": ("bench.sweep.command", "add_arguments", "main", "run a declared sweep (experiments/*.toml)"),
-    "oom": ("bench.oom", "add_arguments", "main", "find the largest micro-batch that fits a memory capacity"),
-    "report": ("bench.report.command", "add_report_arguments", "report_main", "figures and tables from results"),
-    "compare": ("bench.report.command", "add_compare_arguments", "compare_main", "compare two result sets for a pull request"),
+    "sweep": (
+        "bench.sweep.command",
+        "add_arguments",
+        "main",
+        "run a declared sweep (experiments/*.toml)",
+    ),
+    "oom": (
+        "bench.oom",
+        "add_arguments",
+        "main",
+        "find the largest micro-batch that fits a memory capacity",
+    ),
+    "report": (
+        "bench.report.command",
+        "add_report_arguments",
+        "report_main",
+        "figures and tables from results",
+    ),
+    "compare": (
+        "bench.report.command",
+        "add_compare_arguments",
+        "compare_main",
+        "compare two result sets for a pull request",
+    ),
 }
 
 
@@ -33,18 +53,48 @@ class _Parser(argparse.ArgumentParser):
 
 def add_plan_arguments(p: argparse.ArgumentParser, *, for_run: bool) -> None:
     g = p.add_argument_group("epoch / batch / step")
-    g.add_argument("--samples", type=int, metavar="N", help="training samples N" + ("" if for_run else " (required)"))
+    g.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="training samples N" + ("" if for_run else " (required)"),
+    )
     g.add_argument("--batch-size", type=int, metavar="b", help="micro-batch size b")
-    g.add_argument("--accumulation-steps", type=int, metavar="k", help="micro-batches per optimizer step (default 1)")
+    g.add_argument(
+        "--accumulation-steps",
+        type=int,
+        metavar="k",
+        help="micro-batches per optimizer step (default 1)",
+    )
     g.add_argument("--epochs", type=int, metavar="E", help="epochs (default 1 unless --max-steps)")
     g.add_argument("--max-steps", type=int, metavar="S", help="stop after S optimizer steps")
-    g.add_argument("--drop-last", action="store_true", default=None, help="drop the last incomplete micro-batch")
-    g.add_argument("--partial-window", choices=("step", "drop"), help="short window at epoch end: step it or drop it")
-    g.add_argument("--mode", choices=("sgd", "mbgd", "bgd"), help="sgd: b=1, bgd: b=N, mbgd: the given b")
+    g.add_argument(
+        "--drop-last",
+        action="store_true",
+        default=None,
+        help="drop the last incomplete micro-batch",
+    )
+    g.add_argument(
+        "--partial-window",
+        choices=("step", "drop"),
+        help="short window at epoch end: step it or drop it",
+    )
+    g.add_argument(
+        "--mode", choices=("sgd", "mbgd", "bgd"), help="sgd: b=1, bgd: b=N, mbgd: the given b"
+    )
 
 
 def _plan_values(args: argparse.Namespace) -> dict:
-    keys = ("samples", "batch_size", "accumulation_steps", "epochs", "max_steps", "drop_last", "partial_window", "mode")
+    keys = (
+        "samples",
+        "batch_size",
+        "accumulation_steps",
+        "epochs",
+        "max_steps",
+        "drop_last",
+        "partial_window",
+        "mode",
+    )
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -74,7 +124,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shown = "-" if value is None else value
         print(f"{key.replace('_', ' '):<{width}}  {shown}")
     if args.at_epoch is not None and out["global_step"] is None:
-        print("(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)")
+        print(
+            "(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)"
+        )
     return 0
 
 
@@ -99,10 +151,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         values.update(read_toml(args.config))
     values.update(_plan_values(args))
-    for key in ("workload", "lr", "optimizer", "momentum", "seed", "normalize", "precision", "device",
-                "data_path", "scheduler", "scheduler_interval", "warmup", "eval_every", "patience",
-                "min_delta", "restore_best", "grad_clip", "flush_every", "timing_warmup_steps",
-                "time_limit_s"):
+    for key in (
+        "workload",
+        "lr",
+        "optimizer",
+        "momentum",
+        "seed",
+        "normalize",
+        "precision",
+        "device",
+        "data_path",
+        "scheduler",
+        "scheduler_interval",
+        "warmup",
+        "eval_every",
+        "patience",
+        "min_delta",
+        "restore_best",
+        "grad_clip",
+        "flush_every",
+        "timing_warmup_steps",
+        "time_limit_s",
+    ):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -110,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = dict(values.get("workload_options", {}))
         options.update(_parse_option(o) for o in args.option)
         values["workload_options"] = options
-    where = str(args.config) if args.config else "run"
+    where = str(args.config) if args.config else ""
     config = TrialConfig.from_mapping(values, where=where)
 
     from bench.trial import prepare, run_trial, write_result
@@ -137,7 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file of TrialConfig keys (flags override it)")
     p.add_argument("--workload", help="seed-mlp, teacher-mlp, char-lm, or module:function")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="workload option (repeatable)")
+    p.add_argument(
+        "--option", action="append", metavar="KEY=VALUE", help="workload option (repeatable)"
+    )
     add_plan_arguments(p, for_run=True)
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adamw"))
@@ -147,7 +219,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler-interval", choices=("step", "epoch"))
     g.add_argument("--warmup", type=int, help="scheduler intervals of linear warm-up")
     g.add_argument("--grad-clip", type=float)
-    g.add_argument("--normalize", choices=("sample", "micro"), help="loss normalisation across a window")
+    g.add_argument(
+        "--normalize", choices=("sample", "micro"), help="loss normalisation across a window"
+    )
     g = p.add_argument_group("evaluation and early stopping")
     g.add_argument("--eval-every", type=int, metavar="STEPS", help="default: every epoch")
     g.add_argument("--patience", type=int)
@@ -157,9 +231,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"))
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--data-path", choices=("tensor", "dataloader"), help="fast device tensors or the tutorial's DataLoader")
+    g.add_argument(
+        "--data-path",
+        choices=("tensor", "dataloader"),
+        help="fast device tensors or the tutorial's DataLoader",
+    )
     g.add_argument("--flush-every", type=int, help="steps between host syncs (default 64)")
-    g.add_argument("--timing-warmup-steps", type=int, help="steps excluded from throughput (default 3)")
+    g.add_argument(
+        "--timing-warmup-steps", type=int, help="steps excluded from throughput (default 3)"
+    )
     g.add_argument("--time-limit-s", type=float)
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
 
@@ -173,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="epoch / micro-batch / step arithmetic for a configuration")
     add_plan_arguments(p, for_run=False)
     p.add_argument("--at-epoch", type=int, metavar="E", help="with --at-batch: which global step")
-    p.add_argument("--at-batch", type=int, metavar="I", help="micro-batch index within the epoch (1-based)")
+    p.add_argument(
+        "--at-batch", type=int, metavar="I", help="micro-batch index within the epoch (1-based)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("run", help="train one configuration and store its results")

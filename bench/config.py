@@ -76,19 +76,21 @@ class TrialConfig:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "config") -> TrialConfig:
-        """Build from a plain mapping (TOML, CLI). Unknown keys get a 'did you mean'."""
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "") -> TrialConfig:
+        """Build from a plain mapping (TOML, CLI). Unknown keys get a 'did you mean'.
+        ``where`` (a file name, say) prefixes every error message."""
+        prefix = f"{where}: " if where else ""
         names = {f.name for f in dataclasses.fields(cls)}
         for key in values:
             if key not in names:
-                raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, names)}")
+                raise ConfigError(f"{prefix}unknown key {key!r}{did_you_mean(key, names)}")
         values = dict(values)
         if "workload_options" in values and not isinstance(values["workload_options"], Mapping):
-            raise ConfigError(f"{where}: workload_options must be a table of options")
+            raise ConfigError(f"{prefix}workload_options must be a table of options")
         try:
             return cls(**values)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{prefix}{exc}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrialConfig:

@@ -1,0 +1,167 @@
+"""`python -m bench plan` and `bench run`: outputs, and bad input as one line + exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bench import store
+from bench.cli import main
+
+
+def bench(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def plan_json(capsys, *args):
+    assert main(["plan", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_json_golden_numbers(capsys):
+    out = plan_json(
+        capsys,
+        "--samples",
+        "10000",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "5",
+        "--at-epoch",
+        "2",
+        "--at-batch",
+        "50",
+    )
+    assert out["micro_batches_per_epoch"] == 313
+    assert out["steps_per_epoch"] == 313
+    assert out["total_steps"] == 1565
+    assert out["effective_batch_size"] == 32
+    assert out["global_step"] == 363
+    for mode, b, steps in (("sgd", None, 200), ("bgd", None, 2), ("mbgd", "20", 10)):
+        args = ["--samples", "100", "--epochs", "2", "--mode", mode] + (
+            ["--batch-size", b] if b else []
+        )
+        assert plan_json(capsys, *args)["total_steps"] == steps
+    for window, steps in (("step", 313), ("drop", 312)):
+        out = plan_json(
+            capsys,
+            "--samples",
+            "10000",
+            "--batch-size",
+            "8",
+            "--accumulation-steps",
+            "4",
+            "--partial-window",
+            window,
+        )
+        assert (
+            out["micro_batches_per_epoch"],
+            out["steps_per_epoch"],
+            out["effective_batch_size"],
+        ) == (1250, steps, 32)
+
+
+def test_plan_table_for_humans():
+    r = bench("plan", "--samples", "10000", "--batch-size", "32", "--epochs", "5")
+    assert r.returncode == 0
+    assert "steps per epoch" in r.stdout and "1565" in r.stdout
+
+
+def test_run_writes_the_results_contract(tmp_path):
+    out = tmp_path / "run"
+    r = bench(
+        "run",
+        "--workload",
+        "seed-mlp",
+        "--samples",
+        "100",
+        "--batch-size",
+        "8",
+        "--accumulation-steps",
+        "4",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok: seed-mlp mbgd b=8 k=4 steps=8/8")
+    results = store.load_results(out)
+    trial = results.trials.iloc[0]
+    assert list(results.trials.columns[: len(store.TRIAL_COLUMNS)]) == list(store.TRIAL_COLUMNS)
+    assert list(results.steps.columns) == list(store.STEP_COLUMNS)
+    assert trial.status == "ok" and trial.optimizer_steps == 8 and trial.samples_seen == 200
+    assert trial.effective_batch_size == 32 and trial.micro_batches == 26
+    assert pd.isna(trial.nvml_peak_used_bytes)  # no GPU: null, never 0
+    assert trial.cpu_peak_rss_bytes > 0
+    assert list(results.steps.step) == list(range(1, 9))
+    assert results.steps.samples.tolist() == [32, 32, 32, 4] * 2
+
+
+def test_run_from_toml_with_flag_override(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'workload = "teacher-mlp"\nsamples = 64\nbatch_size = 16\nepochs = 1\n[workload_options]\nwidth = 8\n'
+    )
+    out = tmp_path / "run"
+    r = bench(
+        "run", "--config", str(config), "--batch-size", "32", "--device", "cpu", "--out", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    trial = store.load_results(out).trials.iloc[0]
+    assert trial.micro_batch_size == 32 and trial.optimizer_steps == 2
+    assert json.loads(trial.config_json)["workload_options"] == {"width": 8}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--accumulation-steps", "0"], "accumulation_steps must be an integer >= 1, got 0"),
+        (["--batch-size", "101"], "batch_size 101 exceeds samples 100"),
+        (["--workload", "seed-mpl"], "did you mean 'seed-mlp'"),
+        (
+            ["--option", "widht=3", "--workload", "teacher-mlp"],
+            "no option 'widht' (did you mean 'width'?)",
+        ),
+        (["--lr", "fast"], "invalid float value"),
+        (["--device", "tpu"], "device must be one of"),
+        (["--config", "missing.toml"], "cannot read missing.toml"),
+        (["--config", "bad.toml"], "malformed TOML"),
+        (["--config", "unknown.toml"], "unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    (tmp_path / "bad.toml").write_text("batch_size = [")
+    (tmp_path / "unknown.toml").write_text("batchsize = 3\n")
+    out = tmp_path / "out"
+    base = [
+        "run",
+        "--workload",
+        "seed-mlp",
+        "--samples",
+        "100",
+        "--batch-size",
+        "10",
+        "--device",
+        "cpu",
+    ]
+    r = bench(*base, *args, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_plan_bad_input():
+    r = bench("plan", "--batch-size", "3")
+    assert r.returncode == 2 and r.stderr.strip() == "bench: error: --samples is required"
+    r = bench("plan", "--samples", "10", "--batch-size", "2", "--at-epoch", "1", "--at-batch", "6")
+    assert r.returncode == 2 and "at-batch must be in 1..5" in r.stderr
