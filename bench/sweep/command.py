@@ -58,8 +58,14 @@ def main(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.dry_run:
         print(f"sweep {spec.name}: {spec.question.splitlines()[0] if spec.question else ''}")
-        mode = f"search ({spec.search.sampler}, {spec.search.n_trials} trials)" if spec.search else "grid"
-        print(f"{mode}: {len(spec.points)} distinct points, {spec.total} trials, spec hash {spec.spec_hash}")
+        mode = (
+            f"search ({spec.search.sampler}, {spec.search.n_trials} trials)"
+            if spec.search
+            else "grid"
+        )
+        print(
+            f"{mode}: {len(spec.points)} distinct points, {spec.total} trials, spec hash {spec.spec_hash}"
+        )
         for p in spec.points:
             print(f"  {p.key}  {describe_point(p.params)}")
         for params, reason in spec.skipped:

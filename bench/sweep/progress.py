@@ -21,7 +21,9 @@ def format_duration(seconds: float | None) -> str:
 class Progress:
     """Counts come from the coordinator; ETA from this run's own completion rate."""
 
-    def __init__(self, sweep: str, total: int, *, stream: TextIO | None = None, tty: bool | None = None) -> None:
+    def __init__(
+        self, sweep: str, total: int, *, stream: TextIO | None = None, tty: bool | None = None
+    ) -> None:
         self.sweep = sweep
         self.total = total
         self.stream = stream or sys.stderr

@@ -56,7 +56,14 @@ CLAIM_POLL_S = 1.0  # idle coordinator: look for new tickets this often
 RECONCILE_EVERY_S = 5.0  # idle coordinator: look for lost trials of dead owners this often
 STARTUP_TIMEOUT_S = 300.0
 
-_PRELOAD = ["torch", "pandas", "pyarrow.parquet", "bench.config", "bench.trial", "bench.sweep.worker"]
+_PRELOAD = [
+    "torch",
+    "pandas",
+    "pyarrow.parquet",
+    "bench.config",
+    "bench.trial",
+    "bench.sweep.worker",
+]
 
 
 @dataclass
@@ -250,7 +257,9 @@ class SweepRunner:
 
         spec = self.spec
         try:
-            study = optuna.load_study(study_name=spec.name, storage=self.handle.storage, sampler=self._sampler())
+            study = optuna.load_study(
+                study_name=spec.name, storage=self.handle.storage, sampler=self._sampler()
+            )
         except KeyError:
             study = optuna.create_study(
                 study_name=spec.name,
@@ -271,7 +280,9 @@ class SweepRunner:
             study.set_user_attr("bench_question", spec.question)
             study.set_user_attr("bench_spec_file", str(spec.path))
             study.set_user_attr("bench_total", spec.total)
-            study.set_user_attr("bench_objectives", [[o.column, o.direction] for o in spec.objectives])
+            study.set_user_attr(
+                "bench_objectives", [[o.column, o.direction] for o in spec.objectives]
+            )
         elif found != spec.spec_hash:
             raise BenchError(
                 f"sweep {spec.name!r} in {self.handle.description} was started from a different spec "
@@ -279,7 +290,9 @@ class SweepRunner:
                 f"refusing to mix them: give the changed spec a new name, or delete {self.folder} to start over"
             )
         if [d.name.lower() for d in study.directions] != spec.directions:
-            raise BenchError(f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}")
+            raise BenchError(
+                f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}"
+            )
         return study
 
     def _ident(self, trial: Any) -> Any:
@@ -305,7 +318,6 @@ class SweepRunner:
         """Under the mutex: fail lost trials, give a ticket to every key that needs one."""
         from optuna.trial import TrialState
 
-        storage = self.handle.storage
         coord = self.handle.coordination
         lost = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -316,7 +328,9 @@ class SweepRunner:
                 self._mark_lost(t, owner)
                 lost += 1
         if lost:
-            self.progress.log(f"{self.spec.name}: {lost} trial(s) whose coordinator died will run again")
+            self.progress.log(
+                f"{self.spec.name}: {lost} trial(s) whose coordinator died will run again"
+            )
         groups = self._groups()
         queued = 0
         for ident in self._expected():
@@ -325,7 +339,12 @@ class SweepRunner:
                 continue
             finished = [t for t in group if t.user_attrs.get("bench_status") in CONSUMED]
             latest = max(finished, key=lambda t: t.number) if finished else None
-            retry = startup and self.retry_failed and latest is not None and latest.user_attrs.get("bench_status") == "failed"
+            retry = (
+                startup
+                and self.retry_failed
+                and latest is not None
+                and latest.user_attrs.get("bench_status") == "failed"
+            )
             if latest is not None and not retry:
                 continue
             attempt = 1 + max((t.user_attrs.get("bench_attempt", 0) for t in group), default=0)
@@ -333,10 +352,14 @@ class SweepRunner:
                 # A lost or retried slot keeps the configuration it had sampled.
                 previous = max(group, key=lambda t: t.number) if group else None
                 params = dict(previous.params) if previous is not None else {}
-                self.study.enqueue_trial(params, user_attrs={"bench_slot": ident, "bench_attempt": attempt})
+                self.study.enqueue_trial(
+                    params, user_attrs={"bench_slot": ident, "bench_attempt": attempt}
+                )
             else:
                 point = self.spec.points_by_key[ident]
-                self.study.enqueue_trial(dict(point.params), user_attrs={"bench_key": ident, "bench_attempt": attempt})
+                self.study.enqueue_trial(
+                    dict(point.params), user_attrs={"bench_key": ident, "bench_attempt": attempt}
+                )
             queued += 1
         return self._counts()
 
@@ -348,7 +371,9 @@ class SweepRunner:
         try:
             storage.set_trial_user_attr(t._trial_id, "bench_status", "lost")
             storage.set_trial_user_attr(
-                t._trial_id, "bench_error", f"coordinator {owner or '(unknown)'} died while this trial ran"
+                t._trial_id,
+                "bench_error",
+                f"coordinator {owner or '(unknown)'} died while this trial ran",
             )
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
@@ -380,12 +405,18 @@ class SweepRunner:
         """Under the mutex: pop up to n tickets and own them."""
         from optuna.trial import TrialState
 
-        waiting = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if self._ident(t) is not None]
+        waiting = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if self._ident(t) is not None
+        ]
         jobs: list[Job] = []
         storage = self.handle.storage
         for _ in range(min(n, len(waiting))):
             trial = self.study.ask()
-            storage.set_trial_system_attr(trial._trial_id, "bench_owner", self.handle.coordination.owner)
+            storage.set_trial_system_attr(
+                trial._trial_id, "bench_owner", self.handle.coordination.owner
+            )
             attrs = trial.user_attrs
             if self._ident_of_attrs(attrs) is None:
                 # Not a ticket (someone else's ask() on this study): give it back as failed.
@@ -421,7 +452,7 @@ class SweepRunner:
         # The full choice list, not [value]: RDB storage refuses a categorical parameter
         # whose choices differ between trials of one study.
         choices = self._choices()
-        for name, value in params.items():
+        for name in params:
             trial.suggest_categorical(name, choices[name])
 
     def _sample(self, trial: Any, attempt: int) -> Job | None:
@@ -438,10 +469,16 @@ class SweepRunner:
         for axis, raw in spec.axes.items():
             picked = trial.suggest_categorical(axis, choices[axis])
             values[axis] = raw[choices[axis].index(picked)]
-        seed = trial.suggest_categorical("seed", choices["seed"]) if "seed" in choices else spec.seeds[0]
+        seed = (
+            trial.suggest_categorical("seed", choices["seed"])
+            if "seed" in choices
+            else spec.seeds[0]
+        )
         for r in spec.search.ranges:
             if r.integer:
-                values[r.name] = trial.suggest_int(r.name, int(r.low), int(r.high), step=int(r.step or 1), log=r.log)
+                values[r.name] = trial.suggest_int(
+                    r.name, int(r.low), int(r.high), step=int(r.step or 1), log=r.log
+                )
             else:
                 values[r.name] = trial.suggest_float(r.name, r.low, r.high, step=r.step, log=r.log)
         try:
@@ -464,7 +501,9 @@ class SweepRunner:
                 storage.set_trial_user_attr(trial._trial_id, "bench_status", "duplicate")
                 storage.set_trial_user_attr(trial._trial_id, "bench_duplicate_of", other.number)
                 if "bench_row" in other.user_attrs:
-                    storage.set_trial_user_attr(trial._trial_id, "bench_row", other.user_attrs["bench_row"])
+                    storage.set_trial_user_attr(
+                        trial._trial_id, "bench_row", other.user_attrs["bench_row"]
+                    )
                 if other.state == TrialState.COMPLETE:
                     self.study.tell(trial, other.values)
                 else:
@@ -485,14 +524,22 @@ class SweepRunner:
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus:
             if n > gpus:
-                self.progress.log(f"{self.spec.name}: {n} workers asked, {gpus} GPU(s): one worker per GPU")
+                self.progress.log(
+                    f"{self.spec.name}: {n} workers asked, {gpus} GPU(s): one worker per GPU"
+                )
                 n = gpus
             envs = [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(n)]
         else:
-            envs = [{"CUDA_VISIBLE_DEVICES": ""} if self.spec.device == "cpu" else {} for _ in range(n)]
+            envs = [
+                {"CUDA_VISIBLE_DEVICES": ""} if self.spec.device == "cpu" else {} for _ in range(n)
+            ]
         threads = max(1, cpus // n)
         for env in envs:
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), BENCH_SWEEP_DEVICE=self.spec.device)
+            env.update(
+                OMP_NUM_THREADS=str(threads),
+                MKL_NUM_THREADS=str(threads),
+                BENCH_SWEEP_DEVICE=self.spec.device,
+            )
         return n, envs, threads
 
     def _context(self) -> Any:
@@ -538,7 +585,13 @@ class SweepRunner:
         )
         w.process.start()
         child.close()
-        w.conn, w.pid, w.ready, w.job, w.started = parent, w.process.pid, False, None, time.monotonic()
+        w.conn, w.pid, w.ready, w.job, w.started = (
+            parent,
+            w.process.pid,
+            False,
+            None,
+            time.monotonic(),
+        )
 
     def _stop_workers(self) -> None:
         for w in self.workers:
@@ -575,6 +628,9 @@ class SweepRunner:
         job.deadline = None if limit is None else job.started + 1.5 * limit + 60.0
         w.job = job
         w.conn.send((job.trial.number, job.config.to_dict()))
+        # A first reading at once: a worker killed within milliseconds still leaves a
+        # (lower-bound) peak; polling in the loop raises it while the trial runs.
+        job.peak_rss = _proc_hwm(w.pid) if w.pid else None
 
     # -- the loop --------------------------------------------------------------------
 
@@ -610,8 +666,15 @@ class SweepRunner:
                             next_claim = 0.0
                             continue
             busy = any(w.job for w in self.workers)
-            handles = [h for w in self.workers if w.process is not None for h in (w.conn, w.process.sentinel)]
-            timeout = 0.25 if busy or not idle else min(0.5, max(0.02, next_claim - time.monotonic()))
+            handles = [
+                h
+                for w in self.workers
+                if w.process is not None
+                for h in (w.conn, w.process.sentinel)
+            ]
+            timeout = (
+                0.25 if busy or not idle else min(0.5, max(0.02, next_claim - time.monotonic()))
+            )
             ready = wait_any(handles, timeout=timeout)
             for w in self.workers:
                 if w.process is None:
@@ -632,7 +695,9 @@ class SweepRunner:
                         self._timed_out(w)
                         next_claim = 0.0
                 elif not w.ready and time.monotonic() - w.started > STARTUP_TIMEOUT_S:
-                    raise BenchError(f"worker {w.index} did not start within {STARTUP_TIMEOUT_S:.0f} s")
+                    raise BenchError(
+                        f"worker {w.index} did not start within {STARTUP_TIMEOUT_S:.0f} s"
+                    )
 
     def _show(self, counts: Counts) -> None:
         self.progress.update(done=counts.done, running=counts.running, failed=counts.failed)
@@ -680,7 +745,9 @@ class SweepRunner:
         w.job = None
         if job is None:
             if not w.ready:
-                raise BenchError(f"worker {w.index} died while starting ({_exit_text(code)}); see {self.folder / 'logs'}")
+                raise BenchError(
+                    f"worker {w.index} died while starting ({_exit_text(code)}); see {self.folder / 'logs'}"
+                )
             self._replace(w)
             return False
         status = status_for_exit(code)
@@ -695,8 +762,13 @@ class SweepRunner:
         job = w.job
         w.job = None
         w.process.kill()
-        self._record_failure(job, "failed", f"no result {time.monotonic() - job.started:.0f} s after a "
-                             f"time_limit_s of {job.config.time_limit_s:g} s: worker killed", time.monotonic() - job.started)
+        self._record_failure(
+            job,
+            "failed",
+            f"no result {time.monotonic() - job.started:.0f} s after a "
+            f"time_limit_s of {job.config.time_limit_s:g} s: worker killed",
+            time.monotonic() - job.started,
+        )
         self._replace(w)
 
     # -- recording -------------------------------------------------------------------
@@ -720,7 +792,9 @@ class SweepRunner:
         if row.get("cpu_peak_rss_bytes") is None and job.peak_rss:
             row["cpu_peak_rss_bytes"] = job.peak_rss
         if row.get("trial_key") != job.key:
-            raise BenchError(f"worker returned key {row.get('trial_key')} for {job.key}: config round trip broke")
+            raise BenchError(
+                f"worker returned key {row.get('trial_key')} for {job.key}: config round trip broke"
+            )
         status = row.get("status", "failed")
         # Parquet first (atomic, per key), then the study: see the module docstring.
         write_trial(self.folder, row, steps, per_key=True)
@@ -736,14 +810,22 @@ class SweepRunner:
             else:
                 self.study.tell(job.trial, state=TrialState.FAIL)
         except Exception as exc:  # noqa: BLE001 - the rows are safe; say why the study is not
-            self.progress.log(f"{self.spec.name}: could not finish Optuna trial {job.trial.number}: {exc}")
+            self.progress.log(
+                f"{self.spec.name}: could not finish Optuna trial {job.trial.number}: {exc}"
+            )
         self._last_status = status
         self._ran_here += 1
         self._busy_here += busy
         self._train_here += float(row.get("train_time_s") or 0.0)
-        params = describe_point(self.spec.points_by_key[job.key].params) if job.key in self.spec.points_by_key else job.key
+        params = (
+            describe_point(self.spec.points_by_key[job.key].params)
+            if job.key in self.spec.points_by_key
+            else job.key
+        )
         loss = row.get("final_loss")
-        loss_text = f" final_loss={loss:.4g}" if isinstance(loss, float) and math.isfinite(loss) else ""
+        loss_text = (
+            f" final_loss={loss:.4g}" if isinstance(loss, float) and math.isfinite(loss) else ""
+        )
         err = f" ({row.get('error')})" if row.get("error") and status != "ok" else ""
         counts = self._counts()
         self._show(counts)
@@ -755,8 +837,14 @@ class SweepRunner:
         first = spec.question.splitlines()[0] if spec.question else ""
         p.log(f"sweep {spec.name}: {first}")
         extra = f" ({spec.duplicates} duplicate points collapsed)" if spec.duplicates else ""
-        mode = f"search ({spec.search.sampler}, {spec.search.n_trials} trials)" if spec.search else "grid"
-        p.log(f"  {mode}: {spec.total} trials{extra}; storage {self.handle.description}; results {self.folder}")
+        mode = (
+            f"search ({spec.search.sampler}, {spec.search.n_trials} trials)"
+            if spec.search
+            else "grid"
+        )
+        p.log(
+            f"  {mode}: {spec.total} trials{extra}; storage {self.handle.description}; results {self.folder}"
+        )
         if spec.skipped:
             p.log(f"  skipping {len(spec.skipped)} invalid grid point(s):")
             for params, reason in spec.skipped[:10]:
@@ -792,7 +880,13 @@ def run_sweep(
 ) -> Summary:
     """Run (or resume, or join) a sweep until every trial has a result."""
     return SweepRunner(
-        spec, workers=workers, storage=storage, results=results, retry_failed=retry_failed, stream=stream, tty=tty
+        spec,
+        workers=workers,
+        storage=storage,
+        results=results,
+        retry_failed=retry_failed,
+        stream=stream,
+        tty=tty,
     ).run()
 
 

@@ -189,10 +189,12 @@ def _table(raw: Mapping[str, Any], key: str, at: str) -> dict[str, Any]:
 def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], at: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{at}unknown key {prefix}{key!r}{did_you_mean(str(key), allowed)}")
+            raise ConfigError(f"{at}unknown key '{prefix}{key}'{did_you_mean(str(key), allowed)}")
 
 
-def _check_config_keys(table: Mapping[str, Any], at: str, prefix: str, *, allow_options: bool = True) -> None:
+def _check_config_keys(
+    table: Mapping[str, Any], at: str, prefix: str, *, allow_options: bool = True
+) -> None:
     for key in table:
         if not isinstance(key, str):
             raise ConfigError(f"{at}{prefix}: keys must be strings")
@@ -202,7 +204,7 @@ def _check_config_keys(table: Mapping[str, Any], at: str, prefix: str, *, allow_
             continue
         if key not in CONFIG_KEYS:
             raise ConfigError(
-                f"{at}unknown key {prefix}{key!r}{did_you_mean(key, CONFIG_KEYS)}; "
+                f"{at}unknown key '{prefix}{key}'{did_you_mean(key, CONFIG_KEYS)}; "
                 "expected a TrialConfig key (see bench/config.py)"
             )
         if key in _RESERVED:
@@ -251,7 +253,9 @@ def parse_spec(
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if not 1 <= seeds <= 10_000:
-            raise ConfigError(f"{at}seeds must be a count in [1, 10000] or a list of seeds, got {seeds}")
+            raise ConfigError(
+                f"{at}seeds must be a count in [1, 10000] or a list of seeds, got {seeds}"
+            )
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"{at}seeds must be a non-empty list of integers (or a count)")
@@ -275,7 +279,9 @@ def parse_spec(
     _check_keys(wl, ("name", "options"), at, "workload.")
     wl_name = wl.get("name")
     if not isinstance(wl_name, str) or not wl_name:
-        raise ConfigError(f"{at}workload.name must be a workload name (seed-mlp, teacher-mlp, char-lm, module:function)")
+        raise ConfigError(
+            f"{at}workload.name must be a workload name (seed-mlp, teacher-mlp, char-lm, module:function)"
+        )
     wl_options = wl.get("options", {})
     if not isinstance(wl_options, Mapping):
         raise ConfigError(f"{at}workload.options must be a table")
@@ -284,7 +290,9 @@ def parse_spec(
     _check_config_keys(base, at, "base.")
     for key in ("workload", "workload_options", "device"):
         if key in base:
-            raise ConfigError(f"{at}base.{key}: set it in [workload] / the top-level 'device' instead")
+            raise ConfigError(
+                f"{at}base.{key}: set it in [workload] / the top-level 'device' instead"
+            )
     budget = _table(raw, "budget", at)
     _check_keys(budget, BUDGET_KEYS, at, "budget.")
 
@@ -321,7 +329,9 @@ def parse_spec(
                 grid[f"workload_options.{k}"] = v
         _check_config_keys(grid, at, "grid.")
         if not grid:
-            raise ConfigError(f"{at}grid is empty: give at least one axis, e.g. batch_size = [8, 32]")
+            raise ConfigError(
+                f"{at}grid is empty: give at least one axis, e.g. batch_size = [8, 32]"
+            )
         for axis, values in grid.items():
             if not isinstance(values, list):
                 raise ConfigError(f"{at}grid.{axis} must be a list of values, got {values!r}")
@@ -433,7 +443,9 @@ def _parse_search(
         raise ConfigError(f"{at}search.sampler: {unknown('sampler', str(sampler), SAMPLERS)}")
     n_trials = s.get("n_trials")
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 1 <= n_trials <= 100_000:
-        raise ConfigError(f"{at}search.n_trials must be an integer in [1, 100000], got {n_trials!r}")
+        raise ConfigError(
+            f"{at}search.n_trials must be an integer in [1, 100000], got {n_trials!r}"
+        )
     seed = s.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"{at}search.seed must be an integer >= 0, got {seed!r}")
@@ -464,7 +476,9 @@ def _parse_search(
             try:
                 limit = float(value)
             except ValueError:
-                raise ConfigError(f"{at}search.constraints[{i}]: {value!r} is not a number") from None
+                raise ConfigError(
+                    f"{at}search.constraints[{i}]: {value!r} is not a number"
+                ) from None
             if not math.isfinite(limit):
                 raise ConfigError(f"{at}search.constraints[{i}]: the limit must be finite")
         constraints.append(Constraint(col, op, limit, text.strip()))
@@ -475,11 +489,15 @@ def _parse_search(
     for key, r in ranges_raw.items():
         where = f"search.ranges.{key}"
         if key not in CONFIG_KEYS or key in ("workload", "workload_options", "device", "seed"):
-            raise ConfigError(f"{at}unknown key {where!r}{did_you_mean(key, CONFIG_KEYS)}; a range needs a numeric TrialConfig key")
+            raise ConfigError(
+                f"{at}unknown key {where!r}{did_you_mean(key, CONFIG_KEYS)}; a range needs a numeric TrialConfig key"
+            )
         if key in axes:
             raise ConfigError(f"{at}{where}: {key} is already a grid axis")
         if not isinstance(r, Mapping):
-            raise ConfigError(f"{at}{where} must be a table like {{low = 1e-3, high = 1.0, log = true}}")
+            raise ConfigError(
+                f"{at}{where} must be a table like {{low = 1e-3, high = 1.0, log = true}}"
+            )
         _check_keys(r, RANGE_KEYS, at, f"{where}.")
         low, high = r.get("low"), r.get("high")
         for name, v in (("low", low), ("high", high)):
@@ -493,19 +511,29 @@ def _parse_search(
         if log and low <= 0:
             raise ConfigError(f"{at}{where}: a log range needs low > 0")
         step = r.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or step <= 0):
+        if step is not None and (
+            isinstance(step, bool) or not isinstance(step, int | float) or step <= 0
+        ):
             raise ConfigError(f"{at}{where}.step must be a number > 0")
         if step is not None and log:
             raise ConfigError(f"{at}{where}: step and log do not go together")
-        integer = isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int))
-        ranges.append(Range(key, float(low), float(high), log, None if step is None else float(step), integer))
+        integer = (
+            isinstance(low, int)
+            and isinstance(high, int)
+            and (step is None or isinstance(step, int))
+        )
+        ranges.append(
+            Range(key, float(low), float(high), log, None if step is None else float(step), integer)
+        )
     return SearchSpec(sampler, n_trials, seed, tuple(ranges)), objectives, constraints
 
 
 # -- expansion -------------------------------------------------------------------------
 
 
-def _build(base: Mapping[str, Any], case: Mapping[str, Any], values: Mapping[str, Any], seed: int) -> TrialConfig:
+def _build(
+    base: Mapping[str, Any], case: Mapping[str, Any], values: Mapping[str, Any], seed: int
+) -> TrialConfig:
     merged = dict(base)
     options = dict(base.get("workload_options") or {})
     for layer in (case, values):
@@ -528,12 +556,18 @@ def _build(base: Mapping[str, Any], case: Mapping[str, Any], values: Mapping[str
 
 def _n_train(config: TrialConfig, cache: dict, at: str) -> int:
     """Training-set size N of a config's workload, building each workload once."""
-    ident = (config.workload, json.dumps(dict(config.workload_options), sort_keys=True, default=str), config.samples)
+    ident = (
+        config.workload,
+        json.dumps(dict(config.workload_options), sort_keys=True, default=str),
+        config.samples,
+    )
     if ident not in cache:
         from bench.workloads import build_workload
 
         try:
-            cache[ident] = build_workload(config.workload, samples=config.samples, options=config.workload_options).n_train
+            cache[ident] = build_workload(
+                config.workload, samples=config.samples, options=config.workload_options
+            ).n_train
         except BenchError as exc:
             cache[ident] = exc
     value = cache[ident]
@@ -558,7 +592,8 @@ def _check_workload(name: str, options: Mapping[str, Any], at: str, checked: set
     from bench.workloads import _resolve  # the factory, to see whether it takes **options
 
     takes_any = any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(_resolve(name)).parameters.values()
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in inspect.signature(_resolve(name)).parameters.values()
     )
     if not takes_any:
         for key in options:
@@ -688,7 +723,9 @@ def _hash(spec: SweepSpec, points: list[Point]) -> str:
             "sampler": spec.search.sampler,
             "n_trials": spec.search.n_trials,
             "seed": spec.search.seed,
-            "ranges": [[r.name, r.low, r.high, r.log, r.step, r.integer] for r in spec.search.ranges],
+            "ranges": [
+                [r.name, r.low, r.high, r.log, r.step, r.integer] for r in spec.search.ranges
+            ],
             "axes": {k: [_display(v) for v in vs] for k, vs in spec.axes.items()},
             "cases": len(spec.cases),
             "seeds": list(spec.seeds),

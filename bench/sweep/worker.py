@@ -84,6 +84,7 @@ def worker_main(
 
             cap_device = resolve_device_name(env.get("BENCH_SWEEP_DEVICE", "auto"))
             cap_info = apply_memory_cap(cap_bytes, cap_device)
+        _reset_peak_rss()  # from here on VmHWM is the next trial's peak (the parent polls it)
         conn.send(("ready", os.getpid(), None if cap_info is None else cap_info.describe()))
     except BaseException as exc:  # noqa: BLE001 - the parent must learn why
         with contextlib.suppress(Exception):
@@ -98,9 +99,7 @@ def worker_main(
         if message is None:
             return
         job_id, config_dict = message
-        _reset_peak_rss()
-        if cap_device is not None and cap_device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+        result = None
         try:
             config = TrialConfig.from_mapping(config_dict)
             result = run_trial(config, sweep=sweep, results_dir=results_dir)
@@ -115,6 +114,8 @@ def worker_main(
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
+        del reply, result
+        _reset_peak_rss()  # before the next job is sent, so no trial inherits this one's peak
         if cap_info is not None and cap_device == "cpu":
             try:
                 apply_memory_cap(cap_bytes, "cpu")

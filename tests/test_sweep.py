@@ -1,0 +1,356 @@
+"""Sweeps end to end on CPU: results, resume, exactly-once with concurrent coordinators,
+failure isolation (real OOM under a memory cap, SIGKILL, divergence, exceptions),
+--retry-failed, refusal of a changed spec, and SIGKILL of the whole sweep twice."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+
+from bench.errors import BenchError
+from bench.store import load_results
+from bench.sweep.progress import Progress
+from bench.sweep.runner import run_sweep
+from bench.sweep.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
+
+
+def counted_spec(
+    tmp_path: Path, name: str, n: int, *, delay: float = 0.0, extra: str = ""
+) -> tuple[Path, Path]:
+    log = tmp_path / f"{name}.runs"
+    text = f"""\
+# Test sweep: does every grid point run exactly once?
+name = "{name}"
+device = "cpu"
+{extra}
+[workload]
+name = "test_sweep_hooks:counted"
+options = {{ log = "{log}", delay = {delay} }}
+
+[base]
+samples = 64
+batch_size = 16
+timing_warmup_steps = 0
+
+[budget]
+epochs = 1
+
+[grid]
+"workload_options.tag" = {list(range(n))}
+"""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path, log
+
+
+def runs_per_tag(log: Path) -> Counter:
+    if not log.exists():
+        return Counter()
+    return Counter(int(line.split()[0]) for line in log.read_text().splitlines() if line.strip())
+
+
+def result_trials_per_key(storage_path: Path, sweep: str) -> Counter:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage_path))
+    )
+    study = optuna.load_study(study_name=sweep, storage=storage)
+    return Counter(
+        t.user_attrs["bench_key"]
+        for t in study.get_trials()
+        if t.user_attrs.get("bench_status") in ("ok", "oom", "diverged", "failed")
+    )
+
+
+def run(spec_path: Path, results: Path, **kw):
+    stream = io.StringIO()
+    summary = run_sweep(load_spec(spec_path), results=results, stream=stream, tty=False, **kw)
+    return summary, stream.getvalue()
+
+
+def test_sweep_writes_rows_and_study_and_resume_skips_done(tmp_path):
+    spec_path, log = counted_spec(tmp_path, "basic", 4)
+    results = tmp_path / "results"
+    summary, out = run(spec_path, results, workers=2)
+    assert summary.exit_code == 0 and summary.ran_here == 4
+    assert sorted(runs_per_tag(log).values()) == [1, 1, 1, 1]
+    r = load_results(results / "basic")
+    spec = load_spec(spec_path)
+    assert sorted(r.trials["trial_key"]) == sorted(p.key for p in spec.points)
+    assert set(r.trials["status"]) == {"ok"}
+    assert (r.steps.groupby("trial_key").size() == 4).all()  # 64 / 16 = 4 steps each
+    # The study is an ordinary Optuna study: values, params and bench attributes.
+    study = optuna.load_study(
+        study_name="basic",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(results / "basic" / "optuna.journal"))
+        ),
+    )
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    assert {t.params["workload_options.tag"] for t in done} == {0, 1, 2, 3}
+    assert all(t.values[0] == t.user_attrs["bench_row"]["final_loss"] for t in done)
+    assert study.user_attrs["bench_spec_hash"] == spec.spec_hash
+    assert "[4/4]" in out
+    # Run again: nothing left to do, nothing re-run.
+    summary, out = run(spec_path, results, workers=1)
+    assert summary.ran_here == 0 and summary.counts.done == 4
+    assert sorted(runs_per_tag(log).values()) == [1, 1, 1, 1]
+
+
+def test_changed_spec_under_same_name_is_refused(tmp_path):
+    spec_path, _ = counted_spec(tmp_path, "changed", 2)
+    results = tmp_path / "results"
+    run(spec_path, results)
+    before = sorted(p.name for p in (results / "changed" / "trials").iterdir())
+    journal = (results / "changed" / "optuna.journal").read_bytes()
+    spec_path.write_text(spec_path.read_text().replace("batch_size = 16", "batch_size = 8"))
+    with pytest.raises(BenchError, match="different spec"):
+        run(spec_path, results)
+    assert sorted(p.name for p in (results / "changed" / "trials").iterdir()) == before
+    assert (results / "changed" / "optuna.journal").read_bytes() == journal
+
+
+def test_failures_are_recorded_and_do_not_touch_later_trials(tmp_path):
+    """A real allocator OOM under the memory cap, a SIGKILLed worker, a diverging run and
+    an exception: each recorded with its status; the ok trials match a clean run."""
+    cases = """\
+[[cases]]
+workload = "test_sweep_hooks:hog"
+[[cases]]
+workload = "test_sweep_hooks:killer"
+[[cases]]
+lr = 1e12
+[[cases]]
+workload = "test_sweep_hooks:raiser"
+[[cases]]
+lr = 0.05
+"""
+    head = """\
+# Test sweep: are failures isolated?
+name = "{name}"
+device = "cpu"
+memory_cap = "3GiB"
+[workload]
+name = "teacher-mlp"
+[base]
+samples = 256
+batch_size = 32
+timing_warmup_steps = 0
+[budget]
+epochs = 2
+"""
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(head.format(name="mixed") + cases)
+    clean = tmp_path / "clean.toml"
+    clean.write_text(head.format(name="clean") + "[[cases]]\nlr = 0.05\n")
+    results = tmp_path / "results"
+    summary, out = run(mixed, results, workers=1)
+    assert summary.counts.done == 5
+    r = load_results(results / "mixed").trials.set_index("workload")
+    assert r.loc["test_sweep_hooks:hog", "status"] == "oom"
+    assert "allocate" in r.loc["test_sweep_hooks:hog", "error"]
+    killed = r.loc["test_sweep_hooks:killer"]
+    assert killed["status"] == "oom" and "SIGKILL" in killed["error"]
+    assert killed["cpu_peak_rss_bytes"] > 0  # the peak reached, polled while it ran
+    assert r.loc["test_sweep_hooks:raiser", "status"] == "failed"
+    assert "deliberate failure" in r.loc["test_sweep_hooks:raiser", "error"]
+    teacher = (
+        load_results(results / "mixed").trials.query("workload == 'teacher-mlp'").set_index("lr")
+    )
+    assert teacher.loc[1e12, "status"] == "diverged"
+    assert teacher.loc[0.05, "status"] == "ok"
+    assert summary.exit_code == 1  # a 'failed' trial (the raiser) makes the sweep exit non-zero
+    summary, _ = run(clean, results, workers=1)
+    ref = load_results(results / "clean").trials.iloc[0]
+    assert ref["trial_key"] == teacher.loc[0.05, "trial_key"]
+    assert ref["final_loss"] == pytest.approx(teacher.loc[0.05, "final_loss"], rel=1e-6)
+
+
+def test_retry_failed_reruns_only_failed(tmp_path):
+    marker = tmp_path / "marker"
+    spec = tmp_path / "flaky.toml"
+    spec.write_text(f"""\
+# Test sweep: does --retry-failed run a failed trial again?
+name = "flaky"
+device = "cpu"
+[workload]
+name = "test_sweep_hooks:flaky"
+options = {{ marker = "{marker}" }}
+[base]
+samples = 32
+batch_size = 8
+[grid]
+lr = [0.1]
+""")
+    results = tmp_path / "results"
+    summary, _ = run(spec, results)
+    assert summary.counts.statuses["failed"] == 1
+    summary, _ = run(spec, results)  # plain resume: a failure is a result
+    assert summary.ran_here == 0
+    summary, _ = run(spec, results, retry_failed=True)
+    assert summary.ran_here == 1 and summary.counts.statuses == Counter({"ok": 1})
+    r = load_results(results / "flaky").trials
+    assert len(r) == 1 and r["status"].iloc[0] == "ok" and r["attempt"].iloc[0] == 2
+
+
+def test_progress_bar_and_plain_lines():
+    s = io.StringIO()
+    p = Progress("demo", 10, stream=s, tty=True)
+    p.update(done=3, running=2, failed=1)
+    p.log("a line")
+    p.close()
+    text = s.getvalue()
+    assert (
+        "\r" in text and "[#########---------------------] 3/10 done, 2 running, 1 not ok" in text
+    )
+    s = io.StringIO()
+    p = Progress("demo", 10, stream=s, tty=False)
+    p.update(done=3, running=2, failed=1)
+    p.trial_line("ok abc")
+    assert "\r" not in s.getvalue() and s.getvalue().startswith("[3/10] ok abc | 3/10 done")
+
+
+def _coordinators(
+    spec: Path, results: Path, n: int, *, storage: str | None = None
+) -> list[subprocess.Popen]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.sweep",
+        str(spec),
+        "--workers",
+        "1",
+        "--results",
+        str(results),
+    ]
+    if storage:
+        cmd += ["--storage", storage]
+    return [
+        subprocess.Popen(
+            cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
+    outs = []
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(err)
+    return outs
+
+
+def _ran_here(outputs: list[str]) -> list[int]:
+    return [int(o.rsplit("; ran ", 1)[1].split(" here", 1)[0]) for o in outputs]
+
+
+@pytest.mark.slow
+def test_four_concurrent_coordinators_run_each_key_once(tmp_path):
+    n = 16
+    spec, log = counted_spec(tmp_path, "four", n, delay=0.2)
+    results = tmp_path / "results"
+    outputs = _finish(_coordinators(spec, results, 4))
+    assert runs_per_tag(log) == Counter({i: 1 for i in range(n)})
+    assert sum(_ran_here(outputs)) == n
+    assert sum(c > 0 for c in _ran_here(outputs)) >= 2  # they really shared the work
+    per_key = result_trials_per_key(results / "four" / "optuna.journal", "four")
+    assert len(per_key) == n and set(per_key.values()) == {1}
+    assert len(load_results(results / "four").trials) == n
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _n_trial_files(folder: Path) -> int:
+    return len(list((folder / "trials").glob("*.parquet"))) if (folder / "trials").exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_twice_then_resume_runs_every_key_exactly_once(tmp_path):
+    n = 10
+    spec, log = counted_spec(tmp_path, "killed", n, delay=0.5)
+    results = tmp_path / "results"
+    folder = results / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.sweep",
+        str(spec),
+        "--workers",
+        "2",
+        "--results",
+        str(results),
+    ]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            cmd,
+            env=ENV,
+            cwd=REPO,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(p: subprocess.Popen) -> None:
+        os.killpg(p.pid, signal.SIGKILL)  # coordinator, forkserver and workers at once
+        p.wait()
+
+    # Kill 1: mid-sweep, after a few trials have finished and others are running.
+    p = start()
+    _wait_for(lambda: _n_trial_files(folder) >= 3, 120)
+    kill(p)
+    first = _n_trial_files(folder)
+    # Kill 2: a different moment: as soon as the resumed run has started a trial.
+    runs_before = sum(runs_per_tag(log).values())
+    p = start()
+    _wait_for(lambda: sum(runs_per_tag(log).values()) > runs_before, 120)
+    kill(p)
+    # Resume to the end.
+    p = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "will run again" in p.stderr  # trials that were running when it died
+    assert first < n
+
+    spec_obj = load_spec(spec)
+    r = load_results(folder)
+    assert sorted(r.trials["trial_key"]) == sorted(
+        pt.key for pt in spec_obj.points
+    )  # each exactly once
+    assert set(r.trials["status"]) == {"ok"}
+    assert not r.steps.duplicated(["trial_key", "step"]).any()
+    assert len(r.steps) == 4 * n
+    for f in sorted(folder.glob("*/*.parquet")):
+        pq.read_table(f)  # every file readable: atomic writes left no half file
+    assert not list(folder.glob("*/.*.tmp"))
+    per_key = result_trials_per_key(folder / "optuna.journal", "killed")
+    assert len(per_key) == n and set(per_key.values()) == {1}
+    # Every tag ran at least once; the only re-runs are of trials a kill interrupted.
+    runs = runs_per_tag(log)
+    assert set(runs) == set(range(n))
+    assert sum(runs.values()) - n <= 4  # at most 2 running trials per kill

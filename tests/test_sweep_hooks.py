@@ -1,0 +1,112 @@
+"""Workloads for the sweep tests, loaded by worker processes as ``test_sweep_hooks:NAME``
+(pytest puts tests/ on sys.path; subprocess tests add it to PYTHONPATH).
+
+Each misbehaves honestly: ``hog`` really asks the allocator for more than the memory cap,
+``killer`` really SIGKILLs its own process, ``raiser`` really raises mid-training. No test
+fakes a status. ``counted`` appends one line per training run to a log, so a test can
+count how many times each grid point actually ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.workloads.seed_mlp import build as seed_mlp
+
+
+def _real() -> bool:
+    """False while the FLOP counter builds a copy of the model on the meta device."""
+    return torch.empty(0).device.type != "meta"
+
+
+def _with_model(workload, make_model):
+    workload.make_model = make_model
+    return workload
+
+
+def counted(*, samples: int | None = None, tag: int = 0, log: str = "", delay: float = 0.0):
+    w = seed_mlp(samples=samples, val_samples=50)
+    inner = w.make_model
+
+    def make_model():
+        if log and _real():
+            # One write(2) with O_APPEND: lines from concurrent processes never interleave.
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(fd, f"{tag} {os.getpid()}\n".encode())
+            os.close(fd)
+        if delay and _real():
+            time.sleep(delay)
+        return inner()
+
+    return _with_model(w, make_model)
+
+
+class _Hog(nn.Module):
+    """A linear model whose forward asks for ``alloc_bytes`` more (a real allocation)."""
+
+    def __init__(self, alloc_bytes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 2)
+        self.alloc_bytes = alloc_bytes
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            extra = torch.ones(self.alloc_bytes // 4, dtype=torch.float32)  # touched: real pages
+            x = x + extra[:1].sum() * 0
+        return self.fc(x)
+
+
+def hog(*, samples: int | None = None, alloc_mib: int = 4096):
+    w = seed_mlp(samples=samples, val_samples=50)
+    return _with_model(w, lambda: _Hog(alloc_mib * 2**20))
+
+
+def killer(*, samples: int | None = None):
+    w = seed_mlp(samples=samples, val_samples=50)
+
+    def make_model():
+        if _real():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return nn.Linear(10, 2)
+
+    return _with_model(w, make_model)
+
+
+class _Raiser(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("raiser: deliberate failure at the third forward pass")
+        return self.fc(x)
+
+
+def raiser(*, samples: int | None = None):
+    w = seed_mlp(samples=samples, val_samples=50)
+    return _with_model(w, _Raiser)
+
+
+def flaky(*, samples: int | None = None, marker: str = ""):
+    """Fails the first time (creating ``marker``), works afterwards."""
+    w = seed_mlp(samples=samples, val_samples=50)
+    inner = w.make_model
+
+    def make_model():
+        path = Path(marker)
+        if _real() and not path.exists():
+            path.write_text("failed once\n")
+            raise RuntimeError("flaky: first attempt fails")
+        return inner()
+
+    return _with_model(w, make_model)

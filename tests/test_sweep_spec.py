@@ -1,0 +1,347 @@
+"""Sweep spec files: expansion, skipped points, bad specs (one line, exit 2, nothing
+written), and a property test that junk never gives a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.errors import BenchError, ConfigError
+from bench.sweep import command
+from bench.sweep.spec import load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.toml"))
+
+GOOD = """\
+# Does the loader expand cases x grid x seeds?
+name = "t"
+device = "cpu"
+seeds = [0, 1]
+
+[workload]
+name = "teacher-mlp"
+options = { width = 16 }
+
+[base]
+samples = 100
+lr = 0.1
+
+[budget]
+epochs = 2
+
+[grid]
+batch_size = [10, 50, 200]
+"workload_options.depth" = [1, 2]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_expansion_and_skipped_points(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    # 3 batch sizes x 2 depths x 2 seeds = 12 points; b=200 > N=100 is skipped (4 points).
+    assert len(spec.points) == 8
+    assert len(spec.skipped) == 4
+    assert all("exceeds samples" in reason for _, reason in spec.skipped)
+    assert {p.config.workload_options["depth"] for p in spec.points} == {1, 2}
+    assert all(p.config.workload_options["width"] == 16 for p in spec.points)
+    assert {p.config.seed for p in spec.points} == {0, 1}
+    assert all(p.config.epochs == 2 and p.config.samples == 100 for p in spec.points)
+    assert len({p.key for p in spec.points}) == 8
+    assert spec.question == "Does the loader expand cases x grid x seeds?"
+    assert spec.objectives[0].column == "final_loss"
+
+
+def test_nested_workload_options_table_equals_dotted_keys(tmp_path):
+    nested = GOOD.replace(
+        '"workload_options.depth" = [1, 2]', "[grid.workload_options]\ndepth = [1, 2]"
+    )
+    a = load_spec(write(tmp_path, GOOD, "a.toml"))
+    b = load_spec(write(tmp_path, nested, "b.toml"))
+    assert [p.key for p in a.points] == [p.key for p in b.points]
+    assert a.spec_hash == b.spec_hash
+
+
+def test_cases_and_mode_normalisation(tmp_path):
+    text = """\
+# SGD / MBGD / BGD on N=100, 2 epochs: the tutorial's example
+name = "modes"
+device = "cpu"
+[workload]
+name = "seed-mlp"
+[base]
+samples = 100
+[budget]
+epochs = 2
+[[cases]]
+mode = "sgd"
+[[cases]]
+mode = "mbgd"
+batch_size = 20
+[[cases]]
+mode = "bgd"
+[grid]
+lr = [0.1]
+batch_size = [5, 7]
+"""
+    spec = load_spec(write(tmp_path, text))
+    # sgd and bgd ignore the batch_size axis: each collapses to one key.
+    modes = sorted(p.config.mode for p in spec.points)
+    assert modes == ["bgd", "mbgd", "mbgd", "sgd"]
+    assert spec.duplicates == 2
+    sgd = next(p for p in spec.points if p.config.mode == "sgd")
+    assert sgd.config.batch_size == 1
+
+
+def test_comment_change_keeps_hash_config_change_does_not(tmp_path):
+    a = load_spec(write(tmp_path, GOOD, "a.toml"))
+    b = load_spec(write(tmp_path, "# another comment\n" + GOOD, "b.toml"))
+    c = load_spec(write(tmp_path, GOOD.replace("lr = 0.1", "lr = 0.2"), "c.toml"))
+    assert a.spec_hash == b.spec_hash != c.spec_hash
+
+
+# case -> (top-level lines, tables after [workload]/[base], text the message must contain)
+BAD = {
+    "unknown top key": (
+        "gird = 1",
+        "[grid]\nlr = [1]",
+        "unknown key 'gird' (did you mean 'grid'?)",
+    ),
+    "unknown grid key": (
+        "",
+        "[grid]\nbatch_sise = [1]",
+        "unknown key 'grid.batch_sise' (did you mean 'batch_size'?)",
+    ),
+    "unknown base key": (
+        "",
+        "[grid]\nlr = [1]\n[budget]\nepoch = 1",
+        "unknown key 'budget.epoch' (did you mean 'epochs'?)",
+    ),
+    "wrong type in grid": ("", '[grid]\nlr = ["fast"]', "grid.lr[0]"),
+    "wrong type in base": (
+        "",
+        "[grid]\nlr = [1]\n[budget]\nepochs = 1.5",
+        "epochs must be an integer",
+    ),
+    "axis not a list": ("", "[grid]\nlr = 0.1", "grid.lr must be a list"),
+    "empty grid": ("", "[grid]", "grid is empty"),
+    "empty axis": ("", "[grid]\nlr = []", "grid.lr is empty"),
+    "nothing to sweep": ("", "", "nothing to sweep"),
+    "unknown sampler": (
+        "",
+        '[grid]\nlr = [1]\n[search]\nsampler = "grid-search"\nn_trials = 3\nminimize = ["final_loss"]',
+        "search.sampler",
+    ),
+    "objective not a column": (
+        "",
+        '[grid]\nlr = [1]\n[search]\nn_trials = 3\nmaximize = ["samples_per_sec"]',
+        "'samples_per_sec' is not a trials column (did you mean 'samples_per_s'?)",
+    ),
+    "objective not numeric": (
+        "",
+        '[grid]\nlr = [1]\n[search]\nn_trials = 3\nminimize = ["status"]',
+        "not a numeric trials column",
+    ),
+    "bad constraint": (
+        "",
+        '[grid]\nlr = [1]\n[search]\nn_trials = 3\nminimize = ["final_loss"]\nconstraints = ["peak_reserved_bytes <= lots"]',
+        "search.constraints[0]",
+    ),
+    "bad seeds": ('seeds = [0, "one"]', "[grid]\nlr = [1]", "seeds[1]"),
+    "bad memory cap": ('memory_cap = "a lot"', "[grid]\nlr = [1]", "memory_cap"),
+    "unknown workload": ("", "[grid]\nlr = [1]\n[workload.options]\n", ""),
+    "every point invalid": ("", "[grid]\nbatch_size = [500, 600]", "every grid point is invalid"),
+}
+del BAD["unknown workload"]  # covered in test_other_bad_inputs (it needs a different [workload])
+
+
+def bad_text(top: str, tables: str) -> str:
+    return f'# q\nname = "bad"\ndevice = "cpu"\n{top}\n[workload]\nname = "seed-mlp"\n[base]\nsamples = 100\n{tables}\n'
+
+
+HEAD = bad_text("", "")
+
+
+@pytest.mark.parametrize("case", sorted(BAD), ids=sorted(BAD))
+def test_bad_spec_names_the_key_and_writes_nothing(tmp_path, case):
+    top, tables, expected = BAD[case]
+    spec = write(tmp_path, bad_text(top, tables))
+    results = tmp_path / "results"
+    args = argparse.Namespace(
+        spec=spec, workers=1, storage=None, results=results, retry_failed=False, dry_run=False
+    )
+    with pytest.raises(BenchError) as info:
+        command.main(args)
+    message = str(info.value)
+    assert "\n" not in message
+    assert expected in message
+    assert not results.exists()
+
+
+def test_other_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="malformed TOML"):
+        load_spec(write(tmp_path, "name = [unclosed\n"))
+    with pytest.raises(ConfigError, match="no spec file"):
+        load_spec(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="unknown workload 'seed-mpl'.*did you mean 'seed-mlp'"):
+        load_spec(write(tmp_path, HEAD.replace('"seed-mlp"', '"seed-mpl"') + "[grid]\nlr = [1]\n"))
+    with pytest.raises(ConfigError, match="has no option 'widht'.*did you mean 'width'"):
+        load_spec(
+            write(
+                tmp_path,
+                HEAD.replace('"seed-mlp"', '"teacher-mlp"')
+                + '[grid]\n"workload_options.widht" = [1]\n',
+            )
+        )
+    with pytest.raises(ConfigError, match="must start with a comment"):
+        load_spec(write(tmp_path, HEAD.removeprefix("# q\n") + "[grid]\nlr = [1]\n"))
+    with pytest.raises(ConfigError, match="sqlite"):
+        command.main(
+            argparse.Namespace(
+                spec=tmp_path / "x",
+                workers=1,
+                storage="sqlite:///x.db",
+                results=tmp_path,
+                retry_failed=False,
+                dry_run=False,
+            )
+        )
+
+
+def test_cli_bad_spec_is_one_line_exit_2(tmp_path):
+    spec = write(tmp_path, HEAD + "[grid]\nbatch_sise = [1]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "sweep", str(spec), "--results", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "batch_sise" in proc.stderr and "did you mean 'batch_size'" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
+def test_shipped_experiments_load_and_say_what_they_ask(path):
+    text = path.read_text()
+    assert text.startswith("#"), "each experiment starts with a comment saying what it asks"
+    spec = load_spec(path, check_workloads=path.name != "gpu-memory.toml")
+    assert spec.points
+    assert spec.name == path.stem
+
+
+# -- property test: junk in, one-line BenchError out --------------------------------------
+
+KEYS = [
+    "name",
+    "device",
+    "seeds",
+    "memory_cap",
+    "workload",
+    "base",
+    "budget",
+    "grid",
+    "cases",
+    "search",
+    "options",
+    "lr",
+    "batch_size",
+    "samples",
+    "epochs",
+    "max_steps",
+    "mode",
+    "sampler",
+    "n_trials",
+    "maximize",
+    "minimize",
+    "constraints",
+    "ranges",
+    "low",
+    "high",
+    "log",
+    "accumulation_steps",
+    "workload_options.width",
+    "width",
+    "precision",
+    "seed",
+    "optimizer",
+    "time_limit_s",
+    "x",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "seed-mlp",
+            "teacher-mlp",
+            "cpu",
+            "tpe",
+            "nsga2",
+            "sgd",
+            "bgd",
+            "final_loss",
+            "16GiB",
+            "peak_reserved_bytes <= 1GiB",
+            "x",
+            "",
+            "t",
+            "cuda",
+        ]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+junk = st.dictionaries(st.sampled_from(KEYS), values, max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=junk)
+def test_junk_spec_never_tracebacks(raw):
+    raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        parse_spec(raw, text="# junk\n")
+    except BenchError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=200))
+def test_junk_text_never_tracebacks(text, tmp_path_factory):
+    path = tmp_path_factory.mktemp("junk") / "spec.toml"
+    path.write_text(text, encoding="utf-8")
+    # Malformed TOML, a wrong shape, bad values: all must end as a BenchError.
+    with contextlib.suppress(BenchError):
+        load_spec(path)
+
+
+def test_dry_run_lists_points_and_skips(tmp_path, capsys):
+    spec = write(tmp_path, GOOD)
+    args = argparse.Namespace(
+        spec=spec, workers=1, storage=None, results=tmp_path / "r", retry_failed=False, dry_run=True
+    )
+    assert command.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 4 and "8 distinct points" in out
+    assert not (tmp_path / "r").exists()
