@@ -118,8 +118,14 @@ def _same(series: pd.Series, value) -> pd.Series:
     return series == value
 
 
+def plain(text: object) -> str:
+    """Data strings on a figure: whitespace (newlines, CR) collapsed, and '$' escaped so
+    matplotlib does not parse a config value as mathtext (or fail on an unbalanced one)."""
+    return " ".join(str(text).split()).replace("$", r"\$")
+
+
 def _wname(w) -> str:
-    return str(w) if isinstance(w, str) else "(unknown workload)"
+    return plain(w) if isinstance(w, str) else "(unknown workload)"
 
 
 # -- 1. loss curves ------------------------------------------------------------------------
@@ -176,7 +182,7 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
                     marker=accum_marker.get(k),
                     markevery=max(1, len(d) // 8),
                     markersize=4,
-                    label=c["config_label"],
+                    label=plain(c["config_label"]),
                 )
                 ax.fill_between(
                     d["x"], d["lo"], d["hi"], color=palette[cid], alpha=0.18, linewidth=0
@@ -274,7 +280,7 @@ def memory(prep, probes: pd.DataFrame | None, notes: list[str]):
     from matplotlib.transforms import blended_transform_factory
 
     workloads = _workloads(t, notes, "memory")
-    fig, axes = _figure(len(workloads), 1, width=WIDTH * 0.75)
+    fig, axes = _figure(len(workloads), 1, width=WIDTH)
     for r, w in enumerate(workloads):
         ax = axes[r, 0]
         d = ok[_same(ok["workload"], w) & ok["micro_batch_size"].notna()]
@@ -323,10 +329,16 @@ def memory(prep, probes: pd.DataFrame | None, notes: list[str]):
             )
             _draw_probes(ax, p, trans)
         if len(long) or len(o) or have_probes:
+            xs = [*long.get("micro_batch_size", []), *o["micro_batch_size"]]
+            if have_probes:
+                xs += list(probes["micro_batch_size"].dropna())
+            xs = [float(x) for x in xs if x > 0]
+            if xs:  # OOM crosses sit in axes coordinates: widen x so they are inside
+                ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
             _log2_axis(ax, "x")
             if len(long):
                 _bytes_axis(ax, "y")
-            ax.legend(fontsize=7, loc="upper left")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         ax.set_xlabel("micro-batch size b")
         ax.set_ylabel(f"{_wname(w)}\npeak memory")
     fig.suptitle("Peak memory against micro-batch (median, band = min–max)")
@@ -632,7 +644,7 @@ def pareto(summary: pd.DataFrame, notes: list[str]):
 
 
 def _short(label: str, n: int = 40) -> str:
-    label = " ".join(str(label).split())
+    label = plain(label)
     return label if len(label) <= n else label[: n - 1] + "…"
 
 

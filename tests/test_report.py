@@ -1,0 +1,486 @@
+"""bench report: known answers on synthetic results, markdown/HTML safety, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.errors import BenchError
+from bench.report import curves, scaling, tables
+from bench.report.build import build_report, newest_sweep, write_report
+from bench.report.prepare import prepare
+from bench.report.synthetic import Synthetic, write_synthetic
+from bench.store import Results, load_results, trials_table, write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Values that try to break a markdown table or inject HTML.
+NASTY = "a|b\nc\r\n<script>alert('x')</script> & <b>bold</b> \\| $unbalanced end"
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+
+
+def gfm_cells(line: str) -> list[str]:
+    """Split a GFM table row as the tables extension does: a pipe preceded by a backslash
+    escape does not split; a backslash escapes the next character."""
+    body = line.strip()
+    assert body.startswith("|") and body.endswith("|") and not body.endswith("\\|"), line
+    cells, cur, i = [], "", 1
+    while i < len(body) - 1:
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body) - 1:
+            cur += body[i : i + 2]
+            i += 2
+            continue
+        if ch == "|":
+            cells.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    cells.append(cur)
+    return cells
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Blocks of consecutive lines starting with '|'."""
+    blocks, cur = [], []
+    for line in text.split("\n"):
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def assert_tables_parse(text: str, expect_tables: int) -> None:
+    blocks = markdown_tables(text)
+    assert len(blocks) == expect_tables
+    for block in blocks:
+        n = len(gfm_cells(block[0]))
+        assert re.fullmatch(r"\|( :?-+:? \|)+", block[1]), block[1]
+        for line in block:
+            assert len(gfm_cells(line)) == n, line
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("results") / "sweep-a"
+    write_synthetic(folder, Synthetic(oom_above=64))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(sweep):
+    return build_report(sweep)
+
+
+# -- steps to target and the B_crit fit --------------------------------------------------------
+
+
+@pytest.mark.parametrize("b_crit", [2.0, 40.0, 900.0])
+def test_fit_exact_curve(b_crit):
+    big_b = np.array([1, 4, 16, 64, 256, 1024, 4096], dtype=float)
+    fit = scaling.fit_critical_batch(big_b, 123.0 * (1 + b_crit / big_b))
+    assert fit.b_crit == pytest.approx(b_crit, rel=1e-6)
+    assert fit.s_min == pytest.approx(123.0, rel=1e-6)
+    assert fit.e_min == pytest.approx(123.0 * b_crit, rel=1e-6)
+
+
+def test_fit_needs_three_batch_sizes():
+    assert (
+        scaling.fit_critical_batch(np.array([4.0, 8.0, 8.0]), np.array([100.0, 60.0, 61.0])) is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("b_crit", "s_min", "shapes"),
+    [
+        (32.0, 100.0, ((1, 1), (4, 1), (16, 1), (64, 1), (256, 1), (1024, 1))),
+        (256.0, 20.0, ((2, 1), (8, 1), (32, 1), (128, 1), (512, 1), (2048, 1), (8192, 1))),
+    ],
+)
+def test_report_recovers_planted_b_crit(tmp_path, b_crit, s_min, shapes):
+    """End to end through noisy per-step losses: parquet -> steps to target -> fit."""
+    write_synthetic(
+        tmp_path,
+        Synthetic(
+            shapes=shapes,
+            b_crit=b_crit,
+            s_min=s_min,
+            samples=100_000,
+            noise=0.3,
+            seeds=(0, 1, 2),
+            rng_seed=7,
+        ),
+    )
+    rep = build_report(tmp_path, target=0.5, figures=False)
+    (fit,) = rep.fits.values()
+    assert fit.b_crit == pytest.approx(b_crit, rel=0.10)
+    assert fit.s_min == pytest.approx(s_min, rel=0.10)
+    # The automatic target (no --target-loss) recovers it as well: the planted law holds
+    # at every loss level of these curves.
+    auto = build_report(tmp_path, figures=False)
+    assert list(auto.fits.values())[0].b_crit == pytest.approx(b_crit, rel=0.10)
+
+
+def _steps(key: str, losses: list[float], big_b: int = 1) -> pd.DataFrame:
+    n = len(losses)
+    return pd.DataFrame(
+        {
+            "trial_key": key,
+            "step": np.arange(1, n + 1, dtype=float),
+            "loss": losses,
+            "samples_seen": np.arange(1, n + 1, dtype=float) * big_b,
+            "time_s": np.arange(1, n + 1, dtype=float) * 0.5,
+        }
+    )
+
+
+def test_steps_to_target_first_crossing_and_never():
+    steps = pd.concat(
+        [
+            _steps("a", [5, 4, 3, 2, 1, 0.5, 0.4]),
+            _steps("b", [5, 4, 3, 2, 1.5, 1.2, 1.1]),  # never reaches 1.0
+            _steps(
+                "c", [5, 4, float("nan"), 0.1, 0.1, 0.1, 0.1]
+            ),  # diverged at step 3 ... then low
+        ]
+    )
+    trials = pd.DataFrame({"trial_key": ["a", "b", "c", "d"], "effective_batch_size": [1.0] * 4})
+    r = scaling.steps_to_target(steps, trials, 1.0).set_index("trial_key")
+    assert r.loc["a", "steps_to_target"] == 5  # B = max B: window 1, first loss <= 1
+    assert r.loc["a", "samples_to_target"] == 5
+    assert r.loc["a", "time_to_target_s"] == 2.5
+    assert np.isnan(r.loc["b", "steps_to_target"])
+    assert r.loc["c", "steps_to_target"] == 4  # a NaN step is never 'reached'
+    assert np.isnan(r.loc["d", "steps_to_target"])  # no steps at all
+
+
+def test_smoothing_ignores_a_lucky_dip():
+    """A batch-1 run among batch-16 runs is judged on a mean over ~16 samples."""
+    noisy = [5.0] * 40
+    noisy[3] = 0.0  # one lucky step early on
+    for i in range(30, 40):
+        noisy[i] = 0.5
+    steps = pd.concat([_steps("small", noisy, 1), _steps("big", [2.0] * 40, 16)])
+    trials = pd.DataFrame({"trial_key": ["small", "big"], "effective_batch_size": [1.0, 16.0]})
+    r = scaling.steps_to_target(steps, trials, 1.0).set_index("trial_key")
+    assert r.loc["small", "smoothing_steps"] == 3  # ceil(16/1)=16, capped at 40//20=2 -> odd 3
+    assert r.loc["small", "steps_to_target"] > 30
+
+
+# -- configurations, tables, Pareto ------------------------------------------------------------
+
+
+def test_configurations_group_seeds_and_marks_never_reached(report):
+    s = report.summary
+    assert len(s) == 6  # 6 shapes, 3 seeds each
+    assert set(s["seeds"]) == {3}
+    oom = s[s["micro_batch_size"] > 64]
+    assert list(oom["oom"]) == [3] and oom["samples_per_s"].isna().all()
+    assert "not reached" not in "".join(tables.config_rows(s)[0])
+    md = report.markdown
+    assert "oom 3" in md
+    # B_crit printed in the report
+    assert re.search(r"B_crit ≈ \d", md)
+
+
+def test_never_reached_configuration_is_shown_not_dropped(tmp_path):
+    # max_steps caps the small batches: B=1 needs 100*(1+32) = 3300 steps, gets 1000.
+    write_synthetic(tmp_path, Synthetic(max_steps=1000, seeds=(0, 1)))
+    rep = build_report(tmp_path, target=0.5, figures=False)
+    row = rep.summary[rep.summary["effective_batch_size"] == 1].iloc[0]
+    assert row["seeds_reached"] == 0 and np.isinf(row["steps_to_target"])
+    assert "not reached" in tables.reach_text(row, "steps_to_target", "steps")
+    assert len(rep.points) == 6  # still a point, drawn as 'not reached'
+
+
+def test_pareto_mask_known_answer():
+    s = pd.DataFrame(
+        {
+            "samples_per_s": [100, 200, 150, 200, np.nan],
+            "peak_memory_bytes": [10, 20, 30, 20, 1],
+            "final_loss": [1.0, 1.0, 1.0, 0.9, 0.1],
+        }
+    )
+    # 0: least memory -> front; 1: dominated by 3 (same speed/memory, lower loss);
+    # 2: dominated by 1 and 3; 3: front; 4: no throughput -> cannot be placed.
+    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+
+
+def test_config_identity_without_config_json():
+    rows = [
+        {
+            "trial_key": f"k{seed}{b}",
+            "workload": "w",
+            "mode": "mbgd",
+            "micro_batch_size": b,
+            "accumulation_steps": 1,
+            "lr": 0.1,
+            "seed": seed,
+            "status": "ok",
+            "samples_per_s": 1.0,
+        }
+        for seed in (0, 1)
+        for b in (2, 4)
+    ]
+    t = trials_table(rows).to_pandas()
+    prep = prepare(Results(trials=t, steps=pd.DataFrame({"trial_key": [], "step": [], "loss": []})))
+    assert prep.trials.groupby("config_id")["seed"].nunique().tolist() == [2, 2]
+    assert sorted(prep.configs["config_label"]) == ["mbgd B=2 (2×1)", "mbgd B=4 (4×1)"]
+    assert list(prep.trials["effective_batch_size"]) == [2, 4, 2, 4]  # derived b*k
+
+
+@pytest.mark.parametrize("value", [NASTY, "|", "\n", "<td>", "\\", "x\\|y"])
+def test_md_cell_never_splits(value):
+    line = tables.markdown_table(["a", "b"], [[value, value]])
+    assert_tables_parse(line, 1)
+    assert "<td>" not in line and "<script" not in line
+
+
+def test_markdown_and_html_survive_nasty_config_values(tmp_path):
+    write_synthetic(
+        tmp_path,
+        Synthetic(
+            workload=NASTY,
+            shapes=((4, 1), (16, 1)),
+            extra_config={"workload_options": {"note": NASTY}},
+        ),
+    )
+    write_synthetic(
+        tmp_path,
+        Synthetic(
+            workload=NASTY,
+            shapes=((4, 1), (16, 1)),
+            extra_config={"workload_options": {"note": "plain"}},
+        ),
+    )
+    rep = build_report(tmp_path)
+    assert any("note=a|b" in lab for lab in rep.summary["config_label"])  # in the label
+    assert_tables_parse(rep.markdown, 2)
+    for text in (rep.markdown, rep.html):
+        assert "<script>alert" not in text and "<b>bold" not in text
+    assert "&lt;script&gt;alert" in rep.html
+    assert len(re.findall(r"<script>", rep.html)) == 1  # only the page's own check script
+
+
+# -- figures, documents, files -----------------------------------------------------------------
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_figures_png_and_svg(report):
+    names = [f.name for f in report.figures]
+    assert names == ["loss_curves", "throughput", "memory", "steps_to_target", "pareto"]
+    for f in report.figures:
+        w, h = png_size(f.png)
+        assert 600 <= w <= 1200 and 250 <= h <= 1400, (f.name, w, h)
+        assert len(f.png) < 400_000  # small enough to commit for the README
+        assert f.svg.lstrip().startswith(b"<?xml") and b"<svg" in f.svg
+
+
+def test_html_is_self_contained(report):
+    import html
+
+    page = report.html
+    assert "Content-Security-Policy" in page and "default-src 'none'" in html.unescape(page)
+    assert not re.search(r"https?://", page.replace("http-equiv", ""))
+    assert page.count('src="data:image/png;base64,') == len(report.figures)
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+
+
+def test_write_report_files(report, tmp_path):
+    written = write_report(report, tmp_path / "out")
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in written)
+    assert "index.html" in names and "report.md" in names
+    assert "figures/loss_curves.png" in names and "figures/loss_curves.svg" in names
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
+
+
+def test_bin_means_downsample_exactly():
+    steps = pd.DataFrame(
+        {
+            "trial_key": ["a"] * 10 + ["b"] * 3,
+            "step": list(range(1, 11)) + [1, 2, 3],
+            "samples_seen": list(range(1, 11)) + [1, 2, 3],
+            "time_s": list(range(1, 11)) + [1, 2, 3],
+            "loss": [float(i) for i in range(10)] + [7.0, 8.0, 9.0],
+        }
+    )
+    b = curves.bin_means(steps, points=5)
+    a = b[b["trial_key"] == "a"]
+    assert list(a["loss"]) == [0.5, 2.5, 4.5, 6.5, 8.5]  # pairs averaged
+    assert list(b[b["trial_key"] == "b"]["loss"]) == [7.0, 8.0, 9.0]  # short run kept whole
+
+
+def test_oom_probes_drawn_and_tolerated(tmp_path, sweep):
+    import pyarrow as pa
+
+    root = tmp_path / "results"
+    folder = root / "s"
+    write_synthetic(folder, Synthetic(shapes=((4, 1), (16, 1), (64, 1)), seeds=(0,), oom_above=16))
+    probes = pa.table(
+        {
+            "workload": ["seed-mlp"] * 4,
+            "micro_batch_size": [8, 16, 32, 64],
+            "capacity_bytes": [2**30] * 4,
+            "outcome": ["ok", "ok", "oom", "oom"],
+            "peak_reserved_bytes": [400 * 2**20, 500 * 2**20, None, None],
+        }
+    )
+    write_atomic(probes, root / "oom" / "seed-mlp" / "probes.parquet")
+    (root / "oom" / "bad").mkdir(parents=True)
+    (root / "oom" / "bad" / "probes.parquet").write_bytes(b"not parquet")
+    rep = build_report(folder)
+    assert "memory" in [f.name for f in rep.figures]
+    assert any("unreadable" in n for n in rep.notes)
+
+    from bench.report.figures import load_oom_probes
+
+    p = load_oom_probes(folder, [])
+    assert sorted(p.loc[p["outcome"] == "oom", "micro_batch_size"]) == [32, 64]
+
+
+# -- any results folder ------------------------------------------------------------------------
+
+
+def test_trials_only_and_old_schema(tmp_path):
+    """No steps table, no config_json, schema_version 0, most columns absent."""
+    rows = [
+        {
+            "trial_key": f"k{s}{b}",
+            "workload": "w",
+            "mode": "mbgd",
+            "micro_batch_size": b,
+            "accumulation_steps": 1,
+            "seed": s,
+            "status": "ok",
+            "samples_per_s": 100.0 * b,
+            "cpu_peak_rss_bytes": 2**20 * b,
+            "final_loss": 1.0 / b,
+            "schema_version": 0,
+        }
+        for s in (0, 1)
+        for b in (1, 2, 4)
+    ]
+    import pyarrow as pa
+
+    write_atomic(pa.Table.from_pylist(rows), tmp_path / "trials" / "all.parquet")
+    rep = build_report(tmp_path)
+    assert len(rep.summary) == 3
+    assert [f.name for f in rep.figures] == ["throughput", "memory", "pareto"]
+    assert any("no steps table" in n for n in rep.notes)
+    assert_tables_parse(rep.markdown, 2)
+
+
+def test_single_run_folder(tmp_path, sweep):
+    """`bench run` layout: trial.parquet + steps.parquet."""
+    res = load_results(sweep)
+    key = res.trials["trial_key"].iloc[0]
+    write_atomic(
+        trials_table(res.trials[res.trials["trial_key"] == key].to_dict("records")),
+        tmp_path / "trial.parquet",
+    )
+    import pyarrow as pa
+
+    write_atomic(
+        pa.Table.from_pandas(res.steps[res.steps["trial_key"] == key], preserve_index=False),
+        tmp_path / "steps.parquet",
+    )
+    rep = build_report(tmp_path)
+    assert len(rep.summary) == 1 and "loss_curves" in [f.name for f in rep.figures]
+
+
+def test_newest_sweep(tmp_path):
+    root = tmp_path / "results"
+    for name, mtime in (("old", 1_000), ("new", 2_000)):
+        (root / name / "trials").mkdir(parents=True)
+        os.utime(root / name / "trials", (mtime, mtime))
+    (root / "oom").mkdir()  # no trials/: not a sweep
+    assert newest_sweep(root).name == "new"
+    with pytest.raises(BenchError):
+        newest_sweep(tmp_path / "nothing")
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def test_cli_report_default_folder(tmp_path, sweep):
+    import shutil
+
+    shutil.copytree(sweep, tmp_path / "results" / "only", ignore=shutil.ignore_patterns("report"))
+    r = run_cli("report", "--target-loss", "0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "B_crit" in r.stdout
+    out = tmp_path / "results" / "only" / "report"
+    assert (out / "index.html").is_file() and (out / "report.md").is_file()
+    assert len(list((out / "figures").glob("*.png"))) == 5
+
+
+def _corrupt(tmp_path: Path) -> Path:
+    folder = tmp_path / "corrupt"
+    write_synthetic(folder, Synthetic(shapes=((4, 1),), seeds=(0,)))
+    victim = next((folder / "trials").glob("*.parquet"))
+    victim.write_bytes(victim.read_bytes()[:40])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing", "no results folder"),
+        ("empty", "empty"),
+        ("corrupt", "corrupted parquet"),
+        ("nan-target", "finite"),
+        ("no-results-root", "no results folder"),
+    ],
+)
+def test_cli_report_bad_input(tmp_path, case, needle):
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "empty": [str(tmp_path)],
+        "corrupt": [str(_corrupt(tmp_path)) if case == "corrupt" else ""],
+        "nan-target": [str(tmp_path), "--target-loss", "nan"],
+        "no-results-root": [],
+    }[case]
+    if case == "nan-target":
+        write_synthetic(tmp_path, Synthetic(shapes=((4, 1),), seeds=(0,)))
+    r = run_cli("report", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("report.md"))  # nothing half-written
+
+
+def test_summary_json_free_of_numpy(report):
+    from bench.report.build import summary_numbers
+
+    json.dumps(summary_numbers(report))
