@@ -196,7 +196,6 @@ class SweepRunner:
         self.handle = open_storage(self.storage_url, self.folder, spec.name)
         coord = self.handle.coordination
         self.folder.mkdir(parents=True, exist_ok=True)
-        coord.start()
         try:
             with coord.mutex():
                 self.study = self._open_study()

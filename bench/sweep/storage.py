@@ -131,7 +131,7 @@ class FileCoordination(Coordination):
 
 class PostgresCoordination(Coordination):
     def __init__(self, url: str, sweep: str) -> None:
-        self.url = url
+        self.url = _with_driver(url)
         self.sweep = sweep
         self.owner = new_owner_id()
         self._conn: Any = None
@@ -152,13 +152,16 @@ class PostgresCoordination(Coordination):
             raise BenchError(f"could not register sweep owner {self.owner} (advisory lock taken)")
 
     @contextlib.contextmanager
-    def mutex(self) -> Iterator[None]:
-        key = _key64(f"bench-sweep:{self.sweep}")
+    def exclusive(self, name: str) -> Iterator[None]:
+        key = _key64(name)
         self._scalar("SELECT pg_advisory_lock(:k)", key)
         try:
             yield
         finally:
             self._scalar("SELECT pg_advisory_unlock(:k)", key)
+
+    def mutex(self) -> contextlib.AbstractContextManager[None]:
+        return self.exclusive(f"bench-sweep:{self.sweep}")
 
     def is_alive(self, owner: str) -> bool:
         if owner == self.owner:
@@ -191,10 +194,10 @@ def parse_storage(url: str | None, sweep_dir: Path) -> tuple[str, str]:
     """(kind, target) for ``--storage``; raises ConfigError for what is not supported."""
     if url is None:
         return "journal", str(sweep_dir / JOURNAL_NAME)
-    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+    if url.startswith(("postgresql://", "postgresql+", "postgres://")):
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
-        return "postgresql", url
+        return "postgresql", _with_driver(url)
     if url.startswith("journal:"):
         path = url.removeprefix("journal:").removeprefix("//")
         if not path:
@@ -214,7 +217,23 @@ def parse_storage(url: str | None, sweep_dir: Path) -> tuple[str, str]:
     return "journal", url
 
 
+def _with_driver(url: str) -> str:
+    """Name the DB driver when the URL does not: SQLAlchemy 2.1 picks psycopg (3) for a
+    bare postgresql://, but this project ships psycopg2-binary; use whichever exists."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if (
+        importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
+    """Open the study storage and start this process's coordination (owner registered)."""
     import optuna
 
     kind, target = parse_storage(url, sweep_dir)
@@ -224,13 +243,25 @@ def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return StorageHandle(storage, FileCoordination(path.parent, sweep), str(path), kind)
+        coordination = FileCoordination(path.parent, sweep)
+        coordination.start()
+        return StorageHandle(storage, coordination, str(path), kind)
+    coordination = PostgresCoordination(target, sweep)
     try:
-        storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+        coordination.start()
+        # RDBStorage creates Optuna's tables on first use, and two processes doing that
+        # at once on a fresh database collide in PostgreSQL's catalog ("duplicate key
+        # value violates unique constraint pg_type_typname_nsp_index" on CREATE TYPE
+        # studydirection: seen here with three coordinators). Serialise it.
+        with coordination.exclusive("bench-optuna-schema"):
+            storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # connection refused, bad credentials, missing driver
+        coordination.close()
+        if isinstance(exc, BenchError):
+            raise
         text = " ".join(str(exc).split())[:300]
         raise BenchError(f"cannot open --storage {_redact(target)}: {text}") from None
-    return StorageHandle(storage, PostgresCoordination(target, sweep), _redact(target), kind)
+    return StorageHandle(storage, coordination, _redact(target), kind)
 
 
 def _redact(url: str) -> str:
