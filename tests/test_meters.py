@@ -622,3 +622,16 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path):
     assert env_mod.git_state(tmp_path)["git_dirty"] is False
     (tmp_path / "a.txt").write_text("two\n")
     assert env_mod.git_state(tmp_path)["git_dirty"] is True
+
+
+def test_sampler_stops_watching_the_energy_counter_once_its_period_is_known(fake_nvml):
+    nvml = nvml_mod.load_nvml()
+    monitor = nvml_mod.NvmlDeviceMonitor(nvml, 1)
+    monitor.watch_energy = True
+    for _ in range(nvml_mod.ENERGY_CHANGES_WATCHED + 5):
+        fake_nvml.energy_mj += 10
+        monitor.probe()
+    assert not monitor.watch_energy
+    assert len(monitor.energy_change_times) == nvml_mod.ENERGY_CHANGES_WATCHED
+    assert monitor.energy_update_period_s() is not None
+    nvml_mod.shutdown_nvml(nvml)

@@ -161,3 +161,27 @@ def test_cuda_trial_row_has_device_meters():
     assert row["nvml_peak_used_bytes"] >= row["nvml_baseline_used_bytes"] > 0
     assert row["cpu_peak_rss_bytes"] > 0
     assert row["energy_j"] is not None or "energy" in (row["notes"] or "")
+
+
+def test_flop_count_fallback_on_a_copy_does_not_raise_the_peaks(device):
+    from test_meters import _DataDependentWorkload
+
+    from bench.workloads.base import mlp
+
+    sizes = [1024, 4096, 4096, 10]  # ~21 M parameters: 84 MB of fp32 weights
+    x = torch.randn(256, 1024)
+    y = torch.randint(0, 10, (256,))
+    w = _DataDependentWorkload(name="dd", train=(x, y), val=(x, y), make_model=lambda: mlp(sizes))
+    meters = TrialMeters(device, TrialConfig(), interval_ms=2)
+    meters.start()
+    model = w.make_model().to(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    before = torch.cuda.max_memory_allocated(device)
+    count = flops.count_train_flops(w, model, (x.to(device), y.to(device)))
+    assert count.method == "copy" and count.per_unit > 0
+    meters.stop()
+    f = meters.fields()
+    # the copy (weights + its grads + activations) ran inside bench.meters.excluded()
+    assert f["peak_allocated_bytes"] == before
+    assert f["peak_allocated_bytes"] < before + weights
+    assert all(p.grad is None for p in model.parameters())

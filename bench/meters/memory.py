@@ -10,11 +10,14 @@ over the trial rather than resetting them, so nothing else in the process loses 
 
 CPU RSS: on Linux >= 4.0 writing "5" to ``/proc/self/clear_refs`` resets the kernel's
 resident-set high-water mark (``VmHWM`` in ``/proc/self/status``) to the current RSS
-(see proc(5), "clear_refs"). The kernel then tracks the exact peak on every page fault,
-at zero cost to us and without missing short peaks. Where that is not available (other
-systems, restricted /proc), a :class:`PeriodicSampler` reads the current RSS every few
-milliseconds; such a sampler misses peaks shorter than its interval (scripts/bench_overhead.py
---rss-miss measures how much).
+(proc(5), "clear_refs"). The kernel raises the mark whenever it unmaps memory (munmap,
+madvise(DONTNEED), exit) and reading it also takes the current RSS, so a peak is caught
+however short it was, at no cost to us and with no thread. Its only error is the RSS
+counter's per-CPU batching (up to 32 pages per CPU: 0.25 MiB on this 2-core machine;
+scripts/bench_overhead.py --rss-miss: 8 MiB and larger spikes of a few ms were all caught).
+Where that is not available (other systems, restricted /proc), a :class:`PeriodicSampler`
+reads the current RSS every few milliseconds; such a sampler misses peaks shorter than
+its interval (the same script measures how much).
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ class PeriodicSampler:
 class RssMeter:
     """Peak resident set of this process between ``start`` and ``stop``.
 
-    ``method`` is "hwm" (kernel high-water mark, exact) or "sampler" (polled; give its
+    ``method`` is "hwm" (kernel high-water mark: every peak, to counter batching) or "sampler" (polled; give its
     probe to a PeriodicSampler) or None (cannot be measured here: the columns stay null).
     """
 

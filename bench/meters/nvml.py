@@ -31,6 +31,9 @@ import os
 import threading
 import time
 
+# Counter changes observed before the sampler stops reading the energy counter each tick.
+ENERGY_CHANGES_WATCHED = 32
+
 
 class NvmlUnavailable(Exception):
     """NVML cannot be used for this device; the message is the one-line note."""
@@ -319,8 +322,10 @@ class NvmlDeviceMonitor:
             else:
                 if self._last_energy is not None and e != self._last_energy:
                     self.energy_change_times.append(now)
-                    if len(self.energy_change_times) > 256:
-                        del self.energy_change_times[:128]
+                    # Enough to estimate the update period: stop spending an NVML call
+                    # (and a GIL hand-off) per tick on it.
+                    if len(self.energy_change_times) >= ENERGY_CHANGES_WATCHED:
+                        self.watch_energy = False
                 self._last_energy = e
 
     def energy_update_period_s(self) -> float | None:

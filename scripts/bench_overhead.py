@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Does measuring change what is measured? bench (run_trial, all meters on) vs a bare loop.
+
+For each workload, the same training (same model, data, batch size, optimizer, steps) is
+run by a hand-written loop of the kind the seed tutorial teaches and by
+``bench.trial.run_trial``, interleaved (bare, bench, bench, bare, ... so drift cancels),
+``--repeats`` times. Throughput is samples per second over the steps after the same
+timing warm-up:
+
+- bare: ``time.perf_counter`` around those steps (one device sync at the end on CUDA);
+- bench (clock): the trial row's ``samples_per_s`` (bench's own step clock);
+- bench (wall): samples after warm-up / ``window_wall_s`` (perf_counter from the meters'
+  window_start to window_end: flushes, end-of-epoch evaluation and wind-down included),
+  an independent check that the step clock does not flatter bench.
+
+- median step (CPU): bare median step time / bench's ``step_time_ms_median``; robust to
+  bursts of contention from other processes, which on a shared 2-core machine can move
+  whole-run totals by several times.
+
+The ratio bench / bare is reported per pair, then its median and spread (min, IQR, max).
+Target (issue 3): median >= 0.97 on CPU for seed-mlp and teacher-mlp.
+
+``--variant sampler`` also runs bench with the RSS sampler thread forced on
+(BENCH_RSS_METHOD=sampler): the cost of a Python thread waking every few ms, which is
+what the NVML sampler costs on a GPU run. ``--rss-miss`` measures how much such a
+sampler misses of short RSS peaks, against the kernel's high-water mark.
+
+    python scripts/bench_overhead.py                       # both workloads, 7 pairs each
+    python scripts/bench_overhead.py --variant sampler --repeats 5
+    python scripts/bench_overhead.py --rss-miss
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench.config import TrialConfig  # noqa: E402
+from bench.trial import run_trial  # noqa: E402
+from bench.workloads import build_workload  # noqa: E402
+
+CONFIGS = {
+    # The tutorial's example at its batch size: tiny steps, so per-step harness overhead
+    # shows at its largest.
+    "seed-mlp": dict(workload="seed-mlp", samples=10_000, batch_size=32, epochs=2, lr=0.01),
+    "teacher-mlp": dict(workload="teacher-mlp", samples=8192, batch_size=32, epochs=2, lr=0.01),
+}
+
+
+def bare_loop(config: TrialConfig, device: torch.device) -> tuple[float, float]:
+    """(samples/s over the timed steps, median step time in s) of a plain loop: device
+    tensors, randperm per epoch, index_select batches, mean cross-entropy, SGD. No
+    logging, no meters, no host reads until the end (per-step perf_counter on CPU only,
+    where kernels run synchronously; ~0.1 us each)."""
+    workload = build_workload(
+        config.workload, samples=config.samples, options=config.workload_options
+    )
+    torch.manual_seed(config.seed)
+    model = workload.make_model().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    x, y = (t.to(device) for t in workload.train)
+    n, b = x.shape[0], config.batch_size
+    generator = torch.Generator().manual_seed(config.seed)
+    warmup = config.timing_warmup_steps
+    step = 0
+    samples = 0
+    t0 = None
+    step_times: list[float] = []
+    cpu = device.type == "cpu"
+    last = time.perf_counter()
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, b):
+            index = order[start : start + b]
+            xb, yb = x.index_select(0, index), y.index_select(0, index)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if cpu:
+                now = time.perf_counter()
+                if step > warmup:
+                    step_times.append(now - last)
+                last = now
+            if step == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            elif step > warmup:
+                samples += xb.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = samples / (time.perf_counter() - t0)
+    return rate, statistics.median(step_times) if step_times else float("nan")
+
+
+def bench_run(config: TrialConfig) -> tuple[float, float, float]:
+    """(samples/s by bench's clock, samples/s by the meters' window wall time, median
+    step time in s)."""
+    result = run_trial(config)
+    row = result.trial
+    if row["status"] != "ok":
+        raise SystemExit(f"bench trial failed: {row['status']}: {row['error']}")
+    skip = len(result.steps) - int(row["timed_steps"])
+    timed = result.steps["samples"].iloc[skip:].sum()
+    return row["samples_per_s"], timed / row["window_wall_s"], row["step_time_ms_median"] / 1e3
+
+
+def summary(values: list[float]) -> str:
+    q = (
+        statistics.quantiles(values, n=4, method="inclusive")
+        if len(values) >= 2
+        else [values[0]] * 3
+    )
+    return (
+        f"median {statistics.median(values):.3f}  IQR [{q[0]:.3f}, {q[2]:.3f}]  "
+        f"min {min(values):.3f}  max {max(values):.3f}  (n={len(values)})"
+    )
+
+
+def compare(name: str, repeats: int, variant: str, device: torch.device) -> dict:
+    config = TrialConfig.from_mapping({**CONFIGS[name], "device": device.type})
+    if variant == "sampler":
+        os.environ["BENCH_RSS_METHOD"] = "sampler"
+    else:
+        os.environ.pop("BENCH_RSS_METHOD", None)
+    bare_loop(config, device)  # warm the process: allocator, kernels, imports
+    bench_run(config)
+    ratios_clock, ratios_wall, ratios_median, bares, benches = [], [], [], [], []
+    for i in range(repeats):
+        order = ("bare", "bench") if i % 2 == 0 else ("bench", "bare")
+        got = {}
+        for which in order:
+            got[which] = bare_loop(config, device) if which == "bare" else bench_run(config)
+        bare, bare_step = got["bare"]
+        clock, wall, bench_step = got["bench"]
+        bares.append(bare)
+        benches.append(clock)
+        ratios_clock.append(clock / bare)
+        ratios_wall.append(wall / bare)
+        ratios_median.append(bare_step / bench_step)
+        print(
+            f"  {name} pair {i + 1}: bare {bare:,.0f}/s  bench {clock:,.0f}/s (wall {wall:,.0f}/s)  "
+            f"ratio {clock / bare:.3f} (wall {wall / bare:.3f}, median step {bare_step / bench_step:.3f})",
+            flush=True,
+        )
+    os.environ.pop("BENCH_RSS_METHOD", None)
+    return {
+        "name": name,
+        "variant": variant,
+        "bare": statistics.median(bares),
+        "bench": statistics.median(benches),
+        "clock": ratios_clock,
+        "wall": ratios_wall,
+        "median_step": ratios_median,
+    }
+
+
+# -- what a sampler thread costs the training thread ------------------------------------
+
+
+def sampler_cost(name: str, repeats: int, intervals_ms: list[float]) -> None:
+    """bench with no thread (kernel high-water mark) vs bench with the RSS sampler thread
+    at each interval, interleaved; ratio of median step times (thread / no thread)."""
+    config = TrialConfig.from_mapping({**CONFIGS[name], "device": "cpu"})
+    bench_run(config)  # warm
+    ratios: dict[float, list[float]] = {i: [] for i in intervals_ms}
+    for r in range(repeats):
+        for interval in intervals_ms:
+            os.environ.pop("BENCH_RSS_METHOD", None)
+            _, _, plain = bench_run(config)
+            os.environ["BENCH_RSS_METHOD"] = "sampler"
+            os.environ["BENCH_METER_INTERVAL_MS"] = str(interval)
+            _, _, sampled = bench_run(config)
+            ratios[interval].append(plain / sampled)
+        print(
+            f"  {name} round {r + 1}: "
+            + ", ".join(f"{i:g} ms: {v[-1]:.3f}" for i, v in ratios.items()),
+            flush=True,
+        )
+    os.environ.pop("BENCH_RSS_METHOD", None)
+    for interval, values in ratios.items():
+        print(
+            f"{name}: throughput with a sampler thread every {interval:g} ms / without: {summary(values)}"
+        )
+
+
+# -- how much a sleeping sampler misses ---------------------------------------------------
+
+
+def rss_miss(interval_ms: float, trials: int) -> None:
+    """Short RSS spikes of known size and duration, seen by a sampler vs the kernel's HWM.
+
+    A spike is an anonymous mapping populated in one call (MAP_POPULATE: the kernel
+    faults every page in, the GIL released), held, then unmapped. Its duration (populate
+    + hold + unmap) is measured; the sampler's phase is varied from spike to spike.
+    """
+    import mmap
+
+    from bench.meters import memory
+
+    if not memory.reset_rss_high_water():
+        print("rss-miss: the kernel high-water mark is not resettable here; nothing to compare")
+        return
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    print(f"rss-miss: sampler every {interval_ms:g} ms, {trials} spikes per row")
+    print(
+        f"  {'MiB':>4} {'hold ms':>8} {'spike ms':>9} {'sampler caught':>15} {'sampler saw':>12} {'hwm caught':>11}"
+    )
+    for size_mib, hold_ms in ((2, 0), (2, 2), (2, 5), (2, 10), (2, 20), (8, 0), (32, 0)):
+        size = size_mib * 2**20
+        caught = hwm_caught = 0
+        seen_fraction, durations = [], []
+        for k in range(trials):
+            rss_meter = memory.RssMeter(prefer="sampler")
+            rss_meter.start()
+            sampler = memory.PeriodicSampler(interval_ms / 1000, [rss_meter.probe])
+            sampler.start()
+            time.sleep((interval_ms / 1000) * (1 + k / trials))  # vary the phase
+            memory.reset_rss_high_water()
+            base_hwm = memory.rss_high_water_bytes()
+            t0 = time.perf_counter()
+            spike = mmap.mmap(-1, size, flags=flags)
+            if hold_ms:
+                time.sleep(hold_ms / 1000)
+            spike.close()
+            durations.append((time.perf_counter() - t0) * 1e3)
+            hwm_growth = memory.rss_high_water_bytes() - base_hwm
+            time.sleep(2 * interval_ms / 1000)
+            sampler.stop()
+            rss_meter.stop()
+            growth = rss_meter.peak_bytes - rss_meter.baseline_bytes
+            seen_fraction.append(max(0.0, min(1.0, growth / size)))
+            caught += growth >= 0.9 * size
+            hwm_caught += hwm_growth >= 0.9 * size
+        print(
+            f"  {size_mib:4d} {hold_ms:8.1f} {statistics.median(durations):9.2f} {caught / trials:15.0%} "
+            f"{statistics.mean(seen_fraction):12.0%} {hwm_caught / trials:11.0%}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--variant", choices=["default", "sampler"], default="default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--rss-miss", action="store_true", help="only measure the RSS sampler's misses"
+    )
+    parser.add_argument("--interval-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--sampler-cost",
+        action="store_true",
+        help="only measure what a sampler thread costs the loop",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_miss:
+        rss_miss(args.interval_ms, trials=28)
+        return 0
+    if args.sampler_cost:
+        for name in args.workloads:
+            sampler_cost(name, args.repeats, [1.0, 5.0, 20.0])
+        return 0
+    os.environ["BENCH_METER_INTERVAL_MS"] = str(args.interval_ms)
+    device = torch.device(args.device)
+    print(
+        f"bench_overhead: device {device}, torch threads {torch.get_num_threads()}, variant {args.variant}"
+    )
+    results = [compare(name, args.repeats, args.variant, device) for name in args.workloads]
+    print()
+    for r in results:
+        print(
+            f"{r['name']} ({r['variant']}): bare {r['bare']:,.0f} samples/s, bench {r['bench']:,.0f} samples/s"
+        )
+        print(f"  ratio bench/bare (bench clock): {summary(r['clock'])}")
+        print(f"  ratio bench/bare (window wall): {summary(r['wall'])}")
+        if device.type == "cpu":
+            print(f"  ratio bench/bare (median step): {summary(r['median_step'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
