@@ -354,3 +354,51 @@ def test_sigkill_twice_then_resume_runs_every_key_exactly_once(tmp_path):
     runs = runs_per_tag(log)
     assert set(runs) == set(range(n))
     assert sum(runs.values()) - n <= 4  # at most 2 running trials per kill
+
+
+def test_search_mode_uses_n_trials_and_never_reruns_a_key(tmp_path):
+    """TPE over a 2-point space with 5 trials: the sampler repeats itself, the sweep does not."""
+    spec_path, log = counted_spec(
+        tmp_path,
+        "search",
+        2,
+        extra="",
+    )
+    text = (
+        spec_path.read_text()
+        + """
+[search]
+sampler = "tpe"
+n_trials = 5
+seed = 1
+minimize = ["final_loss"]
+maximize = ["samples_per_s"]
+constraints = ["cpu_peak_rss_bytes <= 64GiB"]
+"""
+    )
+    spec_path.write_text(text)
+    results = tmp_path / "results"
+    summary, out = run(spec_path, results, workers=1)
+    assert summary.counts.done == 5
+    runs = runs_per_tag(log)
+    assert set(runs.values()) == {1}  # each distinct configuration trained once
+    study = optuna.load_study(
+        study_name="search",
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(results / "search" / "optuna.journal"))
+        ),
+    )
+    trials = study.get_trials()
+    assert len(trials) == 5
+    statuses = Counter(t.user_attrs["bench_status"] for t in trials)
+    assert statuses["ok"] == len(runs) and statuses["duplicate"] == 5 - len(runs)
+    # A duplicate carries the values of the trial it repeats; constraints were computed.
+    for t in trials:
+        if t.user_attrs["bench_status"] == "duplicate":
+            original = trials[t.user_attrs["bench_duplicate_of"]]
+            assert t.values == original.values
+        violation = t.constraints["cpu_peak_rss_bytes <= 64GiB"]
+        assert violation == pytest.approx(
+            t.user_attrs["bench_row"]["cpu_peak_rss_bytes"] - 64 * 2**30
+        )
+    assert len(load_results(results / "search").trials) == len(runs)

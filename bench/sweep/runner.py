@@ -240,16 +240,17 @@ class SweepRunner:
         s = self.spec.search
         if s is None:
             return optuna.samplers.RandomSampler(seed=0)  # every trial's params are fixed
-        constraints = self._constraints_func if self.spec.constraints else None
+        # Constraints reach the samplers through trial.set_constraint (optuna 5.0
+        # deprecates constraints_func); see _set_constraints.
         if s.sampler == "random":
             return optuna.samplers.RandomSampler(seed=s.seed)
         if s.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=s.seed, constraints_func=constraints)
-        return optuna.samplers.NSGAIISampler(seed=s.seed, constraints_func=constraints)
+            return optuna.samplers.TPESampler(seed=s.seed)
+        return optuna.samplers.NSGAIISampler(seed=s.seed)
 
-    def _constraints_func(self, trial: Any) -> list[float]:
-        row = trial.user_attrs.get("bench_row") or {}
-        return [c.violation(row.get(c.column)) for c in self.spec.constraints]
+    def _set_constraints(self, trial: Any, row: dict) -> None:
+        for c in self.spec.constraints:
+            trial.set_constraint(c.text, c.violation(row.get(c.column)))
 
     def _open_study(self) -> Any:
         import optuna
@@ -503,6 +504,7 @@ class SweepRunner:
                     storage.set_trial_user_attr(
                         trial._trial_id, "bench_row", other.user_attrs["bench_row"]
                     )
+                    self._set_constraints(trial, other.user_attrs["bench_row"])
                 if other.state == TrialState.COMPLETE:
                     self.study.tell(trial, other.values)
                 else:
@@ -801,6 +803,7 @@ class SweepRunner:
         tid = job.trial._trial_id
         storage.set_trial_user_attr(tid, "bench_row", {k: _json_safe(v) for k, v in row.items()})
         storage.set_trial_user_attr(tid, "bench_status", status)
+        self._set_constraints(job.trial, row)
         values = [row.get(o.column) for o in self.spec.objectives]
         ok = status == "ok" and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
         try:
