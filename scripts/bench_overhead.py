@@ -28,6 +28,7 @@ sampler misses of short RSS peaks, against the kernel's high-water mark.
     python scripts/bench_overhead.py                       # both workloads, 7 pairs each
     python scripts/bench_overhead.py --variant sampler --repeats 5
     python scripts/bench_overhead.py --rss-miss
+    python scripts/bench_overhead.py --ablate --repeats 3   # where bench's per-step time goes
 """
 
 from __future__ import annotations
@@ -166,6 +167,67 @@ def compare(name: str, repeats: int, variant: str, device: torch.device) -> dict
     }
 
 
+# -- where the per-step time goes ----------------------------------------------------------
+
+ABLATIONS = ("mean", "sum/div", "sum+grad_arg", "sum/div+norm")
+
+
+def ablation_step_us(config: TrialConfig, variant: str) -> float:
+    """Median µs per step of the bare loop plus one of bench's per-step ingredients:
+    'sum/div': loss_sum / units then backward (bench's normalisation);
+    'sum+grad_arg': loss_sum.backward(gradient=cached 1/units) (the same gradient);
+    'sum/div+norm': plus the global grad norm as train.py computes it."""
+    workload = build_workload(
+        config.workload, samples=config.samples, options=config.workload_options
+    )
+    torch.manual_seed(config.seed)
+    model = workload.make_model()
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=config.lr)
+    x, y = workload.train
+    generator = torch.Generator().manual_seed(config.seed)
+    inverse: dict[int, torch.Tensor] = {}
+    times: list[float] = []
+    last = time.perf_counter()
+    for _ in range(config.epochs):
+        order = torch.randperm(x.shape[0], generator=generator)
+        for start in range(0, x.shape[0], config.batch_size):
+            index = order[start : start + config.batch_size]
+            xb, yb = x.index_select(0, index), y.index_select(0, index)
+            if variant == "mean":
+                F.cross_entropy(model(xb), yb).backward()
+            else:
+                loss_sum = F.cross_entropy(model(xb), yb, reduction="sum")
+                units = xb.shape[0]
+                if variant == "sum+grad_arg":
+                    inv = inverse.get(units)
+                    if inv is None:
+                        inv = inverse[units] = torch.tensor(1.0 / units)
+                    loss_sum.backward(inv)
+                else:
+                    (loss_sum / units).backward()
+                loss_sum = loss_sum.detach()
+            if variant.endswith("+norm"):
+                grads = [p.grad for p in params if p.grad is not None]
+                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+    return statistics.median(times[config.timing_warmup_steps :]) * 1e6
+
+
+def ablate(name: str, repeats: int) -> None:
+    config = TrialConfig.from_mapping({**CONFIGS[name], "device": "cpu"})
+    print(f"{name}: median µs per step")
+    for r in range(repeats):
+        got = {v: ablation_step_us(config, v) for v in ABLATIONS}
+        got["bench"] = bench_run(config)[2] * 1e6
+        got["bench grad_norm=False"] = bench_run(config.replace(grad_norm=False))[2] * 1e6
+        print(f"  round {r + 1}: " + " | ".join(f"{k} {v:.1f}" for k, v in got.items()), flush=True)
+
+
 # -- what a sampler thread costs the training thread ------------------------------------
 
 
@@ -262,6 +324,7 @@ def main() -> int:
         "--rss-miss", action="store_true", help="only measure the RSS sampler's misses"
     )
     parser.add_argument("--interval-ms", type=float, default=5.0)
+    parser.add_argument("--ablate", action="store_true", help="only break the per-step time down")
     parser.add_argument(
         "--sampler-cost",
         action="store_true",
@@ -272,6 +335,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.rss_miss:
         rss_miss(args.interval_ms, trials=28)
+        return 0
+    if args.ablate:
+        for name in args.workloads:
+            ablate(name, args.repeats)
         return 0
     if args.sampler_cost:
         for name in args.workloads:
