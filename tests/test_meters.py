@@ -635,3 +635,9 @@ def test_sampler_stops_watching_the_energy_counter_once_its_period_is_known(fake
     assert len(monitor.energy_change_times) == nvml_mod.ENERGY_CHANGES_WATCHED
     assert monitor.energy_update_period_s() is not None
     nvml_mod.shutdown_nvml(nvml)
+
+
+def test_handle_resolution_matches_a_uuid_spelled_differently(fake_nvml):
+    fake_nvml.uuids = ["GPU-AAAA-0000", "GPU-BBBB-1111"]  # upper case: the lookup by string fails
+    nvml = nvml_mod.load_nvml()
+    assert nvml_mod.resolve_handle(nvml, 0, uuid="bbbb-1111", env={}) == (1, "uuid")

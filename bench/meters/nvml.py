@@ -117,6 +117,13 @@ def resolve_handle(nvml, index: int, *, uuid: str | None = None, env: dict | Non
                 return nvml.nvmlDeviceGetHandleByUUID(prefix + uuid), "uuid"
             except Exception:  # noqa: BLE001 - try the next spelling
                 pass
+        for i in range(count):  # same UUID, spelled differently (case, prefix)
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                if _strip_uuid(_text(nvml.nvmlDeviceGetUUID(handle))) == uuid:
+                    return handle, "uuid"
+            except Exception:  # noqa: BLE001 - a device we may not query
+                continue
     entry = visible_device_entry(index, env)
     if entry is not None:
         if entry.isdigit():
