@@ -336,7 +336,9 @@ def test_bin_means_downsample_exactly():
     )
     b = curves.bin_means(steps, points=5)
     a = b[b["trial_key"] == "a"]
-    assert list(a["loss"]) == [0.5, 2.5, 4.5, 6.5, 8.5]  # pairs averaged
+    # geometric bins floor(5 log(1+pos) / log(11)): {0} {1} {2,3} {4,5} {6..9}
+    assert list(a["loss"]) == [0.0, 1.0, 2.5, 4.5, 7.5]
+    assert list(a["step"]) == [1.0, 2.0, 3.5, 5.5, 8.5]
     assert list(b[b["trial_key"] == "b"]["loss"]) == [7.0, 8.0, 9.0]  # short run kept whole
 
 

@@ -94,6 +94,7 @@ def build_report(
     results = load_results(folder)
     lap("load")
     prep = prepare(results)
+    del results  # the full steps table: only prep's lean columns are needed from here
     notes = list(prep.notes)
     if not len(prep.steps):
         notes.append("no steps table: loss curves and steps-to-target are left out")

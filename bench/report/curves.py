@@ -1,7 +1,7 @@
 """Loss curves downsampled for plotting — never for numbers.
 
-Each trial's steps are cut into at most ``points`` consecutive bins and each bin is
-replaced by its mean (step, samples seen, wall time, loss). A bin mean is a proper
+Each trial's steps are cut into at most ``points`` consecutive, geometrically growing
+bins and each bin is replaced by its mean (step, samples seen, wall time, loss). A bin mean is a proper
 low-pass: a batch-1 curve shows its trend instead of aliased noise, and 10,000 steps
 cost 200 points. Then, per configuration, its seeds are interpolated onto one grid and
 summarised as mean and min–max band. All numbers in tables come from the full data.
@@ -14,28 +14,32 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from bench.report.prepare import step_groups
+
 X_AXES = {"step": "optimizer steps", "samples_seen": "samples seen", "time_s": "wall time (s)"}
 
 
 def bin_means(steps: pd.DataFrame, points: int = 200) -> pd.DataFrame:
-    """Per trial, up to ``points`` bin means. ``steps`` sorted by (trial_key, step)."""
+    """Per trial, up to ``points`` bin means. ``steps`` as from ``prepare.lean_steps``."""
     cols = ["trial_key", *X_AXES, "loss"]
     if not len(steps):
         return pd.DataFrame({c: [] for c in cols})
-    keys = steps["trial_key"].to_numpy()
-    n = len(keys)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    lengths = np.diff(np.r_[starts, n])
+    starts, lengths, keys = step_groups(steps)
+    n = len(steps)
     group = np.repeat(np.arange(len(starts)), lengths)
     pos = np.arange(n) - starts[group]
     nbins = np.minimum(lengths, points)
-    # bin index within the trial: floor(pos * nbins / length), then a global bin id.
-    local = (pos * nbins[group]) // lengths[group]
+    # Geometric bins, floor(nbins * log(1 + pos) / log(1 + length)): the figures use log
+    # x axes, so the first steps get bins of their own and the long tail shares them
+    # (linear bins would average a big-batch run's whole descent into its first point).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        local = np.floor(nbins[group] * np.log1p(pos) / np.log1p(lengths[group])).astype(np.int64)
     offsets = np.r_[0, np.cumsum(nbins)[:-1]]
     bin_id = offsets[group] + local
     total = int(nbins.sum())
     counts = np.bincount(bin_id, minlength=total).astype(float)
-    out = {"trial_key": np.repeat(keys[starts], nbins)}
+    used = counts > 0
+    out = {"trial_key": np.repeat(keys, nbins)[used]}
     for c in (*X_AXES, "loss"):
         v = steps[c].to_numpy(dtype=float)
         finite = np.isfinite(v)
@@ -45,7 +49,7 @@ def bin_means(steps: pd.DataFrame, points: int = 200) -> pd.DataFrame:
             # A bin holding a non-finite loss (divergence) is shown as a gap, not averaged away.
             mean = s / m
             mean[m < counts] = np.nan
-        out[c] = mean
+        out[c] = mean[used]
     return pd.DataFrame(out)
 
 
@@ -70,7 +74,12 @@ def config_bands(
             continue
         lo_x = min(v.min() for v in xs_finite if len(v))
         hi_x = max(v.max() for v in xs_finite if len(v))
-        grid = np.linspace(lo_x, hi_x, grid_points) if hi_x > lo_x else np.array([lo_x])
+        if hi_x <= lo_x:
+            grid = np.array([lo_x])
+        elif lo_x > 0:  # the figures' x axes are logarithmic
+            grid = np.geomspace(lo_x, hi_x, grid_points)
+        else:
+            grid = np.linspace(lo_x, hi_x, grid_points)
         ys = np.full((len(seeds), len(grid)), np.nan)
         for i, s in enumerate(seeds):
             xv, yv = s[x].to_numpy(), s["loss"].to_numpy()

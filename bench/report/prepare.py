@@ -74,19 +74,9 @@ TRIAL_NUMERIC = (
     "schema_version",
 )
 
-STEP_NUMERIC = (
-    "epoch",
-    "step",
-    "step_in_epoch",
-    "micro_batches",
-    "samples",
-    "samples_seen",
-    "loss",
-    "lr",
-    "grad_norm",
-    "time_s",
-    "val_loss",
-)
+# The steps columns report and compare read. A 10 M-row steps table is ~1 GiB in memory,
+# so only these are kept and no column is copied unless it must be converted.
+STEP_KEEP = ("trial_key", "step", "samples", "samples_seen", "loss", "time_s")
 
 # The one "peak memory" a summary shows, first non-null wins. The caching allocator's
 # reserved peak is what decides a CUDA OOM; NVML's per-process figure adds the CUDA
@@ -246,22 +236,7 @@ def prepare(results: Results) -> Prepared:
     trials["peak_memory_bytes"] = mem
     trials["peak_memory_source"] = src
 
-    steps = results.steps
-    if len(steps):
-        steps = steps.copy()
-        for c in STEP_NUMERIC:
-            steps[c] = pd.to_numeric(steps[c], errors="coerce").astype(float)
-        steps = steps[steps["step"].notna()]
-        key = steps["trial_key"].to_numpy()
-        step = steps["step"].to_numpy()
-        # Files are read in key order with ascending steps; only sort when they are not.
-        ordered = len(key) < 2 or (
-            bool(np.all(key[1:] >= key[:-1]))
-            and bool(np.all((step[1:] > step[:-1]) | (key[1:] != key[:-1])))
-        )
-        if not ordered:
-            steps = steps.sort_values(["trial_key", "step"], kind="stable")
-        steps = steps.reset_index(drop=True)
+    steps = lean_steps(results.steps)
 
     notes = []
     versions = sorted({int(v) for v in trials["schema_version"].dropna()})
@@ -290,6 +265,42 @@ def prepare(results: Results) -> Prepared:
         .reset_index(drop=True)
     )
     return Prepared(trials=trials, steps=steps, configs=configs, notes=notes)
+
+
+def lean_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """The columns of STEP_KEEP, numeric, each trial's rows contiguous and in step order."""
+    cols = [c for c in STEP_KEEP if c in steps.columns]
+    out = steps[cols]  # copy-on-write: nothing is copied until a column is replaced
+    for c in cols[1:]:
+        dtype = out[c].dtype
+        if not (isinstance(dtype, np.dtype) and dtype.kind in "iuf"):
+            out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
+    if not len(out):
+        return out.reset_index(drop=True)
+    if out["step"].isna().any():
+        out = out[out["step"].notna()]
+    codes, _ = pd.factorize(out["trial_key"], sort=False)
+    step = out["step"].to_numpy()
+    # Sweeps are read file by file, so rows usually arrive grouped and in step order:
+    # check that (cheap) and sort only when they do not.
+    same = codes[1:] == codes[:-1]
+    ordered = bool(np.all(codes[1:] >= codes[:-1])) and bool(np.all(~same | (step[1:] > step[:-1])))
+    if not ordered:
+        out = out.iloc[np.lexsort((step, codes))]
+    return out.reset_index(drop=True)
+
+
+def step_groups(steps: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, lengths, trial_keys) of the contiguous per-trial blocks of a lean steps
+    table. Uses factorised codes: never materialises 10 M Python strings."""
+    codes, uniques = pd.factorize(steps["trial_key"], sort=False)
+    n = len(codes)
+    starts = (
+        np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if n else np.array([], dtype=np.int64)
+    )
+    lengths = np.diff(np.r_[starts, n])
+    keys = np.asarray(uniques, dtype=object)[codes[starts]] if n else np.array([], dtype=object)
+    return starts, lengths, keys
 
 
 def _sort_key(s: pd.Series) -> pd.Series:

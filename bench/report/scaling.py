@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench.report.prepare import step_groups
+
 
 @dataclass(frozen=True)
 class CriticalBatchFit:
@@ -60,7 +62,7 @@ def steps_to_target(steps: pd.DataFrame, trials: pd.DataFrame, target: float) ->
     """Per trial: first step (and its samples_seen, time_s) at which the smoothed training
     loss is <= target. NaN where the trial never got there (also: diverged, no steps).
 
-    ``steps`` must be sorted by (trial_key, step) — ``prepare`` guarantees it. Fully
+    ``steps``: each trial's rows contiguous, in step order (``prepare.lean_steps``). Fully
     vectorised: one pass over all step rows, whatever the number of trials.
     """
     out = pd.DataFrame({"trial_key": trials["trial_key"].to_numpy()})
@@ -70,12 +72,9 @@ def steps_to_target(steps: pd.DataFrame, trials: pd.DataFrame, target: float) ->
     out["smoothing_steps"] = np.nan
     if not len(steps):
         return out
-    keys = steps["trial_key"].to_numpy()
-    n = len(keys)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], n]
-    lengths = ends - starts
-    group_keys = keys[starts]
+    starts, lengths, group_keys = step_groups(steps)
+    n = len(steps)
+    ends = starts + lengths
 
     big_b_by_key = dict(zip(trials["trial_key"], trials["effective_batch_size"], strict=False))
     group_b = np.array([float(big_b_by_key.get(k, np.nan)) for k in group_keys])

@@ -153,20 +153,26 @@ def write_synthetic(folder: str | Path, spec: Synthetic = Synthetic()) -> dict:
                         dt = step_s * (1.0 + 0.05 * rng.standard_normal(n)).clip(0.5, None)
                         time_s = np.cumsum(dt)
                         samples_seen = (t * big_b).astype(np.int64)
+                        values = {
+                            "trial_key": np.full(n, key),
+                            "epoch": (samples_seen - 1) // spec.samples + 1,
+                            "step": t.astype(np.int64),
+                            "step_in_epoch": t.astype(np.int64),
+                            "micro_batches": np.full(n, k, dtype=np.int64),
+                            "samples": np.full(n, big_b, dtype=np.int64),
+                            "samples_seen": samples_seen,
+                            "loss": loss,
+                            "lr": np.full(n, lr),
+                            "grad_norm": np.abs(rng.standard_normal(n)),
+                            "time_s": time_s,
+                        }
+                        # By name, so columns the contract adds later read as null.
                         table = pa.Table.from_arrays(
                             [
-                                pa.array(np.full(n, key), pa.string()),
-                                pa.array((samples_seen - 1) // spec.samples + 1, pa.int64()),
-                                pa.array(t.astype(np.int64), pa.int64()),
-                                pa.array(t.astype(np.int64), pa.int64()),
-                                pa.array(np.full(n, k, dtype=np.int64), pa.int64()),
-                                pa.array(np.full(n, big_b, dtype=np.int64), pa.int64()),
-                                pa.array(samples_seen, pa.int64()),
-                                pa.array(loss, pa.float64()),
-                                pa.array(np.full(n, lr), pa.float64()),
-                                pa.array(np.abs(rng.standard_normal(n)), pa.float64()),
-                                pa.array(time_s, pa.float64()),
-                                pa.nulls(n, pa.float64()),
+                                pa.array(values[f.name], f.type)
+                                if f.name in values
+                                else pa.nulls(n, f.type)
+                                for f in step_schema
                             ],
                             schema=step_schema,
                         )
