@@ -180,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = dict(values.get("workload_options", {}))
         options.update(_parse_option(o) for o in args.option)
         values["workload_options"] = options
+    if "max_steps" in values and "epochs" not in values:
+        values["epochs"] = None  # --max-steps alone: train until it, however many epochs
     where = str(args.config) if args.config else ""
     config = TrialConfig.from_mapping(values, where=where)
 

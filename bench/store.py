@@ -84,6 +84,7 @@ STEP_COLUMNS: dict[str, pa.DataType] = {
     "micro_batches": pa.int64(),
     "samples": pa.int64(),
     "samples_seen": pa.int64(),
+    "tokens": pa.int64(),  # target tokens in the step (token workloads; null otherwise)
     "loss": pa.float64(),  # the window's mean loss per sample (or per target token)
     "lr": pa.float64(),
     "grad_norm": pa.float64(),
@@ -102,7 +103,9 @@ def _conform(df: pd.DataFrame, columns: dict[str, pa.DataType]) -> pa.Table:
             arrays.append(pa.array(df[name].astype(object).where(df[name].notna(), None), typ))
         else:
             arrays.append(pa.nulls(n, typ))
-    extra = pa.Table.from_pandas(df[[c for c in df.columns if c not in columns]], preserve_index=False)
+    extra = pa.Table.from_pandas(
+        df[[c for c in df.columns if c not in columns]], preserve_index=False
+    )
     for f, col in zip(extra.schema, extra.columns, strict=True):
         fields.append(f)
         arrays.append(col)

@@ -298,7 +298,6 @@ def train(
     # Per step, until the next flush: (host values, loss sum, units, grad norm) with the
     # last three still on the device. Dicts and divisions are made at flush time.
     pending: list[tuple] = []
-    tokens_total = torch.zeros((), dtype=torch.int64, device=device) if token_unit else None
     early_stopping = _EarlyStopping(config)
     deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else None
     clock = StepClock(device)
@@ -313,13 +312,16 @@ def train(
         units = [p[2] for p in pending]
         units = torch.stack(units) if token_unit else torch.tensor(units, device=loss_sums.device)
         losses = (loss_sums / units).tolist()
+        tokens = units.tolist() if token_unit else [None] * len(pending)
         norms = (
             torch.stack([p[3] for p in pending]).tolist()
             if track_grad_norm
             else [None] * len(pending)
         )
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
-        for (values, _, _, _), loss, norm, dt in zip(pending, losses, norms, seconds, strict=True):
+        for (values, _, _, _), loss, norm, n_tokens, dt in zip(
+            pending, losses, norms, tokens, seconds, strict=True
+        ):
             elapsed += dt
             epoch, step, step_in_epoch, micro_batches, samples, samples_seen, lr = values
             outcome.rows.append(
@@ -330,6 +332,7 @@ def train(
                     "micro_batches": micro_batches,
                     "samples": samples,
                     "samples_seen": samples_seen,
+                    "tokens": None if n_tokens is None else int(n_tokens),
                     "loss": loss,
                     "lr": lr,
                     "grad_norm": norm,
@@ -400,8 +403,6 @@ def train(
 
             outcome.micro_batches += n_micro
             outcome.samples_seen += samples
-            if token_unit:
-                tokens_total += window_units
             values = (
                 epoch,
                 global_step,
@@ -457,8 +458,8 @@ def train(
             schedule.step()
     with host_sync_point(device):
         flush()
-        if token_unit:
-            outcome.tokens_seen = int(tokens_total)
+    if token_unit:
+        outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
     if early_stopping.best_state is not None:
         model.load_state_dict(torch.load(io.BytesIO(early_stopping.best_state), weights_only=True))
         outcome.notes.append(f"restored the best weights (step {early_stopping.best_step})")

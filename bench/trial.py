@@ -48,7 +48,9 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare(config: TrialConfig) -> tuple[Workload, Plan, torch.device]:
     """Everything that can be wrong with a configuration is found here, before any work."""
-    workload = build_workload(config.workload, samples=config.samples, options=config.workload_options)
+    workload = build_workload(
+        config.workload, samples=config.samples, options=config.workload_options
+    )
     plan = make_plan(
         samples=workload.n_train,
         batch_size=config.batch_size,
@@ -93,10 +95,14 @@ def _throughput(outcome: TrainOutcome, plan: Plan) -> dict:
     if total > 0 and timed_rows:
         out["samples_per_s"] = sum(r["samples"] for r in timed_rows) / total
         out["steps_per_s"] = len(timed_rows) / total
+        if outcome.tokens_seen is not None:
+            out["tokens_per_s"] = sum(r["tokens"] for r in timed_rows) / total
     return out
 
 
-def run_trial(config: TrialConfig, *, sweep: str | None = None, results_dir: str | Path | None = None) -> TrialResult:
+def run_trial(
+    config: TrialConfig, *, sweep: str | None = None, results_dir: str | Path | None = None
+) -> TrialResult:
     """Run one configuration. Raises ConfigError only for invalid input, before any work;
     OOM, divergence and other errors during the run are recorded in the row's status."""
     workload, plan, device = prepare(config)
@@ -125,7 +131,15 @@ def run_trial(config: TrialConfig, *, sweep: str | None = None, results_dir: str
                 raise
             notes.append(f"FLOP count failed: {describe(exc)}")
         meters.start()
-        train(config, workload, plan, device, model=model, outcome=outcome, on_window_start=meters.window_start)
+        train(
+            config,
+            workload,
+            plan,
+            device,
+            model=model,
+            outcome=outcome,
+            on_window_start=meters.window_start,
+        )
         status, error = outcome.status, outcome.error
     except Exception as exc:
         status = "oom" if is_oom(exc) else "failed"
@@ -176,21 +190,28 @@ def run_trial(config: TrialConfig, *, sweep: str | None = None, results_dir: str
     row.update(_throughput(outcome, plan))
     if row["timed_steps"] == 0 and outcome.rows:
         notes.append("no steps after the timing warm-up: rates are null")
-    if outcome.tokens_seen is not None and row["samples_per_s"] and outcome.samples_seen:
-        row["tokens_per_s"] = row["samples_per_s"] * outcome.tokens_seen / outcome.samples_seen
     fields = meters.fields()
     notes.extend(fields.pop("notes", []))
     row.update(fields)
     if row.get("energy_j") is not None and row["samples_per_s"] and row["train_time_s"]:
         timed_samples = sum(r["samples"] for r in outcome.rows[outcome.timing_warmup_steps :])
         row["energy_j_per_sample"] = row["energy_j"] / timed_samples if timed_samples else None
-    row["flops_per_sample"] = flops_per_sample
-    row["flops_per_step"] = None if flops_per_sample is None else flops_per_sample * plan.effective_batch_size
+    # FLOPs are counted per unit (sample, or target token): rates use the same unit.
+    units_per_s = (
+        row.get("tokens_per_s") if outcome.tokens_seen is not None else row["samples_per_s"]
+    )
+    units_seen = outcome.tokens_seen if outcome.tokens_seen is not None else outcome.samples_seen
+    row["flops_per_unit"] = flops_per_sample
+    row["flops_per_step"] = (
+        flops_per_sample * units_seen / outcome.optimizer_steps
+        if (flops_per_sample is not None and outcome.optimizer_steps)
+        else None
+    )
     peak = flops_mod.peak_flops_per_s(device, config.precision, override_tflops=config.peak_tflops)
     row["peak_flops_per_s"] = peak
     row["mfu"] = (
-        flops_per_sample * row["samples_per_s"] / peak
-        if (peak and flops_per_sample and row["samples_per_s"])
+        flops_per_sample * units_per_s / peak
+        if (peak and flops_per_sample and units_per_s)
         else None
     )
     environment = env_mod.environment()
