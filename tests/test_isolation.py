@@ -1,0 +1,103 @@
+"""bench.isolation: a trial in a fresh process, under a memory cap that really bites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import TrialConfig
+from bench.errors import BenchError
+from bench.isolation import CPU_METHOD, measure_baseline, run_in_subprocess, run_isolated
+
+MiB = 2**20
+
+
+def _config(**options) -> TrialConfig:
+    return TrialConfig(
+        workload="test_oom_helpers:build",
+        workload_options=options,
+        batch_size=8,
+        epochs=None,
+        max_steps=2,
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline() -> int:
+    return int(measure_baseline("cpu")["baseline_bytes"])
+
+
+def test_baseline_is_an_idle_child_with_torch(baseline):
+    info = measure_baseline("cpu")
+    # torch alone maps well over 100 MiB of private data; a machine has more than that.
+    assert 100 * MiB < baseline < info["total_bytes"]
+    assert info["baseline_rss_bytes"] > 50 * MiB
+
+
+def test_result_comes_back_from_the_child():
+    result = run_in_subprocess(_config())
+    assert result.trial["status"] == "ok", result.trial["error"]
+    assert result.trial["optimizer_steps"] == 2
+    assert len(result.steps) == 2
+
+
+def test_cap_makes_allocations_fail_as_oom(baseline):
+    # 64 MiB per sample x 8 samples = 512 MiB of activations against 128 MiB of room:
+    # RLIMIT_DATA makes the allocation fail, torch raises, the trial row says oom.
+    cap = baseline + 128 * MiB
+    run = run_isolated(_config(alloc_mib_per_sample=64.0), cap_bytes=cap)
+    assert run.result.trial["status"] == "oom", run.result.trial["error"]
+    assert "allocate" in run.result.trial["error"].lower()
+    assert run.cap is not None and run.cap.method == CPU_METHOD and run.cap.limit_bytes == cap
+    # The same trial with room to spare fits, so it was the cap, not the workload.
+    ok = run_isolated(_config(alloc_mib_per_sample=64.0), cap_bytes=baseline + 1024 * MiB)
+    assert ok.result.trial["status"] == "ok", ok.result.trial["error"]
+    assert ok.stats["child_rss_hwm_bytes"] > 0
+
+
+def test_sigkill_is_recorded_as_oom():
+    run = run_isolated(_config(kill_at=4))
+    assert run.exitcode == -9
+    assert run.result.trial["status"] == "oom"
+    assert "SIGKILL" in run.result.trial["error"]
+    assert run.result.trial["micro_batch_size"] == 8
+
+
+def test_ordinary_error_is_a_failure_not_an_oom():
+    result = run_in_subprocess(_config(fail_at=4))
+    assert result.trial["status"] == "failed"
+    assert "deliberate failure" in result.trial["error"]
+
+
+def test_timeout_kills_the_child_and_fails():
+    config = _config().replace(max_steps=10**6)
+    run = run_isolated(config, timeout_s=1.0)
+    assert run.result.trial["status"] == "failed"
+    assert "timed out" in run.result.trial["error"]
+
+
+def test_cap_below_baseline_is_bad_input(baseline):
+    with pytest.raises(BenchError, match="baseline"):
+        run_isolated(_config(), cap_bytes=baseline // 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cap_is_the_allocator_fraction_minus_the_context():
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = min(total // 2, 4 * 2**30)
+    config = TrialConfig(
+        workload="teacher-mlp",
+        workload_options={"width": 1024},
+        batch_size=64,
+        epochs=None,
+        max_steps=2,
+        device="cuda",
+    )
+    run = run_isolated(config, cap_bytes=cap)
+    assert run.result.trial["status"] == "ok", run.result.trial["error"]
+    assert run.cap.method == "cuda-memory-fraction"
+    assert 0 < run.cap.baseline_bytes < cap  # the context was measured, and is not free
+    assert run.cap.limit_bytes == cap - run.cap.baseline_bytes
+    assert run.stats["child_max_reserved_bytes"] <= run.cap.limit_bytes
