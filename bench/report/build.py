@@ -24,7 +24,9 @@ FIGURE_CAPTIONS = {
     "loss_curves": "Training loss against optimizer steps, samples seen and wall time. One line "
     "per configuration (mean over seeds, band = min–max over seeds); dotted = SGD "
     "(B=1), solid = mini-batch, dashed = full batch; markers = gradient "
-    "accumulation k > 1. Curves are bin means of at most 200 points per trial "
+    "accumulation k > 1. The loss drawn is the smoothed loss that steps-to-target "
+    "reads (centred mean over about as many samples as the largest batch holds), as bin means "
+    "of at most 200 points per trial "
     "(plotting only; every number in the tables uses every step).",
     "throughput": "Samples per second against micro-batch b and effective batch B = b·k, median "
     "over seeds with min–max band, one colour per accumulation k.",
@@ -64,6 +66,7 @@ class Report:
     markdown: str = ""
     html: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    smoothed: scaling.Smoothed | None = None
 
 
 def newest_sweep(root: Path = Path("results")) -> Path:
@@ -108,7 +111,12 @@ def build_report(
                 f"target loss {chosen:g} chosen automatically (75th percentile of the "
                 "configurations' final smoothed training loss); set --target-loss to fix it"
             )
-    reach = scaling.steps_to_target(prep.steps, prep.trials, chosen) if chosen is not None else None
+    smoothed = scaling.smooth_loss(prep.steps, prep.trials) if len(prep.steps) else None
+    reach = (
+        scaling.steps_to_target(prep.steps, prep.trials, chosen, smoothed)
+        if chosen is not None
+        else None
+    )
     points = scaling.scaling_points(prep.trials, reach)
     fits = {}
     best = scaling.best_per_batch(points)
@@ -118,10 +126,17 @@ def build_report(
         )
         if fit is not None:
             fits[w] = fit
+            if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
+                name = w if isinstance(w, str) else "(unknown workload)"
+                notes.append(
+                    f"{name}: the S(B) fit is poor (rms log error {fit.rms_log_error:.2f}); "
+                    "treat B_crit as a rough indication (too few steps or a noisy target?)"
+                )
     summary = tables.config_summary(prep, points)
     lap("analyse")
 
     report = Report(
+        smoothed=smoothed,
         folder=folder,
         target=chosen,
         prep=prep,
@@ -146,9 +161,9 @@ def render_figures(report: Report) -> list:
     notes = report.notes
     prep = report.prep
     probes = F.load_oom_probes(report.folder, notes)
-    binned = (
-        curves.bin_means(prep.steps) if len(prep.steps) else curves.bin_means(prep.steps.iloc[0:0])
-    )
+    # The loss figure draws the smoothed loss that steps-to-target is read from.
+    display = report.smoothed.display if report.smoothed is not None else None
+    binned = curves.bin_means(prep.steps, loss=display)
     builders = {
         "loss_curves": lambda: F.loss_curves(prep, binned, notes),
         "throughput": lambda: F.throughput(prep, notes),

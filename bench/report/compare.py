@@ -160,7 +160,8 @@ def _load(folder: str | Path, what: str) -> Prepared:
 # Environment identity: the keys of trials rows / env records that must match for timing
 # and memory numbers to be comparable.
 _ENV_FIELDS = {
-    "device": ("device", "device_name", "gpu_name", "cuda_device_name", "cpu_model"),
+    "device": ("device", "cuda_devices", "device_name", "gpu_name", "cuda_device_name"),
+    "cpu": ("cpu_model",),
     "torch": (
         "torch_version",
         "torch",
@@ -170,7 +171,7 @@ _ENV_FIELDS = {
         "software.torch",
         "packages.torch",
     ),
-    "cuda": ("cuda_version", "torch.cuda", "versions.cuda", "software.cuda"),
+    "cuda": ("torch_cuda", "cuda_version", "torch.cuda", "versions.cuda", "software.cuda"),
 }
 
 
@@ -183,6 +184,13 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[key] = v
     return out
+
+
+def _env_text(value: object) -> str:
+    """A list of devices (e.g. ``cuda_devices: [{"name": ...}, ...]``) as their names."""
+    if isinstance(value, list):
+        return ", ".join(str(v.get("name", v)) if isinstance(v, dict) else str(v) for v in value)
+    return str(value)
 
 
 def environment(folder: Path, prep: Prepared) -> dict[str, set[str]]:
@@ -201,8 +209,8 @@ def environment(folder: Path, prep: Prepared) -> dict[str, set[str]]:
             continue
         for name, keys in _ENV_FIELDS.items():
             for k in keys:
-                if k in flat and flat[k] not in (None, ""):
-                    env[name].add(str(flat[k]))
+                if k in flat and flat[k] not in (None, "", []):
+                    env[name].add(_env_text(flat[k]))
                     break
     return env
 
@@ -340,7 +348,7 @@ def _ratio_text(r: float | None) -> str:
 def _p_text(p: float | None) -> str:
     if p is None:
         return ""
-    return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+    return f"{p:.2g}"  # e.g. 0.0079, 3.2e-12 (no '<': it would be HTML-escaped in cells)
 
 
 def markdown(c: Comparison) -> str:

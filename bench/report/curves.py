@@ -19,8 +19,11 @@ from bench.report.prepare import step_groups
 X_AXES = {"step": "optimizer steps", "samples_seen": "samples seen", "time_s": "wall time (s)"}
 
 
-def bin_means(steps: pd.DataFrame, points: int = 200) -> pd.DataFrame:
-    """Per trial, up to ``points`` bin means. ``steps`` as from ``prepare.lean_steps``."""
+def bin_means(
+    steps: pd.DataFrame, points: int = 200, loss: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Per trial, up to ``points`` bin means. ``steps`` as from ``prepare.lean_steps``;
+    ``loss`` replaces its loss column (the report passes the smoothed loss)."""
     cols = ["trial_key", *X_AXES, "loss"]
     if not len(steps):
         return pd.DataFrame({c: [] for c in cols})
@@ -41,7 +44,7 @@ def bin_means(steps: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     used = counts > 0
     out = {"trial_key": np.repeat(keys, nbins)[used]}
     for c in (*X_AXES, "loss"):
-        v = steps[c].to_numpy(dtype=float)
+        v = loss if (c == "loss" and loss is not None) else steps[c].to_numpy(dtype=float)
         finite = np.isfinite(v)
         s = np.bincount(bin_id, weights=np.where(finite, v, 0.0), minlength=total)
         m = np.bincount(bin_id, weights=finite.astype(float), minlength=total)

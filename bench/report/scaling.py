@@ -58,20 +58,28 @@ def smoothing_window(big_b: float, n_steps: int, reference_samples: float) -> in
     return k | 1  # odd, so the window has a centre step
 
 
-def steps_to_target(steps: pd.DataFrame, trials: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per trial: first step (and its samples_seen, time_s) at which the smoothed training
-    loss is <= target. NaN where the trial never got there (also: diverged, no steps).
+@dataclass(frozen=True)
+class Smoothed:
+    """Per step row: the centred-mean loss; per trial block: start, window, B."""
 
-    ``steps``: each trial's rows contiguous, in step order (``prepare.lean_steps``). Fully
-    vectorised: one pass over all step rows, whatever the number of trials.
-    """
-    out = pd.DataFrame({"trial_key": trials["trial_key"].to_numpy()})
-    out["steps_to_target"] = np.nan
-    out["samples_to_target"] = np.nan
-    out["time_to_target_s"] = np.nan
-    out["smoothing_steps"] = np.nan
-    if not len(steps):
-        return out
+    starts: np.ndarray
+    lengths: np.ndarray
+    keys: np.ndarray
+    group_b: np.ndarray
+    windows: np.ndarray
+    group_of_row: np.ndarray
+    smoothed: np.ndarray  # mean over the (possibly truncated) window
+    full: np.ndarray  # the window is whole at its start side
+    clean: np.ndarray  # no non-finite loss inside the window
+
+    @property
+    def display(self) -> np.ndarray:
+        """What the loss figure draws: the smoothed loss, a gap where it is not finite."""
+        return np.where(self.clean, self.smoothed, np.nan)
+
+
+def smooth_loss(steps: pd.DataFrame, trials: pd.DataFrame) -> Smoothed:
+    """Centred mean of each trial's loss over its smoothing window (module doc)."""
     starts, lengths, group_keys = step_groups(steps)
     n = len(steps)
     ends = starts + lengths
@@ -103,7 +111,31 @@ def steps_to_target(steps: pd.DataFrame, trials: pd.DataFrame, target: float) ->
     with np.errstate(invalid="ignore"):
         smoothed = (csum[hi + 1] - csum[lo]) / (hi - lo + 1)
     clean = (cbad[hi + 1] - cbad[lo]) == 0
-    hit = full & clean & (smoothed <= target)
+    return Smoothed(
+        starts, lengths, group_keys, group_b, windows, group_of_row, smoothed, full, clean
+    )
+
+
+def steps_to_target(
+    steps: pd.DataFrame, trials: pd.DataFrame, target: float, smoothed: Smoothed | None = None
+) -> pd.DataFrame:
+    """Per trial: first step (and its samples_seen, time_s) at which the smoothed training
+    loss is <= target. NaN where the trial never got there (also: diverged, no steps).
+
+    ``steps``: each trial's rows contiguous, in step order (``prepare.lean_steps``). Fully
+    vectorised: one pass over all step rows, whatever the number of trials.
+    """
+    out = pd.DataFrame({"trial_key": trials["trial_key"].to_numpy()})
+    out["steps_to_target"] = np.nan
+    out["samples_to_target"] = np.nan
+    out["time_to_target_s"] = np.nan
+    out["smoothing_steps"] = np.nan
+    if not len(steps):
+        return out
+    sm = smoothed if smoothed is not None else smooth_loss(steps, trials)
+    starts, group_keys, group_of_row, group_b = sm.starts, sm.keys, sm.group_of_row, sm.group_b
+    windows = sm.windows
+    hit = sm.full & sm.clean & (sm.smoothed <= target)
 
     hit_rows = np.flatnonzero(hit)
     first_hit = np.full(len(starts), -1, dtype=np.int64)
