@@ -80,6 +80,7 @@ def test_cpu_trial_row_carries_meter_columns():
         "mfu",
     ):
         assert row[key] is None, key  # CPU: not measured -> null, never 0
-    assert row["flops_per_step"] == row["flops_per_sample"] * row["effective_batch_size"]
-    assert row["flops_per_sample"] == 6 * (10 * 50 + 50 * 2) - 2 * 10 * 50
+    per_sample = 6 * (10 * 50 + 50 * 2) - 2 * 10 * 50  # seed-mlp's counted training FLOPs
+    assert row["flops_per_unit"] == per_sample
+    assert row["flops_per_step"] == per_sample * row["samples_seen"] / row["optimizer_steps"]
     assert isinstance(row["env_id"], str) and len(row["env_id"]) == 16
