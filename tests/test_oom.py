@@ -1,0 +1,600 @@
+"""bench.oom: the boundary search, probe storage and reuse, the planner, the command.
+
+Fast tests drive the search with a fake prober (a threshold function); the `slow` ones
+run real probes in capped child processes on CPU and re-check the boundary found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import oom
+from bench.config import TrialConfig
+from bench.errors import BenchError, ConfigError
+from bench.isolation import run_isolated
+
+MiB = 2**20
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    oom.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+# -- the search itself ---------------------------------------------------------------------
+
+
+def _counting(threshold: int):
+    calls: list[int] = []
+
+    def fits(b: int) -> bool:
+        calls.append(b)
+        return b <= threshold
+
+    return fits, calls
+
+
+@pytest.mark.parametrize(
+    "threshold", [1, 2, 3, 5, 7, 8, 9, 31, 100, 127, 128, 129, 1000, 4095, 4096, 5000, 65537]
+)
+def test_search_is_exact_within_the_probe_budget(threshold):
+    fits, calls = _counting(threshold)
+    lo, hi = oom.search(fits, upper=10**7)
+    assert (lo, hi) == (threshold, threshold + 1)
+    assert len(calls) == len(set(calls)), "a b was probed twice"
+    assert len(calls) <= 2 * math.log2(threshold) + 2
+
+
+@pytest.mark.parametrize("threshold", [50, 333, 1000, 77777])
+def test_search_with_tolerance_brackets_the_boundary(threshold):
+    fits, calls = _counting(threshold)
+    lo, hi = oom.search(fits, upper=10**7, tolerance=16)
+    assert lo <= threshold < hi and hi - lo <= 16
+    exact_fits, exact_calls = _counting(threshold)
+    oom.search(exact_fits, upper=10**7)
+    assert len(calls) <= len(exact_calls)
+
+
+def test_search_stops_at_the_upper_limit():
+    fits, calls = _counting(10**9)
+    assert oom.search(fits, upper=300) == (300, None)
+    assert max(calls) == 300 and calls[-1] == 300
+
+
+@pytest.mark.parametrize(("start", "step"), [(1000, None), (700, 20), (3, 1), (64, 2)])
+def test_search_from_any_start_finds_the_same_boundary(start, step):
+    fits, _ = _counting(97)
+    assert oom.search(fits, start=start, first_step=step, upper=10**6) == (97, 98)
+
+
+def test_search_when_nothing_fits():
+    fits, calls = _counting(0)
+    assert oom.search(fits, upper=100) == (0, 1)
+    assert calls == [1]
+
+
+def test_divisors():
+    assert oom.divisors(12) == [1, 2, 3, 4, 6, 12]
+    assert oom.divisors(1) == [1]
+    assert oom.divisors(97) == [1, 97]
+
+
+# -- the command with a fake probe runner ------------------------------------------------------
+
+
+class FakeRun:
+    def __init__(self, trial: dict, cap) -> None:
+        self.result = type("R", (), {"trial": trial})()
+        self.cap = cap
+        self.stats = {"child_rss_hwm_bytes": trial.get("cpu_peak_rss_bytes")}
+        self.wall_s = 0.01
+
+
+class FakeRunner:
+    """Memory = BASE + PER_SAMPLE * b; fails (not OOM) at ``fail_at``; throughput
+    peaks at b = 16. Counts calls."""
+
+    BASE, PER_SAMPLE = 300 * MiB, 1 * MiB
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls: list[tuple[int, int, int | None]] = []
+        self.steps: list[int] = []
+
+    def __call__(self, config, *, cap_bytes=None, timeout_s=None):
+        b, k = config.batch_size, config.accumulation_steps
+        self.calls.append((b, k, cap_bytes))
+        self.steps.append(config.max_steps)
+        peak = self.BASE + self.PER_SAMPLE * b
+        limit = cap_bytes if cap_bytes is not None else 8 * 2**30
+        trial = {
+            "status": "ok",
+            "error": None,
+            "optimizer_steps": config.max_steps,
+            "started_at": "t",
+            "cpu_peak_rss_bytes": peak,
+            "samples_per_s": 1000.0 / (1 + abs(math.log2(b) - 4)),
+            "tokens_per_s": None,
+        }
+        if self.fail_at is not None and b >= self.fail_at:
+            trial.update(status="failed", error="ValueError: boom")
+        elif peak > limit:
+            trial.update(
+                status="oom", error="RuntimeError: DefaultCPUAllocator: can't allocate memory"
+            )
+        return FakeRun(trial, None)
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    import bench.isolation as iso
+
+    monkeypatch.setattr(
+        iso,
+        "measure_baseline",
+        lambda device: {"total_bytes": 8 * 2**30, "baseline_bytes": 250 * MiB, "name": "cpu"},
+    )
+    monkeypatch.setattr(iso, "inspect_config", lambda config: (100_000, "cpu"))
+
+
+def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "teacher-mlp",
+        "--capacity",
+        "400MiB",
+        "--capacity",
+        "600MiB",
+        "--margin",
+        "0",
+        "--results",
+        str(tmp_path),
+        "--json",
+    )
+    runner = FakeRunner()
+    assert oom.main(args, runner=runner) == 0
+    out = json.loads(capsys.readouterr().out)
+    got = {c["capacity_bytes"] // MiB: c for c in out["capacities"]}
+    assert got[400]["boundary"] == 100 and got[400]["first_oom"] == 101
+    assert got[600]["boundary"] == 300 and got[600]["first_oom"] == 301
+    for c in got.values():
+        assert c["probes"] <= 2 * math.log2(c["boundary"]) + 2
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    assert len(probes) == len(runner.calls)
+    assert set(probes["outcome"]) == {"ok", "oom"}
+    assert set(oom.PROBE_COLUMNS) <= set(probes.columns)
+    # Second run: every probe comes from the file.
+    again = FakeRunner()
+    assert oom.main(args, runner=again) == 0
+    out2 = json.loads(capsys.readouterr().out)
+    assert again.calls == []
+    assert [c["boundary"] for c in out2["capacities"]] == [100, 300]
+    assert all(c["new_probes"] == 0 for c in out2["capacities"])
+
+
+def test_margin_is_memory_headroom_and_verified(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "teacher-mlp",
+        "--capacity",
+        "1000MiB",
+        "--margin",
+        "20",
+        "--results",
+        str(tmp_path),
+        "--json",
+    )
+    runner = FakeRunner()
+    assert oom.main(args, runner=runner) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert c["boundary"] == 700
+    # 80 % of 1000 MiB = 800 MiB -> 500 samples fit; the safe batch was itself probed.
+    assert c["margin_capacity_bytes"] == int(1000 * MiB * 0.8)
+    assert c["boundary_after_margin"] == 500
+    assert (500, 1, int(1000 * MiB * 0.8)) in runner.calls
+    assert c["margin_search"]["first_oom"] == 501
+
+
+def test_ordinary_error_stops_the_search(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "teacher-mlp",
+        "--capacity",
+        "400MiB",
+        "--margin",
+        "0",
+        "--results",
+        str(tmp_path),
+        "--json",
+    )
+    assert oom.main(args, runner=FakeRunner(fail_at=20)) == 1
+    captured = capsys.readouterr()
+    assert "b=32" in captured.err and "boom" in captured.err
+    out = json.loads(captured.out)
+    assert out["capacities"] == [] and "boom" in out["error"]
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    assert list(probes["outcome"]) == ["ok"] * 5 + ["failed"]  # 1, 2, 4, 8, 16 fit; 32 fails
+
+
+def test_failure_at_b1_is_bad_input(fake_machine, tmp_path):
+    args = parse("--workload", "teacher-mlp", "--capacity", "400MiB", "--results", str(tmp_path))
+    with pytest.raises(BenchError, match="fails at b=1"):
+        oom.main(args, runner=FakeRunner(fail_at=1))
+
+
+def test_oom_at_b1_is_bad_input(fake_machine, tmp_path):
+    args = parse("--workload", "teacher-mlp", "--capacity", "300MiB", "--results", str(tmp_path))
+    with pytest.raises(BenchError, match="even at b=1"):
+        oom.main(args, runner=FakeRunner())
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--capacity", "0"], "--capacity must be > 0"),
+        (["--capacity", "100MiB"], "below the baseline"),
+        (["--capacity", "1TiB"], "more than this machine"),
+        (["--precision", "fp12"], "unknown precision 'fp12'"),
+        (["--margin", "50"], r"--margin must be a percentage in \[0, 50\)"),
+        (["--margin", "-1"], r"--margin must be a percentage in \[0, 50\)"),
+        (["--option", "widht=3"], "did you mean 'width'"),
+        (["--max-batch", "0"], "--max-batch must be"),
+    ],
+)
+def test_bad_input_names_the_problem(fake_machine, monkeypatch, tmp_path, argv, match):
+    import bench.isolation as iso
+    from bench.workloads import build_workload
+
+    # Real option validation happens in the inspect child; emulate it in-process here.
+    monkeypatch.setattr(
+        iso,
+        "inspect_config",
+        lambda config: (
+            build_workload(config.workload, options=config.workload_options).n_train,
+            "cpu",
+        ),
+    )
+    args = parse("--workload", "teacher-mlp", "--results", str(tmp_path), *argv)
+    with pytest.raises((BenchError, ConfigError), match=match):
+        oom.main(args, runner=FakeRunner())
+    assert not (tmp_path / "oom").exists(), "bad input must not leave files"
+
+
+def test_planner_recommends_the_fastest_fitting_split(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "teacher-mlp",
+        "--capacity",
+        "330MiB",
+        "--capacity",
+        "600MiB",
+        "--margin",
+        "0",
+        "--target-batch",
+        "256",
+        "--results",
+        str(tmp_path),
+        "--json",
+    )
+    runner = FakeRunner()
+    assert oom.main(args, runner=runner) == 0
+    caps = json.loads(capsys.readouterr().out)["capacities"]
+    small, large = caps
+    assert small["boundary"] == 30  # 330 MiB - 300 MiB base at 1 MiB per sample
+    # divisors of 256 at or below 30: 16 is the fastest in the fake.
+    assert small["plan"]["recommended"]["micro_batch_size"] == 16
+    assert small["plan"]["recommended"]["accumulation_steps"] == 16
+    assert {r["micro_batch_size"] for r in small["plan"]["candidates"]} == {1, 2, 4, 8, 16}
+    assert large["plan"]["recommended"]["micro_batch_size"] == 16
+    rec = large["plan"]["recommended"]
+    assert rec["headroom_bytes"] == 600 * MiB - rec["peak_bytes"]
+    # Each (b, k) was measured once (2 warm-up + 6 timed steps), with k = 256 / b.
+    measured = [
+        (b, k) for (b, k, _), steps in zip(runner.calls, runner.steps, strict=True) if steps == 8
+    ]
+    assert {b for b, _ in measured} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
+    assert len(measured) == len(set(measured))
+    assert all(b * k == 256 for b, k in measured)
+
+
+def test_table_output(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "teacher-mlp",
+        "--capacity",
+        "400MiB",
+        "--target-batch",
+        "64",
+        "--results",
+        str(tmp_path),
+    )
+    assert oom.main(args, runner=FakeRunner()) == 0
+    text = capsys.readouterr().out
+    assert "capacity" in text and "boundary" in text and "after 10% margin" in text
+    assert "400.00 MiB" in text and "planner: target batch 64" in text
+    assert "rlimit-data" in text
+
+
+# -- the command line, end to end ----------------------------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "oom", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--workload", "teacher-mlp", "--capacity", "0"], "--capacity"),
+        (["--workload", "teacher-mlp", "--capacity", "50MiB"], "baseline"),
+        (["--workload", "teacher-mlp", "--precision", "fp12"], "precision"),
+        (["--workload", "teacher-mlp", "--margin", "55"], "--margin"),
+        (
+            ["--workload", "test_oom_helpers:build", "--option", "fail_at=1", "--capacity", "2GiB"],
+            "fails at b=1",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, argv, needle):
+    proc = _cli(*argv, "--results", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+# -- real probes on CPU ------------------------------------------------------------------------------
+
+
+def test_sigkilled_probe_is_oom_and_the_search_goes_on(tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "test_oom_helpers:build",
+        "--option",
+        "kill_at=13",
+        "--samples",
+        "64",
+        "--margin",
+        "0",
+        "--steps",
+        "1",
+        "--no-eval",
+        "--results",
+        str(tmp_path),
+        "--json",
+    )
+    assert oom.main(args) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert (c["boundary"], c["first_oom"]) == (12, 13)
+    probes = pd.read_parquet(tmp_path / "oom" / "test_oom_helpers-build" / "probes.parquet")
+    killed = probes[probes["micro_batch_size"] >= 13]
+    assert len(killed) and set(killed["outcome"]) == {"oom"}
+    assert killed["error"].str.contains("SIGKILL").all()
+
+
+def test_real_ordinary_error_stops_the_search(tmp_path, capsys):
+    args = parse(
+        "--workload",
+        "test_oom_helpers:build",
+        "--option",
+        "fail_at=5",
+        "--margin",
+        "0",
+        "--steps",
+        "1",
+        "--no-eval",
+        "--results",
+        str(tmp_path),
+    )
+    assert oom.main(args) == 1
+    err = capsys.readouterr().err
+    assert "b=8 failed" in err and "deliberate failure at b=8" in err
+
+
+def _recheck(folder: Path, capacity: int, b: int) -> None:
+    """b trains and b + 1 runs out of memory under the same cap, in fresh processes."""
+    probes = pd.read_parquet(folder / "probes.parquet")
+    rows = probes[(probes["capacity_bytes"] == capacity) & (probes["kind"] == "boundary")]
+    config_b = TrialConfig.from_mapping(
+        json.loads(rows[rows["micro_batch_size"] == b]["config_json"].iloc[-1])
+    )
+    assert run_isolated(config_b, cap_bytes=capacity).result.trial["status"] == "ok"
+    over = run_isolated(config_b.replace(batch_size=b + 1), cap_bytes=capacity).result.trial
+    assert over["status"] == "oom", over["error"]
+
+
+CASES = {
+    # Wide single-layer MLPs (~0.6 and ~1.3 MiB of activations per sample) and the
+    # default char-lm (~1.5 MiB per sample): one sample is well above the few hundred
+    # KiB by which a probe's memory varies between runs, so b / b + 1 re-checks are stable.
+    "teacher-mlp-w32768": (
+        [
+            "--workload",
+            "teacher-mlp",
+            "--option",
+            "width=32768",
+            "--option",
+            "depth=1",
+            "--option",
+            "val_samples=32",
+        ],
+        [80 * MiB],
+    ),
+    "teacher-mlp-w65536": (
+        [
+            "--workload",
+            "teacher-mlp",
+            "--option",
+            "width=65536",
+            "--option",
+            "depth=1",
+            "--option",
+            "val_samples=32",
+        ],
+        [80 * MiB, 140 * MiB],
+    ),
+    "char-lm": (["--workload", "char-lm", "--option", "val_samples=16"], [100 * MiB]),
+}
+
+
+@pytest.fixture(scope="module")
+def cpu_baseline() -> int:
+    from bench.isolation import measure_baseline
+
+    return int(measure_baseline("cpu")["baseline_bytes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_cpu_boundary_is_exact_monotone_and_reused(case, tmp_path, capsys, cpu_baseline):
+    argv, rooms = CASES[case]
+    capacities = [cpu_baseline + room for room in rooms]
+    common = [
+        *argv,
+        "--margin",
+        "0",
+        "--steps",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--name",
+        case,
+        "--json",
+    ]
+    for cap in capacities:
+        common += ["--capacity", str(cap)]
+    assert oom.main(parse(*common)) == 0
+    out = json.loads(capsys.readouterr().out)
+    found = [(c["capacity_bytes"], c["boundary"], c["first_oom"]) for c in out["capacities"]]
+    for c in out["capacities"]:
+        assert c["first_oom"] == c["boundary"] + 1, "the search must end on adjacent fit / OOM"
+        assert 4 <= c["boundary"] < out["dataset_size"], "choose caps that give a real boundary"
+        assert c["probes"] <= 2 * math.log2(c["boundary"]) + 2
+        assert c["search_wall_s"] > 0
+    bounds = [b for _, b, _ in found]
+    assert bounds == sorted(bounds) and len(set(bounds)) == len(bounds), "monotone in the cap"
+    folder = tmp_path / "oom" / case
+    for cap, b, _ in found:
+        _recheck(folder, cap, b)
+    if case == "char-lm":
+        config = json.loads(pd.read_parquet(folder / "probes.parquet")["config_json"].iloc[0])
+        opts = config["workload_options"]
+        assert opts["min_len"] == opts.get("seq_len", 128) + 1, (
+            "probes must use full-length sequences"
+        )
+    # A second run answers from the stored probes.
+    n_before = len(pd.read_parquet(folder / "probes.parquet"))
+    assert oom.main(parse(*common)) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [
+        (c["capacity_bytes"], c["boundary"], c["first_oom"]) for c in again["capacities"]
+    ] == found
+    assert all(c["new_probes"] == 0 for c in again["capacities"])
+    assert len(pd.read_parquet(folder / "probes.parquet")) == n_before
+
+
+@pytest.mark.slow
+def test_cpu_planner_end_to_end(tmp_path, capsys, cpu_baseline):
+    cap = cpu_baseline + 80 * MiB
+    argv = [
+        "--workload",
+        "teacher-mlp",
+        "--option",
+        "width=65536",
+        "--option",
+        "depth=1",
+        "--option",
+        "val_samples=32",
+        "--capacity",
+        str(cap),
+        "--margin",
+        "10",
+        "--steps",
+        "2",
+        "--target-batch",
+        "96",
+        "--candidates",
+        "3",
+        "--throughput-steps",
+        "3",
+        "--results",
+        str(tmp_path),
+        "--json",
+    ]
+    assert oom.main(parse(*argv)) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert c["boundary_after_margin"] < c["boundary"]
+    rec = c["plan"]["recommended"]
+    assert rec["micro_batch_size"] * rec["accumulation_steps"] == 96
+    assert rec["micro_batch_size"] <= c["boundary_after_margin"]
+    assert rec["samples_per_s"] > 0 and rec["peak_bytes"] > 0
+    assert rec["samples_per_s"] == max(
+        r["samples_per_s"] for r in c["plan"]["candidates"] if r["outcome"] == "ok"
+    )
+
+
+# -- a real GPU -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_boundary_under_an_emulated_capacity(tmp_path, capsys):
+    capacity = 3 * 2**30
+    argv = [
+        "--workload",
+        "teacher-mlp",
+        "--option",
+        "width=4096",
+        "--option",
+        "depth=4",
+        "--option",
+        "val_samples=256",
+        "--samples",
+        "65536",
+        "--device",
+        "cuda",
+        "--capacity",
+        str(capacity),
+        "--margin",
+        "0",
+        "--steps",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--json",
+    ]
+    assert oom.main(parse(*argv)) == 0
+    out = json.loads(capsys.readouterr().out)
+    c = out["capacities"][0]
+    assert out["cap_method"] == "cuda-memory-fraction" and out["baseline_bytes"] > 0
+    assert c["first_oom"] == c["boundary"] + 1 and c["boundary"] > 1
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    at = probes[(probes["micro_batch_size"] == c["boundary"]) & (probes["outcome"] == "ok")].iloc[
+        -1
+    ]
+    reserved = (
+        at["peak_reserved_bytes"]
+        if pd.notna(at["peak_reserved_bytes"])
+        else at["child_max_reserved_bytes"]
+    )
+    assert reserved <= at["cap_limit_bytes"] <= capacity
+    assert reserved + at["baseline_bytes"] <= capacity
+    over = probes[(probes["micro_batch_size"] == c["first_oom"])].iloc[-1]
+    assert over["outcome"] == "oom"
