@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import statistics
@@ -120,11 +119,11 @@ def run_trial(
     model = workload.make_model()
     meters = meters_mod.TrialMeters(device, config)
     try:
-        # FLOPs are counted on a copy, before the meters start, so counting costs no peak.
+        # Counted before the meters start (on the meta device, so it allocates nothing).
         try:
             first = tuple(t[: plan.micro_batch_size] for t in workload.train)
             flops_per_sample = flops_mod.train_flops_per_sample(
-                workload, copy.deepcopy(model), first, config.precision, device=device
+                workload, model, first, config.precision, device=device
             )
         except Exception as exc:  # a counter failure must not lose the trial
             if is_oom(exc):
