@@ -131,6 +131,8 @@ def summary(values: list[float]) -> str:
 
 def compare(name: str, repeats: int, variant: str, device: torch.device) -> dict:
     config = TrialConfig.from_mapping({**CONFIGS[name], "device": device.type})
+    if variant == "same-work":  # the bare loop records no gradient norm: nor does bench here
+        config = config.replace(grad_norm=False)
     if variant == "sampler":
         os.environ["BENCH_RSS_METHOD"] = "sampler"
     else:
@@ -315,7 +317,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--variant", choices=["default", "sampler"], default="default")
+    parser.add_argument(
+        "--variant",
+        choices=["default", "same-work", "sampler"],
+        default="default",
+        help="same-work: bench without its per-step gradient norm, which the bare loop lacks",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
