@@ -143,6 +143,7 @@ def write_atomic(table: pa.Table, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone who may read them
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
@@ -157,6 +158,7 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
