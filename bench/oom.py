@@ -92,7 +92,13 @@ class SearchSpec:
     full_length: bool = True  # token workloads: every sequence at seq_len (see _probe_options)
 
     def probe_config(
-        self, b: int, k: int = 1, *, steps: int | None = None, timing_warmup: int | None = None
+        self,
+        b: int,
+        k: int = 1,
+        *,
+        steps: int | None = None,
+        timing_warmup: int | None = None,
+        evaluate: bool | None = None,
     ):
         steps = self.steps if steps is None else steps
         changes: dict[str, Any] = dict(
@@ -103,7 +109,7 @@ class SearchSpec:
             mode="mbgd",
             # An evaluation at the last step (chunks of b, like the training loop's), or
             # none at all: eval_every past the last step never fires.
-            eval_every=steps if self.evaluate else steps + 1,
+            eval_every=steps if (self.evaluate if evaluate is None else evaluate) else steps + 1,
             patience=None,
             time_limit_s=None,
         )
@@ -231,9 +237,17 @@ class Prober:
     rows: list[dict] = field(default_factory=list)
 
     def run(
-        self, b: int, k: int = 1, *, steps: int | None = None, timing_warmup: int | None = None
+        self,
+        b: int,
+        k: int = 1,
+        *,
+        steps: int | None = None,
+        timing_warmup: int | None = None,
+        evaluate: bool | None = None,
     ) -> dict:
-        config = self.spec.probe_config(b, k, steps=steps, timing_warmup=timing_warmup)
+        config = self.spec.probe_config(
+            b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
+        )
         cap_key = self.capacity_bytes if self.capacity_bytes is not None else 0
         key = probe_key(config, cap_key, self.device, self.kind)
         self.probes += 1
@@ -802,7 +816,11 @@ def _plan(spec: SearchSpec, results: list[CapacityResult], device, store, runner
             prober = Prober(
                 spec, cap, device, store, runner=runner, timeout_s=args.timeout, kind="throughput"
             )
-            row = prober.run(b, target // b, steps=2 + args.throughput_steps, timing_warmup=2)
+            # No evaluation: its time is excluded from throughput anyway, and the
+            # boundary probes already showed that b fits with it.
+            row = prober.run(
+                b, target // b, steps=2 + args.throughput_steps, timing_warmup=2, evaluate=False
+            )
             measured[b] = row
         rows = [
             {

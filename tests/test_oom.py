@@ -512,7 +512,7 @@ def test_cpu_boundary_is_exact_monotone_and_reused(case, tmp_path, capsys, cpu_b
 
 @pytest.mark.slow
 def test_cpu_planner_end_to_end(tmp_path, capsys, cpu_baseline):
-    cap = cpu_baseline + 80 * MiB
+    cap = cpu_baseline + 160 * MiB
     argv = [
         "--workload",
         "teacher-mlp",
@@ -525,7 +525,7 @@ def test_cpu_planner_end_to_end(tmp_path, capsys, cpu_baseline):
         "--capacity",
         str(cap),
         "--margin",
-        "10",
+        "5",
         "--steps",
         "2",
         "--target-batch",
