@@ -895,7 +895,9 @@ def render(out: dict) -> str:
                 format_bytes(c["capacity_bytes"]),
                 boundary,
                 "-" if c["first_oom"] is None else str(c["first_oom"]),
-                str(c["boundary_after_margin"]),
+                str(c["boundary_after_margin"])
+                if c["boundary_after_margin"]
+                else "none (b=1 OOMs)",
                 format_bytes(c["peak_at_boundary_bytes"]),
                 f"{c['probes']} ({c['new_probes']})",
                 "-" if c["probe_bound"] is None else str(c["probe_bound"]),
