@@ -6,6 +6,7 @@ Top-level imports stay light: ``python -m bench plan`` must not pay for optuna o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -81,4 +82,10 @@ def main(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         stream=sys.stderr,
     )
+    if os.environ.get(
+        "BENCH_SWEEP_SUMMARY"
+    ):  # machine-readable, for scripts/bench_sweep_overhead.py
+        from bench.sweep.runner import json_summary
+
+        print(f"BENCH_SWEEP_SUMMARY {json_summary(summary)}", file=sys.stderr)
     return summary.exit_code

@@ -184,6 +184,8 @@ class SweepRunner:
         self._busy_here = 0.0
         self._first_ready: float | None = None
         self._n_train_cache: dict = {}
+        self._pending: list[tuple] = []
+        self._last_status = ""
 
     # -- public ----------------------------------------------------------------------
 
@@ -208,8 +210,11 @@ class SweepRunner:
             self.progress.log(f"{spec.name}: interrupted; re-run the same command to resume")
             raise
         finally:
-            self._stop_workers()
-            coord.close()
+            try:
+                self._flush()  # finished trials are results, whatever stopped the loop
+            finally:
+                self._stop_workers()
+                coord.close()
             self.progress.close()
         wall = time.monotonic() - t0
         summary = Summary(
@@ -556,6 +561,11 @@ class SweepRunner:
         return self._ctx
 
     def _start_workers(self) -> None:
+        # Results arrive as pickled DataFrames and leave as parquet: load pandas and
+        # pyarrow here while the workers start, not on the first result.
+        import bench.isolation  # noqa: F401 - synthetic_result for dead workers
+        import bench.store  # noqa: F401
+
         n, envs, threads = self._worker_plan()
         self._threads = threads
         self.workers = [Worker(index=i, env=env) for i, env in enumerate(envs)]
@@ -651,21 +661,23 @@ class SweepRunner:
                     self._dispatch(w, job)
                 # Fewer tickets than idle workers: the queue is empty for now.
                 next_claim = now + CLAIM_POLL_S if len(jobs) < len(idle) else 0.0
+            if self._pending:
+                self._flush()
+            if not any(w.job for w in self.workers):
                 counts = self._counts()
                 self._show(counts)
-                if not any(w.job for w in self.workers):
+                if counts.complete:
+                    return counts
+                if now >= next_reconcile:
+                    # Nothing to do here: are other coordinators' trials still alive?
+                    with coord.mutex():
+                        counts = self._reconcile(startup=False)
+                    next_reconcile = now + RECONCILE_EVERY_S
                     if counts.complete:
                         return counts
-                    if now >= next_reconcile:
-                        # Nothing to do here: are other coordinators' trials still alive?
-                        with coord.mutex():
-                            counts = self._reconcile(startup=False)
-                        next_reconcile = now + RECONCILE_EVERY_S
-                        if counts.complete:
-                            return counts
-                        if counts.waiting:
-                            next_claim = 0.0
-                            continue
+                    if counts.waiting:
+                        next_claim = 0.0
+                        continue
             busy = any(w.job for w in self.workers)
             handles = [
                 h
@@ -674,7 +686,8 @@ class SweepRunner:
                 for h in (w.conn, w.process.sentinel)
             ]
             timeout = (
-                0.25 if busy or not idle else min(0.5, max(0.02, next_claim - time.monotonic()))
+                # Busy: wake every 0.1 s to poll the workers' peak RSS.
+                0.1 if busy or not idle else min(0.5, max(0.02, next_claim - time.monotonic()))
             )
             ready = wait_any(handles, timeout=timeout)
             for w in self.workers:
@@ -782,6 +795,16 @@ class SweepRunner:
         self._record(job, result.trial, result.steps, busy)
 
     def _record(self, job: Job, row: dict, steps: Any, busy: float) -> None:
+        """Queue a finished trial; it is written after the worker has its next trial, so
+        the writing (parquet, study) overlaps training instead of adding to it."""
+        self._last_status = row.get("status", "failed")
+        self._pending.append((job, row, steps, busy))
+
+    def _flush(self) -> None:
+        while self._pending:
+            self._write_record(*self._pending.pop(0))
+
+    def _write_record(self, job: Job, row: dict, steps: Any, busy: float) -> None:
         from optuna.trial import TrialState
 
         from bench.store import write_trial
@@ -815,15 +838,11 @@ class SweepRunner:
             self.progress.log(
                 f"{self.spec.name}: could not finish Optuna trial {job.trial.number}: {exc}"
             )
-        self._last_status = status
         self._ran_here += 1
         self._busy_here += busy
         self._train_here += float(row.get("train_time_s") or 0.0)
-        params = (
-            describe_point(self.spec.points_by_key[job.key].params)
-            if job.key in self.spec.points_by_key
-            else job.key
-        )
+        point = self.spec.points_by_key.get(job.key)
+        params = point.label if point is not None else _config_label(job.config)
         loss = row.get("final_loss")
         loss_text = (
             f" final_loss={loss:.4g}" if isinstance(loss, float) and math.isfinite(loss) else ""
@@ -855,6 +874,12 @@ class SweepRunner:
                 p.log(f"    ... and {len(spec.skipped) - 10} more")
         if counts.done:
             p.log(f"  resuming: {counts.done} done, {counts.waiting} queued")
+
+
+def _config_label(config: Any) -> str:
+    """Search trials: the sampled values that differ from the defaults, briefly."""
+    c = config
+    return f"{c.workload} {c.mode} b={c.batch_size} k={c.accumulation_steps} lr={c.lr:g} {c.precision} seed={c.seed}"
 
 
 def _exit_text(code: int | None) -> str:

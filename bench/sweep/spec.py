@@ -102,6 +102,7 @@ class Point:
 
     config: TrialConfig
     params: Mapping[str, Any]
+    label: str = ""  # the case's settings and the axis values, for log lines
 
     @property
     def key(self) -> str:
@@ -652,7 +653,11 @@ def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:
                 if key in seen:
                     duplicates += 1
                     continue
-                point = Point(config, params)
+                shown = {k: _display(v) for k, v in _flat(case).items()}
+                shown.update({a: _display(v) for a, v in values.items()})
+                if len(spec.seeds) > 1:
+                    shown["seed"] = seed
+                point = Point(config, params, _describe(shown))
                 seen[key] = point
                 points.append(point)
     if not points and spec.search is None:
@@ -688,6 +693,14 @@ def validate_point(config: TrialConfig, cache: dict) -> None:
         drop_last=config.drop_last,
         partial_window=config.partial_window,
     )
+
+
+def _flat(case: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in case.items() if k != "workload_options"}
+    out.update(
+        {f"workload_options.{k}": v for k, v in (case.get("workload_options") or {}).items()}
+    )
+    return out
 
 
 def _check_device(device: str, at: str) -> None:

@@ -48,6 +48,27 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+def _warm_up(device: str) -> None:
+    """Run a throwaway two-step trial, so that one-off costs (lazy imports, the thread
+    pool, autograd and FLOP-counter first use, the environment fingerprint, a CUDA
+    context) are paid at worker start, not inside the first real trial's numbers."""
+    from bench.config import TrialConfig
+    from bench.trial import run_trial
+
+    with contextlib.suppress(Exception):  # a warm-up failure must not stop the worker
+        config = TrialConfig(
+            workload="seed-mlp",
+            workload_options={"val_samples": 8},
+            samples=16,
+            batch_size=8,
+            epochs=1,
+            max_steps=2,
+            timing_warmup_steps=0,
+            device=device,
+        )
+        run_trial(config)
+
+
 def worker_main(
     conn: Any,
     *,
@@ -77,6 +98,7 @@ def worker_main(
 
         if threads:
             torch.set_num_threads(threads)
+        _warm_up(env.get("BENCH_SWEEP_DEVICE", "auto"))
         cap_info = None
         cap_device = None
         if cap_bytes:
