@@ -910,7 +910,16 @@ def render(out: dict) -> str:
         lines.append(
             f"planner: target batch {out['target_batch']} = b x k (b divides {out['target_batch']}; fastest measured)"
         )
-        header = ("capacity", "boundary", "b", "k", "samples/s", "peak memory", "headroom")
+        header = (
+            "capacity",
+            "boundary",
+            "safe b",
+            "b",
+            "k",
+            "samples/s",
+            "peak memory",
+            "headroom",
+        )
         table = []
         for c in out["capacities"]:
             rec = (c.get("plan") or {}).get("recommended")
@@ -918,6 +927,7 @@ def render(out: dict) -> str:
                 table.append(
                     (
                         format_bytes(c["capacity_bytes"]),
+                        str(c["boundary"]),
                         str(c["boundary_after_margin"]),
                         "-",
                         "-",
@@ -930,6 +940,7 @@ def render(out: dict) -> str:
             table.append(
                 (
                     format_bytes(c["capacity_bytes"]),
+                    str(c["boundary"]),
                     str(c["boundary_after_margin"]),
                     str(rec["micro_batch_size"]),
                     str(rec["accumulation_steps"]),
