@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from bench.errors import BenchError
 from bench.store import load_results
@@ -402,3 +403,43 @@ constraints = ["cpu_peak_rss_bytes <= 64GiB"]
             t.user_attrs["bench_row"]["cpu_peak_rss_bytes"] - 64 * 2**30
         )
     assert len(load_results(results / "search").trials) == len(runs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_sweep_pins_workers_and_records_a_real_cuda_oom(tmp_path):
+    """On CUDA: one worker per GPU (CUDA_VISIBLE_DEVICES), allocator peaks recorded, and a
+    real torch.OutOfMemoryError under the per-worker memory cap is an 'oom' row."""
+    gpus = torch.cuda.device_count()
+    spec = tmp_path / "gpu.toml"
+    spec.write_text("""\
+# Test sweep: do GPU workers run, pin and record CUDA OOM?
+name = "gpu"
+device = "cuda"
+memory_cap = "2GiB"
+[workload]
+name = "teacher-mlp"
+[base]
+samples = 4096
+timing_warmup_steps = 1
+[budget]
+epochs = 1
+[[cases]]
+workload = "test_sweep_hooks:hog"
+[[cases]]
+batch_size = 64
+[[cases]]
+batch_size = 512
+""")
+    summary, out = run(spec, tmp_path / "results", workers=gpus + 1)
+    assert f"{gpus + 1} workers asked, {gpus} GPU(s)" in out
+    r = load_results(tmp_path / "results" / "gpu").trials.set_index("workload")
+    hog = r.loc["test_sweep_hooks:hog"]
+    assert hog["status"] == "oom" and "out of memory" in hog["error"].lower()
+    ok = load_results(tmp_path / "results" / "gpu").trials.query("status == 'ok'")
+    assert len(ok) == 2
+    assert (ok["device"] == torch.cuda.get_device_name(0)).all()
+    assert (ok["peak_allocated_bytes"] > 0).all() and (
+        ok["peak_reserved_bytes"] >= ok["peak_allocated_bytes"]
+    ).all()
+    assert (ok["peak_reserved_bytes"] < 2 * 2**30).all()  # inside the cap

@@ -57,7 +57,9 @@ class _Hog(nn.Module):
 
     def forward(self, x):
         if x.device.type != "meta":
-            extra = torch.ones(self.alloc_bytes // 4, dtype=torch.float32)  # touched: real pages
+            # On the input's device: the CPU allocator under RLIMIT_DATA, or CUDA's under
+            # the memory fraction. ones(), not empty(): the pages are really touched.
+            extra = torch.ones(self.alloc_bytes // 4, dtype=torch.float32, device=x.device)
             x = x + extra[:1].sum() * 0
         return self.fc(x)
 

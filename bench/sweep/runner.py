@@ -654,6 +654,8 @@ class SweepRunner:
         while True:
             now = time.monotonic()
             idle = [w for w in self.workers if w.ready and w.job is None]
+            if self.spec.search and self._pending:
+                self._flush()  # a sampler must see the finished trials before it proposes
             if idle and now >= next_claim:
                 with coord.mutex():
                     jobs = self._claim(len(idle))
