@@ -1,6 +1,11 @@
 import pytest
 import torch
 
+# One intra-op thread in the test process: the models are tiny, and on a 2-core machine
+# shared with the worker processes some tests spawn, OpenMP threads spinning against
+# each other turned a 1 s test into minutes.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     # `gpu` tests skip only when CUDA is absent, never unconditionally.
