@@ -163,9 +163,13 @@ class SweepRunner:
         storage: str | None = None,
         results: str | Path = "results",
         retry_failed: bool = False,
+        threads: int | None = None,
         stream: TextIO | None = None,
         tty: bool | None = None,
     ) -> None:
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        self.threads = threads
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         self.spec = spec
@@ -204,7 +208,7 @@ class SweepRunner:
                 counts = self._reconcile(startup=True)
             self._announce(counts)
             if not counts.complete:
-                self._start_workers()
+                self._start_workers(remaining=counts.total - counts.done)
                 counts = self._loop()
         except KeyboardInterrupt:
             self.progress.log(f"{spec.name}: interrupted; re-run the same command to resume")
@@ -401,7 +405,7 @@ class SweepRunner:
                 status = max(finished, key=lambda t: t.number).user_attrs["bench_status"]
                 counts.done += 1
                 counts.statuses[status] += 1
-                counts.failed += status != "ok"
+                counts.failed += status not in ("ok", "duplicate")
         return counts
 
     # -- claims ----------------------------------------------------------------------
@@ -519,9 +523,9 @@ class SweepRunner:
 
     # -- workers ---------------------------------------------------------------------
 
-    def _worker_plan(self) -> tuple[int, list[dict[str, str]], int]:
+    def _worker_plan(self, remaining: int) -> tuple[int, list[dict[str, str]], int]:
         """(count, per-worker environment, torch threads each): one per GPU, or CPU shares."""
-        n = self.requested_workers
+        n = max(1, min(self.requested_workers, remaining))  # no idle workers to start
         cpus = _available_cpus()
         gpus = 0
         if self.spec.device in ("auto", "cuda"):
@@ -529,17 +533,18 @@ class SweepRunner:
 
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus:
-            if n > gpus:
+            if self.requested_workers > gpus:
                 self.progress.log(
-                    f"{self.spec.name}: {n} workers asked, {gpus} GPU(s): one worker per GPU"
+                    f"{self.spec.name}: {self.requested_workers} workers asked, {gpus} GPU(s): "
+                    "one worker per GPU"
                 )
-                n = gpus
+            n = min(n, gpus)
             envs = [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(n)]
         else:
             envs = [
                 {"CUDA_VISIBLE_DEVICES": ""} if self.spec.device == "cpu" else {} for _ in range(n)
             ]
-        threads = max(1, cpus // n)
+        threads = self.threads or max(1, cpus // n)
         for env in envs:
             env.update(
                 OMP_NUM_THREADS=str(threads),
@@ -566,13 +571,13 @@ class SweepRunner:
                 self._ctx = multiprocessing.get_context("spawn")
         return self._ctx
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, *, remaining: int) -> None:
         # Results arrive as pickled DataFrames and leave as parquet: load pandas and
         # pyarrow here while the workers start, not on the first result.
         import bench.isolation  # noqa: F401 - synthetic_result for dead workers
         import bench.store  # noqa: F401
 
-        n, envs, threads = self._worker_plan()
+        n, envs, threads = self._worker_plan(remaining)
         self._threads = threads
         self.workers = [Worker(index=i, env=env) for i, env in enumerate(envs)]
         for w in self.workers:
@@ -912,6 +917,7 @@ def run_sweep(
     storage: str | None = None,
     results: str | Path = "results",
     retry_failed: bool = False,
+    threads: int | None = None,
     stream: TextIO | None = None,
     tty: bool | None = None,
 ) -> Summary:
@@ -922,6 +928,7 @@ def run_sweep(
         storage=storage,
         results=results,
         retry_failed=retry_failed,
+        threads=threads,
         stream=stream,
         tty=tty,
     ).run()
