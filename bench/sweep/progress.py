@@ -35,6 +35,7 @@ class Progress:
         self.done_at_start: int | None = None
         self._last_draw = 0.0
         self._width = 0
+        self.closed = False
 
     def update(self, *, done: int, running: int, failed: int) -> None:
         if self.done_at_start is None:
@@ -56,7 +57,7 @@ class Progress:
         )
 
     def draw(self, *, force: bool = False) -> None:
-        if not self.tty:
+        if not self.tty or self.closed:
             return
         now = time.monotonic()
         if not force and now - self._last_draw < 0.2:
@@ -88,7 +89,8 @@ class Progress:
             self.log(f"[{self.done}/{self.total}] {message} | {self.line()}")
 
     def close(self) -> None:
-        if self.tty:
+        if self.tty and not self.closed:
             self.draw(force=True)
             self.stream.write("\n")
             self.stream.flush()
+        self.closed = True
