@@ -19,7 +19,9 @@ CPU_TORCH = "torch==2.13.0"
 
 
 def install(session: nox.Session, extras: str = "") -> None:
-    torch_spec = os.environ.get("BENCH_TORCH") or ("torch" if shutil.which("nvidia-smi") else CPU_TORCH)
+    torch_spec = os.environ.get("BENCH_TORCH") or (
+        "torch" if shutil.which("nvidia-smi") else CPU_TORCH
+    )
     session.install(torch_spec)
     session.install("-e", f".{extras}")
 
@@ -57,9 +59,22 @@ def report(session: nox.Session) -> None:
 def compare(session: nox.Session) -> None:
     """The stored baseline against a fresh smoke sweep (exit 1 on a regression)."""
     install(session)
-    session.run("python", "-m", "bench", "sweep", "experiments/smoke.toml", "--results", "results/compare-candidate")
     session.run(
-        "python", "-m", "bench", "compare", "docs/baseline/smoke", "results/compare-candidate/smoke",
+        "python",
+        "-m",
+        "bench",
+        "sweep",
+        "experiments/smoke.toml",
+        "--results",
+        "results/compare-candidate",
+    )
+    session.run(
+        "python",
+        "-m",
+        "bench",
+        "compare",
+        "docs/baseline/smoke",
+        "results/compare-candidate/smoke",
         *session.posargs,
     )
 

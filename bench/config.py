@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import ConfigError, did_you_mean, unknown
-from bench.plan import MODES, PARTIAL_WINDOWS
+from bench.plan import MODES, PARTIAL_WINDOWS, Plan, make_plan
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("constant", "linear-warmup", "cosine", "step")
@@ -103,6 +103,19 @@ class TrialConfig:
         d = dataclasses.asdict(self)
         d["workload_options"] = dict(sorted(self.workload_options.items()))
         return d
+
+    def plan(self, samples: int) -> Plan:
+        """The epoch / window / step plan of this configuration over ``samples`` (N)."""
+        return make_plan(
+            samples=samples,
+            batch_size=self.batch_size,
+            accumulation_steps=self.accumulation_steps,
+            mode=self.mode,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            drop_last=self.drop_last,
+            partial_window=self.partial_window,
+        )
 
     @property
     def trial_key(self) -> str:

@@ -15,7 +15,7 @@ from bench import store
 from bench.config import TrialConfig
 from bench.errors import ConfigError
 from bench.failures import describe, is_oom
-from bench.plan import Plan, make_plan
+from bench.plan import Plan
 from bench.train import TrainOutcome, train
 from bench.workloads import build_workload
 from bench.workloads.base import Workload
@@ -50,19 +50,8 @@ def prepare(config: TrialConfig) -> tuple[Workload, Plan, torch.device]:
     workload = build_workload(
         config.workload, samples=config.samples, options=config.workload_options
     )
-    plan = make_plan(
-        samples=workload.n_train,
-        batch_size=config.batch_size,
-        accumulation_steps=config.accumulation_steps,
-        mode=config.mode,
-        epochs=config.epochs,
-        max_steps=config.max_steps,
-        drop_last=config.drop_last,
-        partial_window=config.partial_window,
-    )
+    plan = config.plan(workload.n_train)
     device = resolve_device(config.device)
-    if config.precision == "fp16" and device.type == "cpu":
-        pass  # CPU autocast supports float16 in current torch; GradScaler works on CPU too
     return workload, plan, device
 
 

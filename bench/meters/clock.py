@@ -27,7 +27,9 @@ class StepClock:
     def _marker(self):
         if not self.cuda:
             return time.perf_counter()
-        event = self._free_events.pop() if self._free_events else torch.cuda.Event(enable_timing=True)
+        event = (
+            self._free_events.pop() if self._free_events else torch.cuda.Event(enable_timing=True)
+        )
         event.record()
         return event
 

@@ -681,18 +681,7 @@ def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:
 
 def validate_point(config: TrialConfig, cache: dict) -> None:
     """Raise ConfigError when a config cannot run: its plan (b > N, k past the epoch ...)."""
-    from bench.plan import make_plan
-
-    make_plan(
-        samples=_n_train(config, cache, ""),
-        batch_size=config.batch_size,
-        accumulation_steps=config.accumulation_steps,
-        mode=config.mode,
-        epochs=config.epochs,
-        max_steps=config.max_steps,
-        drop_last=config.drop_last,
-        partial_window=config.partial_window,
-    )
+    config.plan(_n_train(config, cache, ""))
 
 
 def _flat(case: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,9 @@ def _resolve(name: str) -> Callable[..., Workload]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"workload {name!r}: cannot import module {module_name!r}: {exc}") from None
+        raise ConfigError(
+            f"workload {name!r}: cannot import module {module_name!r}: {exc}"
+        ) from None
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ConfigError(f"workload {name!r}: {module_name} has no function {func_name!r}")
@@ -44,7 +46,9 @@ def workload_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params.values() if p.name != "samples"}
 
 
-def build_workload(name: str, *, samples: int | None = None, options: Mapping[str, Any] | None = None) -> Workload:
+def build_workload(
+    name: str, *, samples: int | None = None, options: Mapping[str, Any] | None = None
+) -> Workload:
     factory = _resolve(name)
     options = dict(options or {})
     params = inspect.signature(factory).parameters
@@ -62,5 +66,7 @@ def build_workload(name: str, *, samples: int | None = None, options: Mapping[st
     except TypeError as exc:
         raise ConfigError(f"workload {name!r}: {exc}") from None
     if not isinstance(workload, Workload):
-        raise ConfigError(f"workload {name!r}: factory returned {type(workload).__name__}, not a Workload")
+        raise ConfigError(
+            f"workload {name!r}: factory returned {type(workload).__name__}, not a Workload"
+        )
     return workload

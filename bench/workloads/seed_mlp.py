@@ -12,7 +12,9 @@ from bench.workloads.base import ClassificationWorkload, mlp
 from bench.workloads.options import check_int
 
 
-def build(*, samples: int | None = None, val_samples: int = 1000, data_seed: int = 0) -> ClassificationWorkload:
+def build(
+    *, samples: int | None = None, val_samples: int = 1000, data_seed: int = 0
+) -> ClassificationWorkload:
     n = check_int("samples", 10_000 if samples is None else samples, 1)
     val_samples = check_int("val_samples", val_samples, 1)
     g = torch.Generator().manual_seed(check_int("data_seed", data_seed, 0))

@@ -52,8 +52,14 @@ def build(
         val=(x[n:], y[n:]),
         make_model=lambda: mlp(sizes, dropout=dropout),
         options={
-            "val_samples": val_samples, "in_features": in_features, "classes": classes,
-            "width": width, "depth": depth, "teacher_width": teacher_width,
-            "label_noise": label_noise, "dropout": dropout, "data_seed": data_seed,
+            "val_samples": val_samples,
+            "in_features": in_features,
+            "classes": classes,
+            "width": width,
+            "depth": depth,
+            "teacher_width": teacher_width,
+            "label_noise": label_noise,
+            "dropout": dropout,
+            "data_seed": data_seed,
         },
     )
