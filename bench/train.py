@@ -42,8 +42,6 @@ class TrainOutcome:
     stopped_early: bool = False
     rows: list[dict] = field(default_factory=list)  # one per flushed optimizer step
     step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
-    micro_batches: int = 0
-    samples_seen: int = 0
     tokens_seen: int | None = None
     best_val_loss: float | None = None
     epochs_run: int = 0
@@ -53,6 +51,14 @@ class TrainOutcome:
     @property
     def optimizer_steps(self) -> int:
         return len(self.rows)
+
+    @property
+    def micro_batches(self) -> int:
+        return sum(row["micro_batches"] for row in self.rows)
+
+    @property
+    def samples_seen(self) -> int:
+        return self.rows[-1]["samples_seen"] if self.rows else 0
 
     @property
     def final_loss(self) -> float | None:
@@ -174,7 +180,7 @@ class _Batches:
             order = order.to(self.device)
         for start, stop in self.slices:
             index = order[start:stop]
-            yield tuple(t.index_select(0, index) for t in self.train)
+            yield tuple([t.index_select(0, index) for t in self.train])
 
 
 @torch.no_grad()
@@ -280,7 +286,9 @@ def train(
     schedule = LRSchedule(optimizer, lr_factor(config, total_intervals))
     step_schedule = config.scheduler != "constant" and not per_epoch
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-    autocast = autocast_context(device, config.precision)
+    autocast = (
+        autocast_context(device, config.precision) if config.precision in ("bf16", "fp16") else None
+    )
     batches = _Batches(config, workload, plan, device, dtype)
     val = cast_batch(workload.val, device, dtype)
     eval_chunk = plan.micro_batch_size
@@ -348,44 +356,60 @@ def train(
         pending.clear()
         return outcome.status == "ok"
 
-    inverses: dict = {}
+    # Each micro-batch's backward is seeded with its weight w: d(loss_sum * w)/d(theta) is
+    # the gradient of loss_sum / units without a division node forward and backward
+    # (13 us of seed-mlp's ~100 us CPU step). Where the unit is the sample, every weight
+    # is known from the plan, so each window's weights are made once, here; token counts
+    # depend on the data and are summed on the device at run time.
+    weight_dtype = dtype
+    inverses: dict[int, torch.Tensor] = {}
 
-    def inverse(units, like: torch.Tensor) -> torch.Tensor:
-        """1/units as a 0-d tensor like ``like``; cached for the few integer unit counts."""
-        if isinstance(units, torch.Tensor):  # token counts: computed on the device
-            return units.to(like.dtype).reciprocal()
-        key = (units, like.dtype)
-        if key not in inverses:
-            inverses[key] = torch.tensor(1.0 / units, dtype=like.dtype, device=like.device)
-        return inverses[key]
+    def inverse(units: int) -> torch.Tensor:
+        if units not in inverses:
+            inverses[units] = torch.tensor(1.0 / units, dtype=weight_dtype, device=device)
+        return inverses[units]
 
-    # (micro-batches, samples) of each window of an epoch: the same every epoch.
-    window_shape = [
-        (len(plan.window(s)), plan.window_samples(s)) for s in range(1, plan.steps_per_epoch + 1)
-    ]
-    global_step = 0
+    windows = []  # per window of an epoch, the same every epoch: (micro-batches, samples, weights)
+    for s in range(1, plan.steps_per_epoch + 1):
+        sizes = [stop - start for start, stop in map(plan.micro_batch_slice, plan.window(s))]
+        if token_unit:
+            weights = None
+        elif sample_normalised:
+            weights = [inverse(sum(sizes))] * len(sizes)
+        else:  # the tutorial: each micro-batch's mean, divided by k
+            weights = [inverse(size * k) for size in sizes]
+        windows.append((len(sizes), sum(sizes), weights))
+
+    flush_every, eval_every = config.flush_every, config.eval_every
+    total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
+    global_step = samples_seen = 0
     stop = False
     for epoch in range(1, plan.epochs_run + 1):
         outcome.epochs_run = epoch
         order = torch.randperm(plan.samples, generator=order_generator)
         micro = batches.epoch(order)
-        for step_in_epoch in range(1, plan.steps_per_epoch + 1):
+        for step_in_epoch in range(1, steps_per_epoch + 1):
             global_step += 1
-            n_micro, samples = window_shape[step_in_epoch - 1]
-            window = [next(micro) for _ in range(n_micro)]
-            units = [workload.units(b) for b in window]
-            window_units = sum(units) if k > 1 else units[0]
+            n_micro, samples, weights = windows[step_in_epoch - 1]
+            if weights is None:  # token units: the window's total before the first backward
+                window = [next(micro) for _ in range(n_micro)]
+                units = [workload.units(b) for b in window]
+                window_units = sum(units)
+                weights = [
+                    (window_units if sample_normalised else u * k).to(weight_dtype).reciprocal()
+                    for u in units
+                ]
+                batches_of_window = iter(window)
+            else:
+                window_units, batches_of_window = samples, micro
             window_loss = None
-            for batch, batch_units in zip(window, units, strict=True):
-                with autocast:
+            for weight in weights:
+                batch = next(batches_of_window)
+                if autocast is None:
                     loss_sum = workload.loss_sum(model, batch)
-                # d(loss_sum * w)/d(theta) seeded directly as backward(gradient=w): the same
-                # arithmetic as backward of loss_sum / units, without a division node
-                # forward and backward (13 us a step on seed-mlp's CPU step of ~100 us).
-                if sample_normalised:
-                    weight = inverse(window_units, loss_sum)
-                else:  # the tutorial: mean over the micro-batch, divided by k
-                    weight = inverse(batch_units * k, loss_sum)
+                else:
+                    with autocast:
+                        loss_sum = workload.loss_sum(model, batch)
                 if scaler is None:
                     loss_sum.backward(weight)
                 else:
@@ -415,29 +439,15 @@ def train(
                 schedule.step()
             clock.mark()
 
-            outcome.micro_batches += n_micro
-            outcome.samples_seen += samples
-            values = (
-                epoch,
-                global_step,
-                step_in_epoch,
-                n_micro,
-                samples,
-                outcome.samples_seen,
-                lr_used,
-            )
+            samples_seen += samples
+            values = (epoch, global_step, step_in_epoch, n_micro, samples, samples_seen, lr_used)
             pending.append((values, window_loss, window_units, grad_norm))
-            last = global_step == plan.total_steps
-            end_of_epoch = step_in_epoch == plan.steps_per_epoch
-            eval_due = (config.eval_every is None and end_of_epoch) or (
-                bool(config.eval_every) and global_step % config.eval_every == 0
+            last = global_step == total_steps
+            end_of_epoch = step_in_epoch == steps_per_epoch
+            eval_due = (eval_every is None and end_of_epoch) or (
+                bool(eval_every) and global_step % eval_every == 0
             )
-            if (
-                global_step == warmup_steps
-                or global_step % config.flush_every == 0
-                or last
-                or eval_due
-            ):
+            if global_step == warmup_steps or global_step % flush_every == 0 or last or eval_due:
                 with host_sync_point(device):
                     ok = flush()
                     if ok and global_step == warmup_steps and on_window_start is not None:
