@@ -295,7 +295,8 @@ def train(
     order_generator = torch.Generator().manual_seed(config.seed)
     token_unit = workload.unit != "sample"
     sample_normalised = config.normalize == "sample"
-    track_grad_norm = config.grad_norm or config.grad_clip is not None
+    clip = config.grad_clip
+    norm_every = config.grad_norm_every
 
     k = plan.accumulation_steps
     warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
@@ -321,11 +322,9 @@ def train(
         units = torch.stack(units) if token_unit else torch.tensor(units, device=loss_sums.device)
         losses = (loss_sums / units).tolist()
         tokens = units.tolist() if token_unit else [None] * len(pending)
-        norms = (
-            torch.stack([p[3] for p in pending]).tolist()
-            if track_grad_norm
-            else [None] * len(pending)
-        )
+        measured = [p[3] for p in pending if p[3] is not None]  # sampled steps only
+        measured = iter(torch.stack(measured).tolist() if measured else [])
+        norms = [None if p[3] is None else next(measured) for p in pending]
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
         for (values, _, _, _), loss, norm, n_tokens, dt in zip(
             pending, losses, norms, tokens, seconds, strict=True
@@ -419,15 +418,13 @@ def train(
             if scaler is not None:
                 scaler.unscale_(optimizer)  # once per window, before the norm and the step
             grad_norm = None
-            if track_grad_norm:
+            if clip is not None or (norm_every and global_step % norm_every == 0):
                 # What get_total_norm computes, minus its dispatch layers (13 vs 27 us on the
-                # CPU for seed-mlp's four tensors: a tenth of its whole step).
+                # CPU for seed-mlp's four tensors).
                 grads = [p.grad for p in params if p.grad is not None]
                 grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                if config.grad_clip is not None:
-                    nn.utils.clip_grads_with_norm_(
-                        params, config.grad_clip, grad_norm, foreach=True
-                    )
+                if clip is not None:
+                    nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
             lr_used = optimizer.param_groups[0]["lr"]
             if scaler is None:
                 optimizer.step()

@@ -144,7 +144,9 @@ def test_same_config_and_seed_gives_identical_curves():
 
 
 def test_step_rows_follow_the_plan():
-    _, outcome, _, plan = run(batch_size=8, accumulation_steps=4, samples=100, epochs=2)
+    _, outcome, _, plan = run(
+        batch_size=8, accumulation_steps=4, samples=100, epochs=2, grad_norm_every=1
+    )
     rows = outcome.rows
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["epoch"] for r in rows] == [1] * 4 + [2] * 4
@@ -324,3 +326,18 @@ def test_char_lm_token_normalisation_matches_big_batch_and_micro_does_not():
     assert outcome.tokens_seen == int((lengths - 1).sum())  # one epoch: every target once
     assert rel_diff(params(tokens), params(big)) < 1e-10
     assert rel_diff(params(micro), params(big)) > 1e-6
+
+
+def test_grad_norm_is_the_window_gradient_norm_sampled_every_n_steps():
+    kw = {**SHORT, "lr": 0.0}  # lr 0: every step sees the initial weights
+    model, outcome, workload, _ = run(**kw, batch_size=8, accumulation_steps=4, grad_norm_every=2)
+    norms = [r["grad_norm"] for r in outcome.rows]
+    assert [n is not None for n in norms] == [False, True, False, True]
+    # Step 4 is the short window: the 4 samples of the epoch's last micro-batch.
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    idx = order[96:]
+    x, y = workload.train
+    model.zero_grad()
+    F.cross_entropy(model(x[idx].double()), y[idx]).backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norms[3] == pytest.approx(float(expected), rel=1e-12)
