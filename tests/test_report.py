@@ -180,6 +180,31 @@ def test_steps_to_target_first_crossing_and_never():
     assert np.isnan(r.loc["d", "steps_to_target"])  # no steps at all
 
 
+def test_targets_are_per_workload():
+    # Two workloads on different loss scales: one target for both would be met at once by
+    # the low one and never by the high one.
+    steps = pd.concat(
+        [
+            _steps("lo", [0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5]),
+            _steps("hi", [9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 5.0]),
+        ]
+    )
+    trials = pd.DataFrame(
+        {
+            "trial_key": ["lo", "hi"],
+            "workload": ["small-loss", "big-loss"],
+            "status": ["ok", "ok"],
+            "config_id": ["lo", "hi"],
+            "effective_batch_size": [1.0, 1.0],
+        }
+    )
+    targets = scaling.default_targets(steps, trials)
+    assert targets == {"big-loss": 5.0, "small-loss": 0.5}
+    r = scaling.steps_to_target(steps, trials, targets).set_index("trial_key")
+    assert r.loc["lo", "steps_to_target"] == 5 and r.loc["hi", "steps_to_target"] == 5
+    assert scaling.target_of(targets, "big-loss") == 5.0 and scaling.target_of(0.3, "x") == 0.3
+
+
 def test_smoothing_ignores_a_lucky_dip():
     """A batch-1 run among batch-16 runs is judged on a mean over ~16 samples."""
     noisy = [5.0] * 40

@@ -56,7 +56,7 @@ FIGURE_TITLES = {
 @dataclass
 class Report:
     folder: Path
-    target: float | None
+    target: float | dict | None  # one for all workloads, or per workload
     prep: Prepared
     summary: pd.DataFrame
     points: pd.DataFrame
@@ -105,11 +105,12 @@ def build_report(
 
     chosen = target
     if chosen is None:
-        chosen = scaling.default_target(prep.steps, prep.trials)
+        chosen = scaling.default_targets(prep.steps, prep.trials) or None
         if chosen is not None:
             notes.append(
-                f"target loss {chosen:g} chosen automatically (75th percentile of the "
-                "configurations' final smoothed training loss); set --target-loss to fix it"
+                f"target loss chosen automatically per workload ({scaling.format_targets(chosen)}: "
+                "75th percentile of its configurations' final smoothed training loss); "
+                "set --target-loss to fix it"
             )
     smoothed = scaling.smooth_loss(prep.steps, prep.trials) if len(prep.steps) else None
     reach = (
@@ -208,7 +209,7 @@ def _meta(report: Report) -> list[str]:
         f"devices: {devices}",
     ]
     if report.target is not None:
-        lines.append(f"target training loss: {report.target:g}")
+        lines.append(f"target training loss: {scaling.format_targets(report.target)}")
     for w, fit in report.fits.items():
         w = w if isinstance(w, str) else "(unknown workload)"
         lines.append(

@@ -48,7 +48,9 @@ def report_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise BenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     fits = "; ".join(f"{w}: B_crit ≈ {f.b_crit:.3g}" for w, f in report.fits.items())
-    target = f", target loss {report.target:g}" if report.target is not None else ""
+    from bench.report.scaling import format_targets
+
+    target = f", target loss {format_targets(report.target)}" if report.target is not None else ""
     print(
         f"report: {out / 'index.html'} ({len(report.summary)} configurations, "
         f"{len(report.prep.trials)} trials, {len(report.figures)} figures{target}"

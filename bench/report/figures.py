@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import curves
-from bench.report.scaling import CriticalBatchFit
+from bench.report.scaling import CriticalBatchFit, format_targets
 
 MAX_WORKLOAD_ROWS = 4
 MAX_LEGEND_CONFIGS = 10
@@ -474,7 +474,7 @@ def _normalise_probes(raw: pd.DataFrame) -> pd.DataFrame | None:
 # -- 4. steps to target --------------------------------------------------------------------
 
 
-def steps_to_target(points: pd.DataFrame, fits: dict, target: float | None, notes: list[str]):
+def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
     if target is None or not len(points):
         notes.append("steps to target: no target loss (no steps table or no ok trial)")
         return None
@@ -569,7 +569,7 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target: float | None, note
                 "target, no B_crit fit"
             )
     fig.suptitle(
-        f"Steps and samples to reach training loss ≤ {target:g} "
+        f"Steps and samples to reach training loss ≤ {format_targets(target)} "
         "(McCandlish et al. 2018: S = S_min(1 + B_crit/B))"
     )
     return fig

@@ -24,6 +24,7 @@ smooth curve is off only by its curvature (second order in k).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,10 @@ def smooth_loss(steps: pd.DataFrame, trials: pd.DataFrame) -> Smoothed:
 
 
 def steps_to_target(
-    steps: pd.DataFrame, trials: pd.DataFrame, target: float, smoothed: Smoothed | None = None
+    steps: pd.DataFrame,
+    trials: pd.DataFrame,
+    target: float | Mapping,
+    smoothed: Smoothed | None = None,
 ) -> pd.DataFrame:
     """Per trial: first step (and its samples_seen, time_s) at which the smoothed training
     loss is <= target. NaN where the trial never got there (also: diverged, no steps).
@@ -135,7 +139,15 @@ def steps_to_target(
     sm = smoothed if smoothed is not None else smooth_loss(steps, trials)
     starts, group_keys, group_of_row, group_b = sm.starts, sm.keys, sm.group_of_row, sm.group_b
     windows = sm.windows
-    hit = sm.full & sm.clean & (sm.smoothed <= target)
+    if isinstance(target, Mapping):  # per workload: each trial block gets its own
+        workload_of = trials.set_index("trial_key")["workload"]
+        per_group = np.array(
+            [target.get(workload_of.get(k), np.nan) for k in group_keys], dtype=float
+        )
+        row_target = per_group[group_of_row] if len(per_group) else np.array([], dtype=float)
+    else:
+        row_target = target
+    hit = sm.full & sm.clean & (sm.smoothed <= row_target)
 
     hit_rows = np.flatnonzero(hit)
     first_hit = np.full(len(starts), -1, dtype=np.int64)
@@ -162,6 +174,30 @@ def steps_to_target(
     res.loc[fill, "samples_to_target"] = res.loc[fill, "steps_to_target"] * group_b[fill.to_numpy()]
     out = out[["trial_key"]].merge(res, on="trial_key", how="left")
     return out
+
+
+def default_targets(steps: pd.DataFrame, trials: pd.DataFrame) -> dict:
+    """Per workload, a target most of its configurations reach (``default_target`` over
+    that workload's trials): losses of different workloads are not on one scale."""
+    out = {}
+    for w, group in trials.groupby("workload", dropna=False, sort=True):
+        value = default_target(steps, group)
+        if value is not None:
+            out[w] = value
+    return out
+
+
+def target_of(targets, workload) -> float | None:
+    """The target for ``workload``: ``targets`` is one number for all, or per workload."""
+    if isinstance(targets, Mapping):
+        return targets.get(workload)
+    return targets
+
+
+def format_targets(targets) -> str:
+    if isinstance(targets, Mapping):
+        return ", ".join(f"{w}: {v:g}" for w, v in targets.items())
+    return f"{targets:g}"
 
 
 def default_target(steps: pd.DataFrame, trials: pd.DataFrame) -> float | None:
