@@ -121,6 +121,10 @@ class LRSchedule:
         self.intervals += 1
         self._apply()
 
+    def lr_at(self, intervals: int) -> float:
+        """The first param group's lr after ``intervals`` steps of this schedule."""
+        return self.base_lrs[0] * self.factor(intervals)
+
     def _apply(self) -> None:
         f = self.factor(self.intervals)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
@@ -304,56 +308,8 @@ def train(
     if warmup_steps == 0 and on_window_start is not None:
         on_window_start()
 
-    # Per step, until the next flush: (host values, loss sum, units, grad norm) with the
-    # last three still on the device. Dicts and divisions are made at flush time.
-    pending: list[tuple] = []
     early_stopping = _EarlyStopping(config)
     deadline = time.monotonic() + config.time_limit_s if config.time_limit_s else None
-    clock = StepClock(device)
-    clock.start()
-
-    def flush() -> bool:
-        """Read back pending losses and times; False when training must stop (diverged)."""
-        if not pending:
-            return True
-        seconds = clock.flush()
-        loss_sums = torch.stack([p[1] for p in pending]).double()
-        units = [p[2] for p in pending]
-        units = torch.stack(units) if token_unit else torch.tensor(units, device=loss_sums.device)
-        losses = (loss_sums / units).tolist()
-        tokens = units.tolist() if token_unit else [None] * len(pending)
-        measured = [p[3] for p in pending if p[3] is not None]  # sampled steps only
-        measured = iter(torch.stack(measured).tolist() if measured else [])
-        norms = [None if p[3] is None else next(measured) for p in pending]
-        elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
-        for (values, _, _, _), loss, norm, n_tokens, dt in zip(
-            pending, losses, norms, tokens, seconds, strict=True
-        ):
-            elapsed += dt
-            epoch, step, step_in_epoch, micro_batches, samples, samples_seen, lr = values
-            outcome.rows.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "step_in_epoch": step_in_epoch,
-                    "micro_batches": micro_batches,
-                    "samples": samples,
-                    "samples_seen": samples_seen,
-                    "tokens": None if n_tokens is None else int(n_tokens),
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": norm,
-                    "time_s": elapsed,
-                    "val_loss": None,
-                }
-            )
-            outcome.step_seconds.append(dt)
-            if not math.isfinite(loss):
-                outcome.status = "diverged"
-                outcome.error = f"non-finite loss ({loss}) at step {step}"
-                break
-        pending.clear()
-        return outcome.status == "ok"
 
     # Each micro-batch's backward is seeded with its weight w: d(loss_sum * w)/d(theta) is
     # the gradient of loss_sum / units without a division node forward and backward
@@ -378,10 +334,92 @@ def train(
         else:  # the tutorial: each micro-batch's mean, divided by k
             weights = [inverse(size * k) for size in sizes]
         windows.append((len(sizes), sum(sizes), weights))
+    samples_before = [0]  # samples of the epoch's windows before window s (index s - 1)
+    for _, samples, _ in windows:
+        samples_before.append(samples_before[-1] + samples)
 
     flush_every, eval_every = config.flush_every, config.eval_every
     total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
-    global_step = samples_seen = 0
+
+    def next_event(step: int) -> int:
+        """The next step after ``step`` at which the loop must look up from training:
+        a flush, the end of the timing warm-up, an evaluation, or the last step. Between
+        events a step costs one integer comparison of bookkeeping."""
+        candidates = [total_steps, (step // flush_every + 1) * flush_every]
+        if warmup_steps > step:
+            candidates.append(warmup_steps)
+        if eval_every is None:  # evaluate at each epoch's end
+            candidates.append((step // steps_per_epoch + 1) * steps_per_epoch)
+        elif eval_every:
+            candidates.append((step // eval_every + 1) * eval_every)
+        return min(candidates)
+
+    # Until the next flush, per step, only what the device computed: the window's loss
+    # sum (and token count), the sampled gradient norms, and the clock's marks. Every
+    # other column of a step row follows from the plan and is made at flush time.
+    pending_losses: list[torch.Tensor] = []
+    pending_units: list[torch.Tensor] = []  # token workloads only
+    pending_norms: dict[int, torch.Tensor] = {}
+    clock = StepClock(device)
+    clock.start()
+
+    def flush() -> bool:
+        """Read back pending losses and times; False when training must stop (diverged)."""
+        if not pending_losses:
+            return True
+        first = outcome.rows[-1]["step"] + 1 if outcome.rows else 1
+        steps = range(first, first + len(pending_losses))
+        seconds = clock.flush()
+        loss_sums = torch.stack(pending_losses).double()
+        if token_unit:
+            units = torch.stack(pending_units)
+            tokens = [int(t) for t in units.tolist()]
+        else:
+            units = [windows[(step - 1) % steps_per_epoch][1] for step in steps]
+            units = torch.tensor(units, dtype=torch.float64, device=loss_sums.device)
+            tokens = [None] * len(steps)
+        losses = (loss_sums / units).tolist()
+        norms = (
+            dict(
+                zip(pending_norms, torch.stack(list(pending_norms.values())).tolist(), strict=True)
+            )
+            if pending_norms
+            else {}
+        )
+        elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
+        for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
+            elapsed += dt
+            epoch, index = divmod(step - 1, steps_per_epoch)
+            n_micro, samples, _ = windows[index]
+            intervals = epoch if per_epoch else step - 1  # scheduler steps before this one
+            outcome.rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "step_in_epoch": index + 1,
+                    "micro_batches": n_micro,
+                    "samples": samples,
+                    "samples_seen": epoch * samples_before[-1] + samples_before[index + 1],
+                    "tokens": n_tokens,
+                    "loss": loss,
+                    "lr": schedule.lr_at(intervals),
+                    "grad_norm": norms.get(step),
+                    "time_s": elapsed,
+                    "val_loss": None,
+                }
+            )
+            outcome.step_seconds.append(dt)
+            if not math.isfinite(loss):
+                outcome.status = "diverged"
+                outcome.error = f"non-finite loss ({loss}) at step {step}"
+                break
+        pending_losses.clear()
+        pending_units.clear()
+        pending_norms.clear()
+        return outcome.status == "ok"
+
+    global_step = 0
+    event = next_event(0)
     stop = False
     for epoch in range(1, plan.epochs_run + 1):
         outcome.epochs_run = epoch
@@ -398,9 +436,10 @@ def train(
                     (window_units if sample_normalised else u * k).to(weight_dtype).reciprocal()
                     for u in units
                 ]
+                pending_units.append(window_units)
                 batches_of_window = iter(window)
             else:
-                window_units, batches_of_window = samples, micro
+                batches_of_window = micro
             window_loss = None
             for weight in weights:
                 batch = next(batches_of_window)
@@ -417,15 +456,14 @@ def train(
                 window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             if scaler is not None:
                 scaler.unscale_(optimizer)  # once per window, before the norm and the step
-            grad_norm = None
             if clip is not None or (norm_every and global_step % norm_every == 0):
                 # What get_total_norm computes, minus its dispatch layers (13 vs 27 us on the
                 # CPU for seed-mlp's four tensors).
                 grads = [p.grad for p in params if p.grad is not None]
                 grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                pending_norms[global_step] = grad_norm
                 if clip is not None:
                     nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
-            lr_used = optimizer.param_groups[0]["lr"]
             if scaler is None:
                 optimizer.step()
             else:
@@ -435,24 +473,23 @@ def train(
             if step_schedule:
                 schedule.step()
             clock.mark()
+            pending_losses.append(window_loss)
+            if global_step < event:
+                continue
 
-            samples_seen += samples
-            values = (epoch, global_step, step_in_epoch, n_micro, samples, samples_seen, lr_used)
-            pending.append((values, window_loss, window_units, grad_norm))
+            # An event: flush, and whatever else is due at this step.
             last = global_step == total_steps
-            end_of_epoch = step_in_epoch == steps_per_epoch
-            eval_due = (eval_every is None and end_of_epoch) or (
+            eval_due = (eval_every is None and step_in_epoch == steps_per_epoch) or (
                 bool(eval_every) and global_step % eval_every == 0
             )
-            if global_step == warmup_steps or global_step % flush_every == 0 or last or eval_due:
-                with host_sync_point(device):
-                    ok = flush()
-                    if ok and global_step == warmup_steps and on_window_start is not None:
-                        clock.synchronize()
-                        on_window_start()
-                if not ok:
-                    stop = True
-                    break
+            with host_sync_point(device):
+                ok = flush()
+                if ok and global_step == warmup_steps and on_window_start is not None:
+                    clock.synchronize()
+                    on_window_start()
+            if not ok:
+                stop = True
+                break
             if eval_due:
                 with host_sync_point(device):
                     val_loss = evaluate(model, workload, val, eval_chunk, device, config.precision)
@@ -461,9 +498,7 @@ def train(
                 clock.resume()  # evaluation time is not training time
                 if stop:
                     break
-            if deadline is not None and time.monotonic() > deadline:
-                with host_sync_point(device):
-                    flush()
+            if deadline is not None and time.monotonic() > deadline:  # checked at events
                 outcome.status = "failed"
                 outcome.error = (
                     f"time limit of {config.time_limit_s} s reached after {global_step} steps"
@@ -473,6 +508,7 @@ def train(
             if last:
                 stop = True
                 break
+            event = next_event(global_step)
         if stop:
             break
         if per_epoch:

@@ -187,8 +187,11 @@ def test_scheduler_calls_equal_optimizer_steps(monkeypatch):
         calls["scheduler"] += 1
         return original_sched(self, *a, **k)
 
+    used = []
+
     def count_opt(self, *a, **k):
         calls["optimizer"] += 1
+        used.append(self.param_groups[0]["lr"])
         return original_opt(self, *a, **k)
 
     monkeypatch.setattr(LRSchedule, "step", count_sched)
@@ -198,6 +201,9 @@ def test_scheduler_calls_equal_optimizer_steps(monkeypatch):
     )
     assert calls["optimizer"] == outcome.optimizer_steps == 10
     assert calls["scheduler"] == calls["optimizer"]
+    # The lr in each step row is the one the optimizer really stepped with.
+    assert [r["lr"] for r in outcome.rows] == used
+    assert len(set(used)) > 5
 
 
 def test_warmup_and_cosine_shapes():
