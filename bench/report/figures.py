@@ -569,7 +569,7 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
                 "target, no B_crit fit"
             )
     fig.suptitle(
-        f"Steps and samples to reach training loss ≤ {format_targets(target)} "
+        f"Steps and samples to reach training loss ≤ {plain(format_targets(target))} "
         "(McCandlish et al. 2018: S = S_min(1 + B_crit/B))"
     )
     return fig
