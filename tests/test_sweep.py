@@ -351,10 +351,12 @@ def test_sigkill_twice_then_resume_runs_every_key_exactly_once(tmp_path):
     assert not list(folder.glob("*/.*.tmp"))
     per_key = result_trials_per_key(folder / "optuna.journal", "killed")
     assert len(per_key) == n and set(per_key.values()) == {1}
-    # Every tag ran at least once; the only re-runs are of trials a kill interrupted.
+    # Every tag ran at least once; the only re-runs are of trials a kill interrupted:
+    # per kill and worker, the trial it was training and the one whose record was still
+    # being written (rows on disk, Optuna record not yet): 2 kills x 2 workers x 2.
     runs = runs_per_tag(log)
     assert set(runs) == set(range(n))
-    assert sum(runs.values()) - n <= 4  # at most 2 running trials per kill
+    assert sum(runs.values()) - n <= 8
 
 
 def test_search_mode_uses_n_trials_and_never_reruns_a_key(tmp_path):
