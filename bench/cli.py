@@ -177,7 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None:
             values[key] = value
     if args.option:
-        options = dict(values.get("workload_options", {}))
+        options = values.get("workload_options", {})
+        if not isinstance(options, dict):
+            raise ConfigError("workload_options must be a table of options")
+        options = dict(options)
         options.update(_parse_option(o) for o in args.option)
         values["workload_options"] = options
     if "max_steps" in values and "epochs" not in values:
@@ -187,11 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bench.trial import prepare, run_trial, write_result
 
-    prepare(config)  # every input error surfaces here, before OUT is touched
+    prepared = prepare(config)  # every input error surfaces here, before OUT is touched
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
-    result = run_trial(config, results_dir=out)
+    result = run_trial(config, results_dir=out, prepared=prepared)
     write_result(result, out, per_key=False)
     t = result.trial
     rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"

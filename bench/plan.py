@@ -76,11 +76,6 @@ class Plan:
         """Epochs that see at least one optimizer step (the last may be cut by max_steps)."""
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
-    @property
-    def used_micro_batches_per_epoch(self) -> int:
-        """Micro-batches that reach an optimizer step in a whole epoch."""
-        return min(self.micro_batches_per_epoch, self.steps_per_epoch * self.accumulation_steps)
-
     def window(self, step_in_epoch: int) -> range:
         """Micro-batch indices (0-based, within the epoch) of window ``step_in_epoch`` (1-based)."""
         k = self.accumulation_steps

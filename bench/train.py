@@ -173,15 +173,18 @@ class _Batches:
             self.slices = [plan.micro_batch_slice(m) for m in range(plan.micro_batches_per_epoch)]
 
     def epoch(self, order: torch.Tensor) -> Iterator[Batch]:
+        """The epoch's micro-batches in ``order``. Device copies of the order happen here,
+        eagerly, at the epoch boundary; the iterator itself only indexes."""
         if self.dataloader:
             self.sampler.order = order.tolist()
-            for batch in self.loader:
-                yield cast_batch(tuple(batch), self.device, self.dtype)
-            return
-        if self.device.type == "cuda":  # pinned + non_blocking: an async copy, not a sync
+            return (cast_batch(tuple(batch), self.device, self.dtype) for batch in self.loader)
+        if self.device.type == "cuda":  # pinned + non_blocking: an async copy
             order = order.pin_memory().to(self.device, non_blocking=True)
         else:
             order = order.to(self.device)
+        return self._index(order)
+
+    def _index(self, order: torch.Tensor) -> Iterator[Batch]:
         for start, stop in self.slices:
             index = order[start:stop]
             yield tuple([t.index_select(0, index) for t in self.train])
@@ -207,7 +210,8 @@ def evaluate(
 
 @contextlib.contextmanager
 def host_sync_point(device: torch.device):
-    """Where the loop may synchronise with the device: flushes, evaluation, warm-up end.
+    """Where the loop may synchronise with the device: set-up, epoch starts, flushes,
+    evaluation, warm-up end.
 
     Under ``torch.cuda.set_sync_debug_mode("error")`` (the test that proves the hot loop
     never syncs) these are the only places a sync is allowed.
@@ -281,7 +285,8 @@ def train(
     if model is None:
         torch.manual_seed(config.seed)
         model = workload.make_model()
-    model.to(device=device, dtype=dtype)
+    with host_sync_point(device):  # set-up copies to the device, before any timing
+        model.to(device=device, dtype=dtype)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(config, params)
@@ -293,8 +298,9 @@ def train(
     autocast = (
         autocast_context(device, config.precision) if config.precision in ("bf16", "fp16") else None
     )
-    batches = _Batches(config, workload, plan, device, dtype)
-    val = cast_batch(workload.val, device, dtype)
+    with host_sync_point(device):
+        batches = _Batches(config, workload, plan, device, dtype)
+        val = cast_batch(workload.val, device, dtype)
     eval_chunk = plan.micro_batch_size
     order_generator = torch.Generator().manual_seed(config.seed)
     token_unit = workload.unit != "sample"
@@ -321,7 +327,8 @@ def train(
 
     def inverse(units: int) -> torch.Tensor:
         if units not in inverses:
-            inverses[units] = torch.tensor(1.0 / units, dtype=weight_dtype, device=device)
+            # torch.full, not torch.tensor: a host value copied to CUDA is a sync.
+            inverses[units] = torch.full((), 1.0 / units, dtype=weight_dtype, device=device)
         return inverses[units]
 
     windows = []  # per window of an epoch, the same every epoch: (micro-batches, samples, weights)
@@ -424,7 +431,8 @@ def train(
     for epoch in range(1, plan.epochs_run + 1):
         outcome.epochs_run = epoch
         order = torch.randperm(plan.samples, generator=order_generator)
-        micro = batches.epoch(order)
+        with host_sync_point(device):  # an epoch boundary: the order goes to the device
+            micro = batches.epoch(order)
         for step_in_epoch in range(1, steps_per_epoch + 1):
             global_step += 1
             n_micro, samples, weights = windows[step_in_epoch - 1]
@@ -498,14 +506,14 @@ def train(
                 clock.resume()  # evaluation time is not training time
                 if stop:
                     break
+            if last:
+                stop = True
+                break
             if deadline is not None and time.monotonic() > deadline:  # checked at events
                 outcome.status = "failed"
                 outcome.error = (
                     f"time limit of {config.time_limit_s} s reached after {global_step} steps"
                 )
-                stop = True
-                break
-            if last:
                 stop = True
                 break
             event = next_event(global_step)

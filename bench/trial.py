@@ -89,11 +89,15 @@ def _throughput(outcome: TrainOutcome, plan: Plan) -> dict:
 
 
 def run_trial(
-    config: TrialConfig, *, sweep: str | None = None, results_dir: str | Path | None = None
+    config: TrialConfig,
+    *,
+    sweep: str | None = None,
+    results_dir: str | Path | None = None,
+    prepared: tuple[Workload, Plan, torch.device] | None = None,
 ) -> TrialResult:
     """Run one configuration. Raises ConfigError only for invalid input, before any work;
     OOM, divergence and other errors during the run are recorded in the row's status."""
-    workload, plan, device = prepare(config)
+    workload, plan, device = prepared if prepared is not None else prepare(config)
     from bench import meters as meters_mod
     from bench.meters import env as env_mod
     from bench.meters import flops as flops_mod
@@ -103,21 +107,23 @@ def run_trial(
     outcome = TrainOutcome()
     row: dict = {}
     flops_per_sample = None
+    if device.type == "cuda" and device.index is not None:
+        # Events, synchronize() and new tensors use the current device: make it this one.
+        torch.cuda.set_device(device)
 
     torch.manual_seed(config.seed)
     model = workload.make_model()
     meters = meters_mod.TrialMeters(device, config)
     try:
         # Counted before the meters start (on the meta device, so it allocates nothing).
-        try:
-            first = tuple(t[: plan.micro_batch_size] for t in workload.train)
-            flops_per_sample = flops_mod.train_flops_per_sample(
-                workload, model, first, config.precision, device=device
-            )
-        except Exception as exc:  # a counter failure must not lose the trial
-            if is_oom(exc):
-                raise
-            notes.append(f"FLOP count failed: {describe(exc)}")
+        # Per *sample*: a padded token batch costs the same whatever its documents'
+        # lengths, so dividing by the first batch's real tokens would bias every rate.
+        first = tuple(t[: plan.micro_batch_size] for t in workload.train)
+        count = flops_mod.count_train_flops(workload, model, first)
+        if count.flops is not None:
+            flops_per_sample = count.flops / int(first[0].shape[0])
+        if count.note:
+            notes.append(count.note)
         meters.start()
         train(
             config,
@@ -181,27 +187,34 @@ def run_trial(
     fields = meters.fields()
     notes.extend(fields.pop("notes", []))
     row.update(fields)
-    if row.get("energy_j") is not None and row["samples_per_s"] and row["train_time_s"]:
-        timed_samples = sum(r["samples"] for r in outcome.rows[outcome.timing_warmup_steps :])
-        row["energy_j_per_sample"] = row["energy_j"] / timed_samples if timed_samples else None
-    # FLOPs are counted per unit (sample, or target token): rates use the same unit.
-    units_per_s = (
-        row.get("tokens_per_s") if outcome.tokens_seen is not None else row["samples_per_s"]
-    )
-    units_seen = outcome.tokens_seen if outcome.tokens_seen is not None else outcome.samples_seen
-    row["flops_per_unit"] = flops_per_sample
+    if row.get("energy_j") is not None and row["samples_per_s"]:
+        timed = outcome.rows[outcome.timing_warmup_steps :]
+        evaluations = sum(r["val_loss"] is not None for r in timed)
+        if evaluations:  # the energy window is wall time: it holds the evaluations too
+            notes.append(
+                f"energy_j includes {evaluations} evaluation pass(es); energy_j_per_sample "
+                "is left null (eval_every = 0 measures training alone)"
+            )
+        else:
+            row["energy_j_per_sample"] = row["energy_j"] / sum(r["samples"] for r in timed)
+    row["flops_per_sample"] = flops_per_sample
+    steps_done, samples_done = outcome.optimizer_steps, outcome.samples_seen
     row["flops_per_step"] = (
-        flops_per_sample * units_seen / outcome.optimizer_steps
-        if (flops_per_sample is not None and outcome.optimizer_steps)
-        else None
+        flops_per_sample * samples_done / steps_done if flops_per_sample and steps_done else None
+    )
+    # Per unit of the loss (target token for char-lm, padding's share included).
+    units_done = outcome.tokens_seen if outcome.tokens_seen is not None else samples_done
+    row["flops_per_unit"] = (
+        flops_per_sample * samples_done / units_done if flops_per_sample and units_done else None
     )
     peak = flops_mod.peak_flops_per_s(device, config.precision, override_tflops=config.peak_tflops)
     row["peak_flops_per_s"] = peak
-    row["mfu"] = (
-        flops_per_sample * units_per_s / peak
-        if (peak and flops_per_sample and units_per_s)
+    achieved = (
+        flops_per_sample * row["samples_per_s"]
+        if flops_per_sample and row["samples_per_s"]
         else None
     )
+    row["mfu"] = flops_mod.mfu(achieved, peak)
     environment = env_mod.environment()
     row["env_id"] = env_mod.env_id(environment)
     if results_dir is not None:

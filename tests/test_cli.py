@@ -136,11 +136,15 @@ def test_run_from_toml_with_flag_override(tmp_path):
         (["--config", "missing.toml"], "cannot read missing.toml"),
         (["--config", "bad.toml"], "malformed TOML"),
         (["--config", "unknown.toml"], "unknown key 'batchsize' (did you mean 'batch_size'?)"),
+        (["--config", "options.toml", "--option", "width=3"], "workload_options must be a table"),
+        (["--workload", ":build"], "expected module:function"),
+        (["--workload", "no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "bad.toml").write_text("batch_size = [")
     (tmp_path / "unknown.toml").write_text("batchsize = 3\n")
+    (tmp_path / "options.toml").write_text('workload_options = "abc"\n')
     out = tmp_path / "out"
     base = [
         "run",

@@ -347,3 +347,12 @@ def test_grad_norm_is_the_window_gradient_norm_sampled_every_n_steps():
     F.cross_entropy(model(x[idx].double()), y[idx]).backward()
     expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert norms[3] == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_a_time_limit_passing_at_the_last_step_does_not_fail_a_finished_trial():
+    # time_limit_s is checked at flush points; the last step ends the trial first.
+    kw = dict(time_limit_s=1e-6, timing_warmup_steps=0, eval_every=0)
+    _, outcome, _, _ = run(**kw, batch_size=32, samples=160, max_steps=5)
+    assert outcome.status == "ok" and outcome.optimizer_steps == 5
+    _, cut, _, _ = run(**kw, batch_size=8, samples=160, epochs=3, flush_every=4)
+    assert cut.status == "failed" and "time limit" in cut.error and cut.optimizer_steps == 4

@@ -649,10 +649,12 @@ class SweepRunner:
         # run_trial stops itself at time_limit_s; this hard deadline catches a hang.
         job.deadline = None if limit is None else job.started + 1.5 * limit + 60.0
         w.job = job
-        w.conn.send((job.trial.number, job.config.to_dict()))
-        # A first reading at once: a worker killed within milliseconds still leaves a
-        # (lower-bound) peak; polling in the loop raises it while the trial runs.
+        # A first reading before the job is sent (the idle worker's high-water mark was
+        # reset after its last trial, so this is its RSS as the trial starts): a worker
+        # killed within milliseconds still leaves a lower-bound peak, where a reading after
+        # the send could find it already dead. Polling in the loop raises it as it runs.
         job.peak_rss = _proc_hwm(w.pid) if w.pid else None
+        w.conn.send((job.trial.number, job.config.to_dict()))
 
     # -- the loop --------------------------------------------------------------------
 

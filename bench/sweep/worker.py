@@ -132,12 +132,14 @@ def worker_main(
             reply = ("error", job_id, describe(exc), is_oom(exc), traceback.format_exc()[-2000:])
         if cap_info is not None and cap_device == "cpu":
             lift_cpu_cap()  # sending the result must not fail for lack of memory
+        # Reset before replying: the coordinator reads the high-water mark as soon as it
+        # sends the next job, so no trial may inherit this one's peak.
+        _reset_peak_rss()
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return
         del reply, result
-        _reset_peak_rss()  # before the next job is sent, so no trial inherits this one's peak
         if cap_info is not None and cap_device == "cpu":
             try:
                 apply_memory_cap(cap_bytes, "cpu")

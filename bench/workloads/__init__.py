@@ -28,11 +28,13 @@ def _resolve(name: str) -> Callable[..., Workload]:
             raise unknown("workload", name, BUILTIN)
         target = name
     module_name, _, func_name = target.partition(":")
+    if not module_name or not func_name or module_name.startswith("."):
+        raise ConfigError(f"workload {name!r}: expected module:function, e.g. mypkg.loads:build")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or anything the user's module raises on import
         raise ConfigError(
-            f"workload {name!r}: cannot import module {module_name!r}: {exc}"
+            f"workload {name!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None
     factory = getattr(module, func_name, None)
     if not callable(factory):
