@@ -271,6 +271,21 @@ def _fix_malloc() -> bool:
     return bool(mallopt(m_mmap_threshold, 128 * 1024)) and bool(mallopt(m_arena_max, 1))
 
 
+def reapply_cpu_cap(info: CapInfo) -> None:
+    """Put back a CPU cap that ``lift_cpu_cap`` lifted (a warm worker between trials):
+    the limit only, since malloc settings and threads were set up the first time.
+    Raises BenchError when the process has grown to the cap while it was lifted."""
+    from bench.config import format_bytes
+
+    used = _proc_status_bytes("VmData") or 0
+    if used >= info.limit_bytes:
+        raise BenchError(
+            f"process data {format_bytes(used)} is at or above the cap {format_bytes(info.limit_bytes)}"
+        )
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (info.limit_bytes, hard))
+
+
 def lift_cpu_cap() -> None:
     """Undo the CPU cap (soft limit back to the hard one), e.g. to send results home."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
