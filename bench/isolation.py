@@ -490,9 +490,14 @@ def run_isolated(
                 break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-        proc.join(timeout=None if message is not None else 5)
+        # Bounded: a child that hangs while exiting (CUDA teardown, a user thread) must
+        # not outlive the timeout; its result, if it sent one, is already in hand.
+        proc.join(timeout=10 if message is not None else 5)
+        if message is None and recv.poll(0):  # it finished while we waited for it
+            with contextlib.suppress(EOFError, OSError):
+                message = recv.recv()
         timed_out = message is None and proc.is_alive()
-        if timed_out:
+        if proc.is_alive():
             proc.kill()
             proc.join()
         wall = time.perf_counter() - started
@@ -580,25 +585,37 @@ def _probe_baseline(device: str, conn) -> None:
         conn.close()
 
 
+def _ask_child(target, args: tuple, what: str, timeout_s: float = 300.0):
+    """Run ``target(*args, conn)`` in a fresh child and return what it sends. A child
+    that dies or hangs (CUDA initialisation, say) is a BenchError naming ``what``."""
+    ctx = _context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(*args, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if not recv.poll(timeout_s):
+            proc.kill()
+            raise BenchError(f"could not {what}: the child process hung for {timeout_s:g} s")
+        try:
+            return recv.recv()
+        except EOFError:
+            proc.join(5)  # reaped first, so the message says how it ended
+            raise BenchError(f"could not {what}: child {_exit_text(proc.exitcode)}") from None
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        recv.close()
+
+
 def measure_baseline(device: str = "auto") -> dict:
     """Memory of an idle child with torch loaded: ``total_bytes`` (machine / card),
     ``baseline_bytes`` (CPU: VmData, what RLIMIT_DATA counts; CUDA: the context),
     measured in a child so the caller never creates a CUDA context of its own."""
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
     proc_device = None if device == "auto" else device
-    proc = ctx.Process(target=_baseline_entry, args=(proc_device, send), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        info = recv.recv()
-    except EOFError:
-        raise BenchError(
-            f"could not measure the memory baseline: child {_exit_text(proc.exitcode)}"
-        ) from None
-    finally:
-        proc.join()
-        recv.close()
+    info = _ask_child(_baseline_entry, (proc_device,), "measure the memory baseline")
     return info
 
 
@@ -628,20 +645,9 @@ def inspect_config(config) -> tuple[int, str]:
     """(training-set size, resolved device) of a TrialConfig, found in a child process:
     the workload is built there, so every input error surfaces (as a BenchError) before
     any probe, and the caller neither imports torch nor creates a CUDA context."""
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_inspect_entry, args=(config.to_dict(), send), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        kind, payload = recv.recv()
-    except EOFError:
-        raise BenchError(
-            f"could not build workload {config.workload!r}: child {_exit_text(proc.exitcode)}"
-        ) from None
-    finally:
-        proc.join()
-        recv.close()
+    kind, payload = _ask_child(
+        _inspect_entry, (config.to_dict(),), f"build workload {config.workload!r}"
+    )
     if kind == "bench-error":
         raise BenchError(payload)
     if kind == "error":

@@ -621,7 +621,10 @@ def _base_config(args: argparse.Namespace):
     elif "workload" not in values:
         raise ConfigError("--workload is required (or a --config that names one)")
     if args.option:
-        options = dict(values.get("workload_options", {}))
+        options = values.get("workload_options", {})
+        if not isinstance(options, dict):
+            raise ConfigError("workload_options must be a table of options")
+        options = dict(options)
         options.update(_parse_option(o) for o in args.option)
         values["workload_options"] = options
     values.setdefault("optimizer", "adamw")
@@ -698,6 +701,12 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
     limit_reason = "dataset" if args.max_batch is None or n_train <= args.max_batch else "max-batch"
     name = args.name or base.workload.replace(":", "-").replace("/", "-")
     store = ProbeStore(Path(args.results) / "oom" / name)
+    try:  # before any probe: an unusable --results is bad input, not a late traceback
+        store.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--results: cannot create {store.folder}: {exc.strerror or exc}"
+        ) from None
 
     results: list[CapacityResult] = []
     error: str | None = None

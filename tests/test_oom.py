@@ -360,6 +360,17 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_cli_unusable_results_folder_is_bad_input_before_any_probe(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = _cli(
+        "--workload", "teacher-mlp", "--capacity", "2GiB", "--results", str(blocker), cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--results" in lines[0] and "Traceback" not in proc.stderr
+
+
 # -- real probes on CPU ------------------------------------------------------------------------------
 
 
