@@ -445,3 +445,200 @@ batch_size = 512
         ok["peak_reserved_bytes"] >= ok["peak_allocated_bytes"]
     ).all()
     assert (ok["peak_reserved_bytes"] < 2 * 2**30).all()  # inside the cap
+
+
+def test_search_mode_retry_failed_reruns_the_failed_trial(tmp_path):
+    """--retry-failed in search mode: the re-queued slot samples the same configuration;
+    its earlier failed attempt is not a result to copy as a 'duplicate'."""
+    marker = tmp_path / "marker"
+    spec = tmp_path / "flaky-search.toml"
+    spec.write_text(f"""\
+# Test sweep: does --retry-failed run a failed search trial again?
+name = "flakysearch"
+device = "cpu"
+[workload]
+name = "test_sweep_hooks:flaky"
+options = {{ marker = "{marker}" }}
+[base]
+samples = 32
+batch_size = 8
+[grid]
+lr = [0.1]
+[search]
+sampler = "random"
+n_trials = 1
+seed = 0
+minimize = ["final_loss"]
+""")
+    results = tmp_path / "results"
+    summary, _ = run(spec, results)
+    assert summary.counts.statuses == Counter({"failed": 1}) and summary.exit_code == 1
+    summary, _ = run(spec, results)  # plain resume: a failure is a result
+    assert summary.ran_here == 0 and summary.exit_code == 1
+    summary, out = run(spec, results, retry_failed=True)
+    assert summary.ran_here == 1, out
+    assert summary.counts.statuses == Counter({"ok": 1}) and summary.exit_code == 0
+    r = load_results(results / "flakysearch").trials
+    assert len(r) == 1 and r["status"].iloc[0] == "ok" and r["attempt"].iloc[0] == 2
+
+
+def test_worker_that_cannot_restore_its_cap_is_retired_not_reused(tmp_path):
+    """A trial leaves its worker above the CPU memory cap: the worker says so in its reply
+    and the coordinator replaces it; the next trials run in a fresh worker."""
+    spec = tmp_path / "grow.toml"
+    spec.write_text("""\
+# Test sweep: is a worker that cannot restore its memory cap replaced?
+name = "grow"
+device = "cpu"
+memory_cap = "3GiB"
+[workload]
+name = "seed-mlp"
+[base]
+samples = 64
+batch_size = 16
+timing_warmup_steps = 0
+[[cases]]
+workload = "test_sweep_hooks:grower"
+[[cases]]
+lr = 0.05
+[[cases]]
+lr = 0.2
+""")
+    summary, out = run(spec, tmp_path / "results", workers=1)
+    assert summary.exit_code == 0, out
+    assert summary.counts.statuses == Counter({"ok": 3}), out
+    assert "retired after trial" in out and "cap cannot be put back" in out
+
+
+def _fake_cuda(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def _plan(tmp_path, device: str, workers: int):
+    from bench.sweep.runner import SweepRunner
+
+    path, _ = counted_spec(tmp_path, "plan", 4)
+    path.write_text(path.read_text().replace('device = "cpu"', f'device = "{device}"'))
+    runner = SweepRunner(load_spec(path), workers=workers, stream=io.StringIO(), tty=False)
+    return runner._worker_plan(remaining=4), runner.stream.getvalue()
+
+
+def test_gpu_workers_are_pinned_to_the_parents_visible_devices(tmp_path, monkeypatch):
+    _fake_cuda(monkeypatch, 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    (n, envs, _), out = _plan(tmp_path, "cuda", 4)
+    assert n == 2 and [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["2", "3"]
+    assert "4 workers asked, 2 GPU(s)" in out
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-aaaa, MIG-bbbb")
+    (n, envs, _), _ = _plan(tmp_path, "auto", 2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["MIG-aaaa", "MIG-bbbb"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    (n, envs, _), _ = _plan(tmp_path, "cuda", 2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
+
+
+def test_one_worker_for_a_named_gpu(tmp_path, monkeypatch):
+    _fake_cuda(monkeypatch, 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    (n, envs, _), out = _plan(tmp_path, "cuda:1", 3)
+    # cuda:1 keeps its meaning (the parent's second visible GPU): one worker, not re-pinned.
+    assert n == 1 and "CUDA_VISIBLE_DEVICES" not in envs[0]
+    assert envs[0]["BENCH_SWEEP_DEVICE"] == "cuda:1"
+    assert "3 workers asked, device cuda:1: one worker per GPU" in out
+
+
+def test_dispatch_to_a_vanished_worker_replaces_it_and_keeps_the_job(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.sweep.runner import Job, SweepRunner, Worker
+
+    path, _ = counted_spec(tmp_path, "gone", 1)
+    runner = SweepRunner(load_spec(path), stream=io.StringIO(), tty=False)
+
+    class Gone:
+        def send(self, _obj):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    replaced = []
+    runner._replace = replaced.append
+    w = Worker(index=0, env={}, conn=Gone(), pid=None, ready=True)
+    point = runner.spec.points[0]
+    job = Job(SimpleNamespace(number=7), point.config, point.key, 1)
+    assert runner._dispatch(w, job) is False
+    assert replaced == [w] and w.job is None and runner._backlog == [job]
+    assert "worker 0 was gone before trial 7 could start" in runner.stream.getvalue()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "sweep", *args],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bad_results_or_journal_path_is_one_line_exit_2(tmp_path):
+    spec, _ = counted_spec(tmp_path, "badpath", 1)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n")
+    for args in (
+        ["--results", str(a_file)],
+        ["--results", str(tmp_path / "r"), "--storage", f"journal:{a_file}/x/optuna.journal"],
+    ):
+        p = _cli(str(spec), *args)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert p.stderr.startswith("bench: error: ") and "cannot use the journal" in p.stderr
+
+
+def test_bad_threads_or_workers_refused_even_in_dry_run(tmp_path):
+    spec, _ = counted_spec(tmp_path, "flags", 1)
+    for flag, value in (("--threads", "0"), ("--workers", "0")):
+        p = _cli(str(spec), "--dry-run", flag, value)
+        assert p.returncode == 2 and f"{flag} must be >= 1" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def test_all_trials_invalid_exits_1_and_says_so(tmp_path):
+    """Search mode where every sampled point is invalid (b > N): nothing trains, and the
+    sweep must not look like a success."""
+    spec, log = counted_spec(tmp_path, "allbad", 1)
+    spec.write_text(
+        spec.read_text()
+        + """
+[search]
+sampler = "random"
+n_trials = 2
+seed = 0
+minimize = ["final_loss"]
+[search.ranges]
+batch_size = { low = 100, high = 200 }
+"""
+    )
+    summary, out = run(spec, tmp_path / "results")
+    assert summary.counts.statuses == Counter({"invalid": 2})
+    assert summary.exit_code == 1
+    assert "every trial was an invalid configuration" in out
+    assert runs_per_tag(log) == Counter()
+
+
+def test_sigint_is_exit_130_without_a_traceback(tmp_path):
+    spec, log = counted_spec(tmp_path, "sigint", 4, delay=5.0)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench.sweep", str(spec), "--results", str(tmp_path / "r")],
+        env=ENV,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for(lambda: sum(runs_per_tag(log).values()) >= 1, 120)
+    p.send_signal(signal.SIGINT)  # the coordinator only, as a terminal's ^C reaches it first
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "re-run the same command to resume" in err

@@ -112,3 +112,29 @@ def flaky(*, samples: int | None = None, marker: str = ""):
         return inner()
 
     return _with_model(w, make_model)
+
+
+_KEPT: list = []  # memory a ``grower`` trial keeps after it ends
+
+
+def grower(*, samples: int | None = None):
+    """Leaves its worker above the CPU memory cap: lifts the cap (RLIMIT_DATA) and keeps
+    a buffer (untouched pages: counted in VmData, not RSS) past it, as a trial that keeps
+    memory in a global would. The worker cannot put its cap back afterwards."""
+    import resource
+
+    from bench.isolation import _proc_status_bytes, lift_cpu_cap
+
+    w = seed_mlp(samples=samples, val_samples=50)
+    inner = w.make_model
+
+    def make_model():
+        if _real():
+            limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+            if limit != resource.RLIM_INFINITY:
+                lift_cpu_cap()
+                used = _proc_status_bytes("VmData") or 0
+                _KEPT.append(bytearray(max(0, limit - used) + 64 * 2**20))
+        return inner()
+
+    return _with_model(w, make_model)

@@ -345,3 +345,59 @@ def test_dry_run_lists_points_and_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("skipped") == 4 and "8 distinct points" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("ranges", "needle"),
+    [
+        ("accumulation_steps = { low = 1.5, high = 8 }", "accumulation_steps is an integer key"),
+        ("batch_size = { low = 1, high = 64, step = 2.5 }", "batch_size is an integer key"),
+        ("drop_last = { low = 0, high = 1 }", "drop_last is not a numeric TrialConfig key"),
+        ("restore_best = { low = 0, high = 1 }", "restore_best is not a numeric"),
+        ("accumulation_steps = { low = 0, high = 8 }", "search.ranges.accumulation_steps.low"),
+        ("momentum = { low = 0.5, high = 1.0 }", "search.ranges.momentum.high"),
+    ],
+)
+def test_search_ranges_checked_against_config_types(tmp_path, ranges, needle):
+    path = write(
+        tmp_path,
+        f"""\
+# Test: ranges that no trial could use are refused at load.
+name = "ranges"
+[workload]
+name = "seed-mlp"
+[grid]
+lr = [0.1]
+[search]
+n_trials = 3
+minimize = ["final_loss"]
+[search.ranges]
+{ranges}
+""",
+    )
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value)
+
+
+def test_valid_search_ranges_still_load(tmp_path):
+    path = write(
+        tmp_path,
+        """\
+# Test: good ranges load.
+name = "ranges"
+[workload]
+name = "seed-mlp"
+[grid]
+lr = [0.1]
+[search]
+n_trials = 3
+minimize = ["final_loss"]
+[search.ranges]
+weight_decay = { low = 1e-5, high = 1e-2, log = true }
+accumulation_steps = { low = 1, high = 8 }
+momentum = { low = 0, high = 0.9 }
+""",
+    )
+    ranges = {r.name: r for r in load_spec(path).search.ranges}
+    assert ranges["accumulation_steps"].integer and not ranges["weight_decay"].integer

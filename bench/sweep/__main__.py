@@ -13,3 +13,6 @@ try:
 except BenchError as exc:
     print(f"bench: error: sweep: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
+except KeyboardInterrupt:  # a running sweep has already said how to resume
+    print("bench: interrupted", file=sys.stderr)
+    sys.exit(130)

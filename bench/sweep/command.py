@@ -53,12 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.sweep.runner import check_flags
     from bench.sweep.spec import describe_point, load_spec
 
-    if args.workers < 1:
-        from bench.errors import ConfigError
-
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    threads = getattr(args, "threads", None)
+    check_flags(args.workers, threads)  # before anything else: --dry-run refuses them too
     if args.storage is not None:
         from bench.sweep.storage import parse_storage
 
@@ -87,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         storage=args.storage,
         results=args.results,
         retry_failed=args.retry_failed,
-        threads=getattr(args, "threads", None),
+        threads=threads,
         stream=sys.stderr,
     )
     if os.environ.get(

@@ -27,14 +27,20 @@ hosts (each ``python -m bench sweep SPEC`` is one coordinator with N workers):
 Isolation: trials run in warm worker processes (:mod:`bench.sweep.worker`). A worker
 that dies mid-trial (SIGKILL from the OOM killer, a segfault) is recorded with
 :func:`bench.failures.status_for_exit` and the peak RSS polled while it ran; after any
-``oom`` or ``failed`` trial the worker is replaced, so the next trial starts clean.
+``oom`` or ``failed`` trial the worker is replaced, so the next trial starts clean, and
+so is a worker whose reply says it must retire (its CPU memory cap could not be put back).
+
+Exit code (:attr:`Summary.exit_code`): 0 when every trial has a result and none failed;
+1 when some trial failed, or when every trial ended ``invalid`` (search mode: each
+sampled point was refused, so nothing trained; the run says so on its last line).
+With ``--retry-failed`` a failure recorded before this run is not a result in search
+mode either: a slot that samples that configuration runs it again.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -55,15 +61,6 @@ RESTART_AFTER = ("oom", "failed")
 CLAIM_POLL_S = 1.0  # idle coordinator: look for new tickets this often
 RECONCILE_EVERY_S = 5.0  # idle coordinator: look for lost trials of dead owners this often
 STARTUP_TIMEOUT_S = 300.0
-
-_PRELOAD = [
-    "torch",
-    "pandas",
-    "pyarrow.parquet",
-    "bench.config",
-    "bench.trial",
-    "bench.sweep.worker",
-]
 
 
 @dataclass
@@ -118,8 +115,17 @@ class Summary:
     skipped: int
 
     @property
+    def all_invalid(self) -> bool:
+        """Every trial ended 'invalid' (search mode: each sampled point was refused), so
+        nothing ran: a sweep that answers nothing, not a success."""
+        s = self.counts.statuses
+        return bool(s) and s.get("invalid", 0) == sum(s.values())
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.counts.complete and not self.counts.statuses.get("failed") else 1
+        if not self.counts.complete or self.counts.statuses.get("failed") or self.all_invalid:
+            return 1
+        return 0
 
 
 def _json_safe(value: Any) -> Any:
@@ -136,6 +142,16 @@ def _json_safe(value: Any) -> Any:
     return f if math.isfinite(f) else None
 
 
+def check_flags(workers: int, threads: int | None) -> None:
+    """--workers / --threads: the one check, for the command and for run_sweep."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+
+
 def _available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -144,14 +160,21 @@ def _available_cpus() -> int:
 
 
 def _proc_hwm(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    from bench.isolation import _proc_status_bytes
+
+    return _proc_status_bytes("VmHWM", pid)
+
+
+def _pinned_envs(n: int) -> list[dict[str, str]]:
+    """CUDA_VISIBLE_DEVICES for n workers, one GPU each: the parent's own i-th visible
+    entry when it has CUDA_VISIBLE_DEVICES ("2,3", MIG UUIDs), else the ordinal i."""
+    from bench.meters.nvml import visible_device_entry
+
+    envs = []
+    for i in range(n):
+        entry = visible_device_entry(i)
+        envs.append({"CUDA_VISIBLE_DEVICES": entry if entry is not None else str(i)})
+    return envs
 
 
 class SweepRunner:
@@ -167,11 +190,8 @@ class SweepRunner:
         stream: TextIO | None = None,
         tty: bool | None = None,
     ) -> None:
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        check_flags(workers, threads)
         self.threads = threads
-        if workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {workers}")
         self.spec = spec
         self.requested_workers = workers
         self.storage_url = storage
@@ -182,7 +202,8 @@ class SweepRunner:
         self.handle: StorageHandle | None = None
         self.study: Any = None
         self.workers: list[Worker] = []
-        self._ctx: Any = None
+        self._before_start = -1  # the highest Optuna trial number when this run began
+        self._backlog: list[Job] = []  # claimed jobs whose dispatch failed: run them first
         self._ran_here = 0
         self._train_here = 0.0
         self._busy_here = 0.0
@@ -201,7 +222,13 @@ class SweepRunner:
         spec = self.spec
         self.handle = open_storage(self.storage_url, self.folder, spec.name)
         coord = self.handle.coordination
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            coord.close()
+            raise ConfigError(
+                f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
+            ) from None
         try:
             with coord.mutex():
                 self.study = self._open_study()
@@ -239,6 +266,11 @@ class SweepRunner:
             f"{spec.name}: {counts.done}/{counts.total} trials done ({statuses}) in {format_duration(wall)}; "
             f"ran {self._ran_here} here -> {self.folder} (study {spec.name!r} in {self.handle.description})"
         )
+        if summary.all_invalid:
+            self.progress.log(
+                f"{spec.name}: every trial was an invalid configuration, nothing was trained "
+                "(see the messages above); exit code 1"
+            )
         return summary
 
     # -- study -----------------------------------------------------------------------
@@ -328,6 +360,9 @@ class SweepRunner:
         from optuna.trial import TrialState
 
         coord = self.handle.coordination
+        if startup:
+            numbers = [t.number for t in self.study.get_trials(deepcopy=False)]
+            self._before_start = max(numbers, default=-1)
         lost = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if self._ident(t) is None:
@@ -341,19 +376,13 @@ class SweepRunner:
                 f"{self.spec.name}: {lost} trial(s) whose coordinator died will run again"
             )
         groups = self._groups()
-        queued = 0
         for ident in self._expected():
             group = groups.get(ident, [])
             if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in group):
                 continue
             finished = [t for t in group if t.user_attrs.get("bench_status") in CONSUMED]
             latest = max(finished, key=lambda t: t.number) if finished else None
-            retry = (
-                startup
-                and self.retry_failed
-                and latest is not None
-                and latest.user_attrs.get("bench_status") == "failed"
-            )
+            retry = startup and self.retry_failed and latest is not None and _failed(latest)
             if latest is not None and not retry:
                 continue
             attempt = 1 + max((t.user_attrs.get("bench_attempt", 0) for t in group), default=0)
@@ -369,7 +398,6 @@ class SweepRunner:
                 self.study.enqueue_trial(
                     dict(point.params), user_attrs={"bench_key": ident, "bench_attempt": attempt}
                 )
-            queued += 1
         return self._counts()
 
     def _mark_lost(self, t: Any, owner: str | None) -> None:
@@ -500,11 +528,20 @@ class SweepRunner:
             self.progress.log(f"{spec.name}: trial {trial.number} sampled an invalid point: {exc}")
             return None
         key = config.trial_key
+        slot = trial.user_attrs.get("bench_slot")
         storage.set_trial_user_attr(trial._trial_id, "bench_key", key)
         for other in self.study.get_trials(deepcopy=False):
             if other.number == trial.number or other.user_attrs.get("bench_key") != key:
                 continue
             status = other.user_attrs.get("bench_status")
+            if status == "failed" and (
+                other.user_attrs.get("bench_slot") == slot
+                or (self.retry_failed and other.number <= self._before_start)
+            ):
+                # A failure this sweep was asked to retry (--retry-failed: the ones
+                # recorded before this run), or this slot's own earlier attempt, is not a
+                # result: run the configuration again instead of copying the failure.
+                continue
             if other.state == TrialState.RUNNING or status in RESULT_STATUSES:
                 # Same configuration already ran (or is running): record, do not rerun.
                 storage.set_trial_user_attr(trial._trial_id, "bench_status", "duplicate")
@@ -528,18 +565,29 @@ class SweepRunner:
         n = max(1, min(self.requested_workers, remaining))  # no idle workers to start
         cpus = _available_cpus()
         gpus = 0
-        if self.spec.device in ("auto", "cuda"):
+        device = self.spec.device
+        if device in ("auto", "cuda"):
             import torch
 
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus:
+        if device.startswith("cuda:"):
+            # One named GPU: one worker. Its environment is left as it is (the trial
+            # configs say cuda:N, which must keep meaning the same device in the worker).
+            if self.requested_workers > 1:
+                self.progress.log(
+                    f"{self.spec.name}: {self.requested_workers} workers asked, device {device}: "
+                    "one worker per GPU"
+                )
+            n = 1
+            envs = [{}]
+        elif gpus:
             if self.requested_workers > gpus:
                 self.progress.log(
                     f"{self.spec.name}: {self.requested_workers} workers asked, {gpus} GPU(s): "
                     "one worker per GPU"
                 )
             n = min(n, gpus)
-            envs = [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(n)]
+            envs = _pinned_envs(n)
         else:
             envs = [
                 {"CUDA_VISIBLE_DEVICES": ""} if self.spec.device == "cpu" else {} for _ in range(n)
@@ -554,22 +602,28 @@ class SweepRunner:
         return n, envs, threads
 
     def _context(self) -> Any:
-        if self._ctx is None:
-            # OpenMP's default spin-waiting is pathological when cores are shared (other
-            # workers, other jobs): on this 2-core machine under load a small-batch trial
-            # took 32-188 s with 2 threads and 0.3 s with 1; with OMP_WAIT_POLICY=PASSIVE,
-            # 0.3-0.5 s either way. libgomp reads it when torch loads, i.e. in the
-            # forkserver, which inherits this environment. A user's own setting wins.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                # Workers fork from a server that has imported torch once: a replacement
-                # worker (after an OOM) starts in ~0.1 s instead of a spawn's ~2 s, and it
-                # inherits none of this process's descriptors (locks, DB connections).
-                self._ctx = multiprocessing.get_context("forkserver")
-                self._ctx.set_forkserver_preload(list(_PRELOAD))
-            else:  # pragma: no cover - not Linux
-                self._ctx = multiprocessing.get_context("spawn")
-        return self._ctx
+        """The one process-wide forkserver context of :func:`bench.isolation._context`.
+
+        Workers fork from a server that has imported torch once: a replacement worker
+        (after an OOM) starts in ~0.1 s instead of a spawn's ~2 s, and it inherits none
+        of this process's descriptors (locks, DB connections). The forkserver is global
+        to the process (the first start fixes its preload list), so there is one list:
+        isolation's ``_PRELOAD`` plus this worker module. If the server was already
+        started (say, by ``bench.isolation`` earlier in this process), the worker module
+        is simply imported on first use.
+        """
+        # OpenMP's default spin-waiting is pathological when cores are shared (other
+        # workers, other jobs): on this 2-core machine under load a small-batch trial
+        # took 32-188 s with 2 threads and 0.3 s with 1; with OMP_WAIT_POLICY=PASSIVE,
+        # 0.3-0.5 s either way. libgomp reads it when torch loads, i.e. in the
+        # forkserver, which inherits this environment. A user's own setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from bench.isolation import _PRELOAD, _context
+
+        ctx = _context()
+        if hasattr(ctx, "set_forkserver_preload"):
+            ctx.set_forkserver_preload([*_PRELOAD, "bench.sweep.worker"])
+        return ctx
 
     def _start_workers(self, *, remaining: int) -> None:
         # Results arrive as pickled DataFrames and leave as parquet: load pandas and
@@ -643,7 +697,9 @@ class SweepRunner:
             w.conn.close()
         self._spawn(w)
 
-    def _dispatch(self, w: Worker, job: Job) -> None:
+    def _dispatch(self, w: Worker, job: Job) -> bool:
+        """Send a job; False (worker replaced, job kept for the next idle worker) when
+        the worker's pipe is gone: it exited between trials, so the trial never began."""
         job.started = time.monotonic()
         limit = job.config.time_limit_s
         # run_trial stops itself at time_limit_s; this hard deadline catches a hang.
@@ -654,7 +710,18 @@ class SweepRunner:
         # killed within milliseconds still leaves a lower-bound peak, where a reading after
         # the send could find it already dead. Polling in the loop raises it as it runs.
         job.peak_rss = _proc_hwm(w.pid) if w.pid else None
-        w.conn.send((job.trial.number, job.config.to_dict()))
+        try:
+            w.conn.send((job.trial.number, job.config.to_dict()))
+        except (BrokenPipeError, OSError) as exc:
+            w.job = None
+            self._backlog.append(job)
+            self.progress.log(
+                f"{self.spec.name}: worker {w.index} was gone before trial {job.trial.number} "
+                f"could start ({exc.__class__.__name__}); starting a fresh worker"
+            )
+            self._replace(w)
+            return False
+        return True
 
     # -- the loop --------------------------------------------------------------------
 
@@ -669,6 +736,12 @@ class SweepRunner:
             idle = [w for w in self.workers if w.ready and w.job is None]
             if self.spec.search and self._pending:
                 self._flush()  # a sampler must see the finished trials before it proposes
+            if idle and self._backlog:
+                for w in list(idle):
+                    if not self._backlog:
+                        break
+                    idle.remove(w)
+                    self._dispatch(w, self._backlog.pop(0))
             if idle and now >= next_claim:
                 with coord.mutex():
                     jobs = self._claim(len(idle))
@@ -678,7 +751,7 @@ class SweepRunner:
                 next_claim = now + CLAIM_POLL_S if len(jobs) < len(idle) else 0.0
             if self._pending:
                 self._flush()
-            if not any(w.job for w in self.workers):
+            if not any(w.job for w in self.workers) and not self._backlog:
                 counts = self._counts()
                 self._show(counts)
                 if counts.complete:
@@ -753,6 +826,9 @@ class SweepRunner:
         if job is None:
             return False
         busy = time.monotonic() - job.started
+        # Every reply ends with `retire`: None, or why the worker cannot take another
+        # trial (its CPU memory cap could not be put back); it exits after this reply.
+        *message, retire = message
         if kind == "result":
             _, _, row, steps = message
             self._record(job, row, steps, busy)
@@ -763,12 +839,18 @@ class SweepRunner:
             self._record_failure(job, "oom" if oom else "failed", text, busy)
         status = self._last_status
         w.job = None
-        if status in RESTART_AFTER:
+        if retire:
+            self.progress.log(
+                f"{self.spec.name}: worker {w.index} retired after trial {job.trial.number} "
+                f"({retire}); starting a fresh worker"
+            )
+        if status in RESTART_AFTER or retire:
             self._replace(w)
         return True
 
     def _died(self, w: Worker) -> bool:
         from bench.failures import status_for_exit
+        from bench.isolation import _exit_text
 
         w.process.join(timeout=5)
         code = w.process.exitcode
@@ -899,17 +981,13 @@ def _config_label(config: Any) -> str:
     return f"{c.workload} {c.mode} b={c.batch_size} k={c.accumulation_steps} lr={c.lr:g} {c.precision} seed={c.seed}"
 
 
-def _exit_text(code: int | None) -> str:
-    import signal
-
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
+def _failed(trial: Any) -> bool:
+    """A finished slot whose result is a failure: its own, or, for a duplicate, the
+    failure it copied (so --retry-failed re-runs that too, and it then finds the retry)."""
+    status = trial.user_attrs.get("bench_status")
+    if status == "duplicate":
+        return (trial.user_attrs.get("bench_row") or {}).get("status") == "failed"
+    return status == "failed"
 
 
 def run_sweep(

@@ -432,6 +432,22 @@ def _check_column(name: str, at: str, key: str) -> None:
         )
 
 
+# TrialConfig's field types (annotations are strings here): what a range may sample.
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(TrialConfig)}
+
+
+def _range_kind(annotation: str) -> str | None:
+    """'int' / 'float' for a numeric TrialConfig field, None for others (bool, str ...)."""
+    parts = {p.strip() for p in annotation.split("|")} - {"None"}
+    if parts == {"int"}:
+        return "int"
+    if parts == {"float"}:
+        return "float"
+    return None
+
+
+_RANGE_KINDS = {k: kind for k, t in _FIELD_TYPES.items() if (kind := _range_kind(t)) is not None}
+
 _CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(.+?)\s*$")
 
 
@@ -459,8 +475,6 @@ def _parse_search(
         raise ConfigError(f"{at}search: a column is both maximised and minimised, or listed twice")
     if not objectives:
         raise ConfigError(f"{at}search needs an objective: maximize = [...] or minimize = [...]")
-    if len(objectives) > 1 and sampler == "tpe":
-        pass  # TPE handles several objectives (MOTPE); nothing to refuse
     constraints: list[Constraint] = []
     for i, text in enumerate(_names(s.get("constraints", []), at, "search.constraints")):
         m = _CONSTRAINT_RE.match(text)
@@ -495,6 +509,12 @@ def _parse_search(
             )
         if key in axes:
             raise ConfigError(f"{at}{where}: {key} is already a grid axis")
+        kind = _RANGE_KINDS.get(key)
+        if kind is None:
+            raise ConfigError(
+                f"{at}{where}: {key} is not a numeric TrialConfig key "
+                f"(it is {_FIELD_TYPES[key]}); give its values as a [grid] axis instead"
+            )
         if not isinstance(r, Mapping):
             raise ConfigError(
                 f"{at}{where} must be a table like {{low = 1e-3, high = 1.0, log = true}}"
@@ -523,6 +543,19 @@ def _parse_search(
             and isinstance(high, int)
             and (step is None or isinstance(step, int))
         )
+        if kind == "int" and not integer:
+            raise ConfigError(
+                f"{at}{where}: {key} is an integer key, so low, high (and step) must be "
+                f"integers, got low = {low!r}, high = {high!r}"
+                + ("" if step is None else f", step = {step!r}")
+            )
+        for name, v in (("low", low), ("high", high)):
+            # Each end on its own over the defaults: a bound that no trial could use
+            # (accumulation_steps = 0, momentum = 1) is refused now, not per trial.
+            try:
+                TrialConfig(**{key: v})
+            except ConfigError as exc:
+                raise ConfigError(f"{at}{where}.{name}: {exc}") from None
         ranges.append(
             Range(key, float(low), float(high), log, None if step is None else float(step), integer)
         )

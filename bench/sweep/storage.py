@@ -241,10 +241,17 @@ def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         coordination = FileCoordination(path.parent, sweep)
-        coordination.start()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            coordination.start()
+        except OSError as exc:  # a file where a folder should be, no permission, ...
+            coordination.close()
+            flag = "--results" if url is None else "--storage"
+            reason = exc.strerror or str(exc)
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            raise ConfigError(f"{flag}: cannot use the journal {path}: {reason}{where}") from None
         return StorageHandle(storage, coordination, str(path), kind)
     coordination = PostgresCoordination(target, sweep)
     try:

@@ -102,7 +102,12 @@ def worker_main(
         cap_info = None
         cap_device = None
         if cap_bytes:
-            from bench.isolation import apply_memory_cap, lift_cpu_cap, resolve_device_name
+            from bench.isolation import (
+                apply_memory_cap,
+                lift_cpu_cap,
+                reapply_cpu_cap,
+                resolve_device_name,
+            )
 
             cap_device = resolve_device_name(env.get("BENCH_SWEEP_DEVICE", "auto"))
             cap_info = apply_memory_cap(cap_bytes, cap_device)
@@ -130,18 +135,35 @@ def worker_main(
             reply = ("invalid", job_id, str(exc))
         except BaseException as exc:  # noqa: BLE001 - recorded as the trial's failure
             reply = ("error", job_id, describe(exc), is_oom(exc), traceback.format_exc()[-2000:])
-        if cap_info is not None and cap_device == "cpu":
-            lift_cpu_cap()  # sending the result must not fail for lack of memory
         # Reset before replying: the coordinator reads the high-water mark as soon as it
         # sends the next job, so no trial may inherit this one's peak.
         _reset_peak_rss()
+        # Every reply ends with `retire`: None, or why this worker must not take another
+        # trial. It is decided before the reply goes, so the coordinator never sends a
+        # job to a worker that is about to exit.
+        retire = None
+        capped = cap_info is not None and cap_device == "cpu"
+        if capped:
+            try:
+                # The limit only (a setrlimit): the malloc settings and thread pool from
+                # apply_memory_cap are still in place; it fails when this process has
+                # grown to the cap (memory the trial kept), and then the worker retires.
+                reapply_cpu_cap(cap_info)
+            except BenchError as exc:
+                lift_cpu_cap()
+                retire = f"its memory cap cannot be put back: {exc}"
         try:
-            conn.send(reply)
+            try:
+                conn.send(reply + (retire,))
+            except MemoryError:
+                # Pickling the result under the cap ran out (nothing was written yet: the
+                # message is pickled whole before the first byte goes). Send it uncapped,
+                # and retire: this process is too close to its cap for another trial.
+                lift_cpu_cap()
+                retire = retire or "its result did not fit in the memory cap to be sent"
+                conn.send(reply + (retire,))
         except (BrokenPipeError, OSError):
             return
         del reply, result
-        if cap_info is not None and cap_device == "cpu":
-            try:
-                apply_memory_cap(cap_bytes, "cpu")
-            except BenchError:
-                return  # grown past the cap while idle: the coordinator starts a fresh worker
+        if retire:
+            return  # the coordinator starts a fresh worker in its place
