@@ -503,7 +503,6 @@ def train(
                     val_loss = evaluate(model, workload, val, eval_chunk, device, config.precision)
                     outcome.rows[-1]["val_loss"] = val_loss
                     stop = early_stopping.update(val_loss, model, global_step, outcome)
-                clock.resume()  # evaluation time is not training time
                 if stop:
                     break
             if last:
@@ -516,6 +515,9 @@ def train(
                 )
                 stop = True
                 break
+            # The flush and any evaluation were the harness's time, not training's: the
+            # next step is timed from here (its wall-clock share shows in window_wall_s).
+            clock.resume()
             event = next_event(global_step)
         if stop:
             break
