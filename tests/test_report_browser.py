@@ -43,10 +43,15 @@ CHROMIUM_SERVICE_HOSTS = {
 }
 
 
+IDLE = "(connection, no request)"
+
+
 def page_requests(requests: list[str]) -> list[str]:
     """Requests that are not Chromium's own service calls."""
     out = []
     for line in requests:
+        if line == IDLE:  # a pre-connected socket that never carried a request
+            continue
         m = re.match(r"[A-Z]+ (?:https?://)?([^/:\s]+)", line)
         if not (m and m.group(1) in CHROMIUM_SERVICE_HOSTS):
             out.append(line)
@@ -73,12 +78,14 @@ class RecordingProxy:
             except OSError:
                 continue
             with conn:
-                conn.settimeout(1.0)
+                # Chromium may open a spare socket to its proxy ahead of need (preconnect)
+                # and send nothing on it: that is no request, and is recorded as IDLE.
+                conn.settimeout(3.0)
                 try:
                     data = conn.recv(4096)
                 except OSError:
                     data = b""
-                self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1") or "(connection)")
+                self.requests.append(data.split(b"\r\n", 1)[0].decode("latin-1") or IDLE)
 
     def __enter__(self) -> RecordingProxy:
         self._thread.start()
