@@ -39,6 +39,9 @@ class NvmlUnavailable(Exception):
     """NVML cannot be used for this device; the message is the one-line note."""
 
 
+_FAILED = object()  # an NVML query raised; the reason is kept on the monitor
+
+
 def load_nvml():
     """Import and initialise pynvml; raise NvmlUnavailable with the reason otherwise.
 
@@ -255,18 +258,31 @@ class NvmlDeviceMonitor:
         return int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
 
     # -- baseline / sampling ----------------------------------------------------------
-    def take_baseline(self) -> None:
+    def _read_used(self):
+        """Device memory in use, or _FAILED (the reason kept in memory_query_failed)."""
         try:
-            self.baseline_used_bytes = self.used_bytes()
+            return self.used_bytes()
         except Exception as exc:  # noqa: BLE001
             self.memory_query_failed = _describe(exc)
+            return _FAILED
+
+    def _read_own(self):
+        """This process's memory (None: not in the list), or _FAILED (reason kept)."""
         try:
             own = self.process_bytes()
         except Exception as exc:  # noqa: BLE001
             self.process_query_failed = _describe(exc)
-        else:
-            if own is not None:
-                self.process_seen = True
+            return _FAILED
+        if own is not None:
+            self.process_seen = True
+        return own
+
+    def take_baseline(self) -> None:
+        used = self._read_used()
+        if used is not _FAILED:
+            self.baseline_used_bytes = used
+        own = self._read_own()
+        if own is not _FAILED:
             # Not in the list yet = this process holds no memory there yet (0 is measured),
             # unless it never appears at all (then fields() makes the column null).
             self.baseline_process_bytes = own if own is not None else 0
@@ -297,23 +313,16 @@ class NvmlDeviceMonitor:
 
     def _probe_memory(self) -> None:
         if self.memory_query_failed is None:
-            try:
-                used = self.used_bytes()
-            except Exception as exc:  # noqa: BLE001
-                self.memory_query_failed = _describe(exc)
-            else:
-                if self.peak_used_bytes is None or used > self.peak_used_bytes:
-                    self.peak_used_bytes = used
+            used = self._read_used()
+            if used is not _FAILED and (
+                self.peak_used_bytes is None or used > self.peak_used_bytes
+            ):
+                self.peak_used_bytes = used
         if self.process_query_failed is None:
-            try:
-                own = self.process_bytes()
-            except Exception as exc:  # noqa: BLE001
-                self.process_query_failed = _describe(exc)
-            else:
-                if own is not None:
-                    self.process_seen = True
-                    if self.peak_process_bytes is None or own > self.peak_process_bytes:
-                        self.peak_process_bytes = own
+            own = self._read_own()
+            measured = own is not None and own is not _FAILED
+            if measured and (self.peak_process_bytes is None or own > self.peak_process_bytes):
+                self.peak_process_bytes = own
 
     def _probe_power(self, now: float) -> None:
         if self.record_power and self.power_failed is None:

@@ -990,28 +990,10 @@ def _failed(trial: Any) -> bool:
     return status == "failed"
 
 
-def run_sweep(
-    spec: SweepSpec,
-    *,
-    workers: int = 1,
-    storage: str | None = None,
-    results: str | Path = "results",
-    retry_failed: bool = False,
-    threads: int | None = None,
-    stream: TextIO | None = None,
-    tty: bool | None = None,
-) -> Summary:
-    """Run (or resume, or join) a sweep until every trial has a result."""
-    return SweepRunner(
-        spec,
-        workers=workers,
-        storage=storage,
-        results=results,
-        retry_failed=retry_failed,
-        threads=threads,
-        stream=stream,
-        tty=tty,
-    ).run()
+def run_sweep(spec: SweepSpec, **options: Any) -> Summary:
+    """Run (or resume, or join) a sweep until every trial has a result. ``options`` are
+    SweepRunner's keyword arguments (workers, storage, results, retry_failed, ...)."""
+    return SweepRunner(spec, **options).run()
 
 
 def json_summary(summary: Summary) -> str:
