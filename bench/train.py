@@ -139,6 +139,25 @@ def cast_batch(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     )
 
 
+def _engine_backward() -> Callable[..., None] | None:
+    """The autograd engine's entry point, for ``loss.backward(gradient)`` without the
+    Python around it.
+
+    ``torch.autograd.backward`` runs 60-70k instructions of Python per call (argument
+    normalisation, ``_make_grads``'s shape checks with an import and ``sym_eq`` each
+    time, logging hooks) before it reaches the engine: ~7 us, 8 % of seed-mlp's CPU step
+    (scripts/step_instructions.py). The loop always passes one 0-d loss and a 0-d
+    gradient it made itself, so those checks cannot fail; the engine's own C++ validation
+    (shape, dtype, device) still runs. ``None`` where this torch has no such entry point:
+    the loop then calls ``Tensor.backward``.
+    """
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+    return getattr(engine, "run_backward", None)
+
+
+_RUN_BACKWARD = _engine_backward()
+
+
 class _EpochOrder(torch.utils.data.Sampler):
     """Feeds a DataLoader the same per-epoch permutation as the fast path."""
 
@@ -185,6 +204,12 @@ class _Batches:
         return self._index(order)
 
     def _index(self, order: torch.Tensor) -> Iterator[Batch]:
+        if len(self.train) == 2:  # (inputs, targets): no per-batch comprehension frame
+            a, b = self.train
+            for start, stop in self.slices:
+                index = order[start:stop]
+                yield a.index_select(0, index), b.index_select(0, index)
+            return
         for start, stop in self.slices:
             index = order[start:stop]
             yield tuple([t.index_select(0, index) for t in self.train])
@@ -307,6 +332,7 @@ def train(
     sample_normalised = config.normalize == "sample"
     clip = config.grad_clip
     norm_every = config.grad_norm_every
+    run_backward = _RUN_BACKWARD
 
     k = plan.accumulation_steps
     warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
@@ -344,6 +370,14 @@ def train(
     samples_before = [0]  # samples of the epoch's windows before window s (index s - 1)
     for _, samples, _ in windows:
         samples_before.append(samples_before[-1] + samples)
+    samples_per_epoch = samples_before[-1]
+    # A step row's columns that depend only on the step's place in its epoch; the rest
+    # are filled at flush time (flushes are off the step clock but on the wall clock).
+    row_template = [
+        {"step_in_epoch": s, "micro_batches": n_micro, "samples": samples}
+        for s, (n_micro, samples, _) in enumerate(windows, start=1)
+    ]
+    constant_lr = schedule.lr_at(0) if config.scheduler == "constant" else None
 
     flush_every, eval_every = config.flush_every, config.eval_every
     total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
@@ -366,7 +400,7 @@ def train(
     # other column of a step row follows from the plan and is made at flush time.
     pending_losses: list[torch.Tensor] = []
     pending_units: list[torch.Tensor] = []  # token workloads only
-    pending_norms: dict[int, torch.Tensor] = {}
+    pending_norms: dict[int, list[torch.Tensor]] = {}  # step -> norms (see flush)
     clock = StepClock(device)
     clock.start()
 
@@ -377,45 +411,49 @@ def train(
         first = outcome.rows[-1]["step"] + 1 if outcome.rows else 1
         steps = range(first, first + len(pending_losses))
         seconds = clock.flush()
-        loss_sums = torch.stack(pending_losses).double()
+        # One device read for the losses (and token counts); the division by each window's
+        # units is float64 either way, so Python's is the same number as the device's.
+        with torch.no_grad():  # the newest loss may still carry its spent graph
+            loss_sums = torch.stack(pending_losses).double().tolist()
         if token_unit:
-            units = torch.stack(pending_units)
-            tokens = [int(t) for t in units.tolist()]
+            tokens = [int(t) for t in torch.stack(pending_units).tolist()]
+            units = tokens
         else:
             units = [windows[(step - 1) % steps_per_epoch][1] for step in steps]
-            units = torch.tensor(units, dtype=torch.float64, device=loss_sums.device)
             tokens = [None] * len(steps)
-        losses = (loss_sums / units).tolist()
-        norms = (
-            dict(
-                zip(pending_norms, torch.stack(list(pending_norms.values())).tolist(), strict=True)
-            )
-            if pending_norms
-            else {}
-        )
+        losses = [  # a window of no units (all padding) has no mean: nan, as on the device
+            loss_sum / n if n else math.nan for loss_sum, n in zip(loss_sums, units, strict=True)
+        ]
+        norms = {}
+        if pending_norms:
+            # Each entry is [global norm] (clipping computed it) or the per-tensor norms,
+            # the same length for every step of a trial; the norm of the norms is the
+            # global norm either way. One stack, one reduction, one read for all steps.
+            per_step = torch.stack([n for entry in pending_norms.values() for n in entry])
+            per_step = per_step.reshape(len(pending_norms), -1)
+            global_norms = torch.linalg.vector_norm(per_step, dim=1).tolist()
+            norms = dict(zip(pending_norms, global_norms, strict=True))
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
+        append_row, append_seconds = outcome.rows.append, outcome.step_seconds.append
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
             epoch, index = divmod(step - 1, steps_per_epoch)
-            n_micro, samples, _ = windows[index]
             intervals = epoch if per_epoch else step - 1  # scheduler steps before this one
-            outcome.rows.append(
+            append_row(
                 {
+                    **row_template[index],  # step_in_epoch, micro_batches, samples
                     "epoch": epoch + 1,
                     "step": step,
-                    "step_in_epoch": index + 1,
-                    "micro_batches": n_micro,
-                    "samples": samples,
-                    "samples_seen": epoch * samples_before[-1] + samples_before[index + 1],
+                    "samples_seen": epoch * samples_per_epoch + samples_before[index + 1],
                     "tokens": n_tokens,
                     "loss": loss,
-                    "lr": schedule.lr_at(intervals),
+                    "lr": constant_lr if constant_lr is not None else schedule.lr_at(intervals),
                     "grad_norm": norms.get(step),
                     "time_s": elapsed,
                     "val_loss": None,
                 }
             )
-            outcome.step_seconds.append(dt)
+            append_seconds(dt)
             if not math.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.error = f"non-finite loss ({loss}) at step {step}"
@@ -425,6 +463,13 @@ def train(
         pending_norms.clear()
         return outcome.status == "ok"
 
+    # Per step, the loop touches only locals: each attribute lookup saved is ~20 ns of a
+    # step that is ~100 us on the CPU for the smallest workloads.
+    step_windows = [(n_micro, weights) for n_micro, _, weights in windows]
+    loss_of, plain_tensor = workload.loss_sum, torch.Tensor
+    optimizer_step, zero_grad = optimizer.step, optimizer.zero_grad
+    mark, keep_loss = clock.mark, pending_losses.append
+    attached = None  # the last loss whose (spent) graph is still attached
     global_step = 0
     event = next_event(0)
     stop = False
@@ -433,9 +478,8 @@ def train(
         order = torch.randperm(plan.samples, generator=order_generator)
         with host_sync_point(device):  # an epoch boundary: the order goes to the device
             micro = batches.epoch(order)
-        for step_in_epoch in range(1, steps_per_epoch + 1):
+        for step_in_epoch, (n_micro, weights) in enumerate(step_windows, start=1):
             global_step += 1
-            n_micro, samples, weights = windows[step_in_epoch - 1]
             if weights is None:  # token units: the window's total before the first backward
                 window = [next(micro) for _ in range(n_micro)]
                 units = [workload.units(b) for b in window]
@@ -452,36 +496,54 @@ def train(
             for weight in weights:
                 batch = next(batches_of_window)
                 if autocast is None:
-                    loss_sum = workload.loss_sum(model, batch)
+                    loss_sum = loss_of(model, batch)
                 else:
                     with autocast:
-                        loss_sum = workload.loss_sum(model, batch)
-                if scaler is None:
-                    loss_sum.backward(weight)
+                        loss_sum = loss_of(model, batch)
+                if attached is not None:
+                    # The previous micro-batch's graph, spent, is cut loose only now: while
+                    # it lived, this forward reused the parameters' AccumulateGrad nodes
+                    # instead of building new ones, as a plain loop's ``loss`` variable
+                    # lets it (12k instructions, ~1.4 us, a seed-mlp step). In place: no
+                    # new tensor, unlike detach().
+                    attached.detach_()
+                    attached = None
+                seed = loss_sum if scaler is None else scaler.scale(loss_sum)
+                if run_backward is not None and type(seed) is plain_tensor:
+                    # seed.backward(weight), minus its Python (see _engine_backward);
+                    # subclasses keep their __torch_function__ through Tensor.backward.
+                    run_backward((seed,), (weight,), False, False, (), True, True)
                 else:
-                    scaler.scale(loss_sum).backward(weight)
-                loss_sum = loss_sum.detach()
-                window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+                    seed.backward(weight)
+                if window_loss is None and loss_sum._base is None:
+                    attached = window_loss = loss_sum  # detached in place after the next forward
+                else:  # a window's later micro-batches, or a view (not detachable in place)
+                    loss_sum = loss_sum.detach()
+                    window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             if scaler is not None:
                 scaler.unscale_(optimizer)  # once per window, before the norm and the step
-            if clip is not None or (norm_every and global_step % norm_every == 0):
+            if clip is not None:
                 # What get_total_norm computes, minus its dispatch layers (13 vs 27 us on the
                 # CPU for seed-mlp's four tensors).
                 grads = [p.grad for p in params if p.grad is not None]
                 grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                pending_norms[global_step] = grad_norm
-                if clip is not None:
-                    nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
+                pending_norms[global_step] = [grad_norm]
+                nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
+            elif norm_every and global_step % norm_every == 0:
+                # Only the per-tensor norms here; flush() combines them, off the clock.
+                pending_norms[global_step] = torch._foreach_norm(
+                    [p.grad for p in params if p.grad is not None]
+                )
             if scaler is None:
-                optimizer.step()
+                optimizer_step()
             else:
                 scaler.step(optimizer)
                 scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad(set_to_none=True)
             if step_schedule:
                 schedule.step()
-            clock.mark()
-            pending_losses.append(window_loss)
+            mark()
+            keep_loss(window_loss)
             if global_step < event:
                 continue
 
@@ -515,10 +577,10 @@ def train(
                 )
                 stop = True
                 break
+            event = next_event(global_step)
             # The flush and any evaluation were the harness's time, not training's: the
             # next step is timed from here (its wall-clock share shows in window_wall_s).
             clock.resume()
-            event = next_event(global_step)
         if stop:
             break
         if per_epoch:

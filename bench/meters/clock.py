@@ -20,11 +20,15 @@ import torch
 class StepClock:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self._pending: list = []  # (kind, marker) with kind "step" or "resume"
+        self._pending: list = []  # markers (floats or CUDA events) since the last flush
+        self._resumes: set[int] = set()  # positions in _pending that are resume() markers
         self._last = None  # marker the next step is measured from
         self._free_events: list = []
-        if not self.cuda:  # the hot loop calls mark() every step: skip a layer on the CPU
-            self.mark = self._mark_cpu
+        if not self.cuda:
+            # The hot loop calls mark() every step: on the CPU it is one list append of
+            # one clock read, with no method layer in between.
+            pending, now = self._pending, time.perf_counter
+            self.mark = lambda: pending.append(now())
 
     def _marker(self):
         if not self.cuda:
@@ -37,16 +41,15 @@ class StepClock:
 
     def start(self) -> None:
         self._last = self._marker()
-        self._pending = []
+        self._pending.clear()
+        self._resumes.clear()
 
     def mark(self) -> None:
-        self._pending.append(("step", self._marker()))
-
-    def _mark_cpu(self) -> None:
-        self._pending.append(("step", time.perf_counter()))
+        self._pending.append(self._marker())
 
     def resume(self) -> None:
-        self._pending.append(("resume", self._marker()))
+        self._resumes.add(len(self._pending))
+        self._pending.append(self._marker())
 
     def _seconds(self, a, b) -> float:
         return (b - a) if not self.cuda else a.elapsed_time(b) / 1000.0
@@ -56,16 +59,17 @@ class StepClock:
         if not self._pending:
             return []
         if self.cuda:
-            self._pending[-1][1].synchronize()
-        used = [self._last] + [marker for _, marker in self._pending]
+            self._pending[-1].synchronize()
+        used = [self._last, *self._pending]
         durations = []
         reference = self._last
-        for kind, marker in self._pending:
-            if kind == "step":
+        for i, marker in enumerate(self._pending):
+            if i not in self._resumes:
                 durations.append(self._seconds(reference, marker))
             reference = marker
         self._last = reference
-        self._pending = []
+        self._pending.clear()  # cleared, not replaced: the CPU mark() holds this list
+        self._resumes.clear()
         if self.cuda:  # every resolved event but the new reference can be recorded again
             self._free_events.extend(used[:-1])
         return durations
