@@ -1,34 +1,42 @@
 #!/usr/bin/env python3
-"""Does measuring change what is measured? bench (run_trial, all meters on) vs a bare loop.
+"""Does measuring change what is measured? bench (run_trial, all meters on) vs bare loops.
 
-For each workload, the same training (same model, data, batch size, optimizer, steps) is
-run by a hand-written loop of the kind the seed tutorial teaches and by
-``bench.trial.run_trial``, interleaved (bare, bench, bench, bare, ... so drift cancels),
-``--repeats`` times. Throughput is samples per second over the steps after the same
-timing warm-up:
+For each workload, the same training (same model, data, batch size, optimizer, steps, no
+evaluation) is run three ways, interleaved in a rotating order so drift cancels,
+``--repeats`` times:
 
-- bare: ``time.perf_counter`` around those steps (one device sync at the end on CUDA);
-- bench (clock): the trial row's ``samples_per_s`` (bench's own step clock);
+- tutorial: the hand-written loop the seed tutorial teaches (``loss.backward()``);
+- lean: the same loop calling the autograd engine directly, as bench's loop does
+  (``torch.autograd.backward``'s Python costs ~7 us a step on the CPU; bench skips it, so
+  against the tutorial loop bench gains that back, and this baseline takes it away: the
+  ratio to it is bench's bookkeeping and meters alone);
+- bench: ``bench.trial.run_trial`` with every meter on and its defaults (sampled gradient
+  norms included), ``eval_every = 0`` because the bare loops do not evaluate.
+
+Throughput is samples per second over the steps after the same timing warm-up:
+
+- bare loops: ``time.perf_counter`` around those steps (one device sync at the end on CUDA);
+- bench (clock): the trial row's ``samples_per_s`` (bench's own step clock, which leaves
+  out its flushes);
 - bench (wall): samples after warm-up / ``window_wall_s`` (perf_counter from the meters'
-  window_start to window_end: flushes, end-of-epoch evaluation and wind-down included),
-  an independent check that the step clock does not flatter bench.
+  window_start to window_end: flushes and wind-down included), an independent check that
+  the step clock does not flatter bench;
+- median step (CPU): bare median step time / bench's ``step_time_ms_median``, robust to
+  bursts of contention from other processes.
 
-- median step (CPU): bare median step time / bench's ``step_time_ms_median``; robust to
-  bursts of contention from other processes, which on a shared 2-core machine can move
-  whole-run totals by several times.
+Each ratio bench / bare is reported per round, then its median and spread (IQR, min, max).
+Target (issue 3): >= 0.97 on CPU for seed-mlp and teacher-mlp.
 
-The ratio bench / bare is reported per pair, then its median and spread (min, IQR, max).
-Target (issue 3): median >= 0.97 on CPU for seed-mlp and teacher-mlp.
-
-``--variant sampler`` also runs bench with the RSS sampler thread forced on
+``--variant sampler`` runs bench with the RSS sampler thread forced on
 (BENCH_RSS_METHOD=sampler): the cost of a Python thread waking every few ms, which is
-what the NVML sampler costs on a GPU run. ``--rss-miss`` measures how much such a
-sampler misses of short RSS peaks, against the kernel's high-water mark.
+what the NVML sampler costs on a GPU run. ``--rss-miss`` measures how much such a sampler
+misses of short RSS peaks, against the kernel's high-water mark.
+``scripts/step_instructions.py`` counts instructions per step instead (valgrind): no
+noise, for attributing single microseconds.
 
-    python scripts/bench_overhead.py                       # both workloads, 7 pairs each
+    python scripts/bench_overhead.py --threads 1           # both workloads, 7 rounds
     python scripts/bench_overhead.py --variant sampler --repeats 5
     python scripts/bench_overhead.py --rss-miss
-    python scripts/bench_overhead.py --ablate --repeats 3   # where bench's per-step time goes
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 from bench.config import TrialConfig  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 from bench.workloads import build_workload  # noqa: E402
+from bench.workloads.base import Workload  # noqa: E402
 
 CONFIGS = {
     # The tutorial's example at its batch size: tiny steps, so per-step harness overhead
@@ -57,20 +66,25 @@ CONFIGS = {
 }
 
 
-def bare_loop(config: TrialConfig, device: torch.device) -> tuple[float, float]:
+def bare_loop(
+    config: TrialConfig, device: torch.device, lean: bool, workload: Workload | None = None
+) -> tuple[float, float]:
     """(samples/s over the timed steps, median step time in s) of a plain loop: device
     tensors, randperm per epoch, index_select batches, mean cross-entropy, SGD. No
     logging, no meters, no host reads until the end (per-step perf_counter on CPU only,
-    where kernels run synchronously; ~0.1 us each)."""
-    workload = build_workload(
-        config.workload, samples=config.samples, options=config.workload_options
-    )
+    where kernels run synchronously; ~0.1 us each). ``lean``: backward through the
+    autograd engine's entry point, as bench does, instead of ``loss.backward()``."""
+    if workload is None:
+        workload = build_workload(
+            config.workload, samples=config.samples, options=config.workload_options
+        )
     torch.manual_seed(config.seed)
     model = workload.make_model().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     x, y = (t.to(device) for t in workload.train)
     n, b = x.shape[0], config.batch_size
     generator = torch.Generator().manual_seed(config.seed)
+    run_backward = torch.autograd.Variable._execution_engine.run_backward
     warmup = config.timing_warmup_steps
     step = 0
     samples = 0
@@ -84,7 +98,10 @@ def bare_loop(config: TrialConfig, device: torch.device) -> tuple[float, float]:
             index = order[start : start + b]
             xb, yb = x.index_select(0, index), y.index_select(0, index)
             loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
+            if lean:
+                run_backward((loss,), (torch.ones_like(loss),), False, False, (), True, True)
+            else:
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -129,105 +146,55 @@ def summary(values: list[float]) -> str:
     )
 
 
+BASELINES = ("tutorial", "lean")
+ORDERS = (  # every run kind in every position, so a drift in the machine's speed cancels
+    ("tutorial", "bench", "lean"),
+    ("lean", "tutorial", "bench"),
+    ("bench", "lean", "tutorial"),
+)
+
+
 def compare(name: str, repeats: int, variant: str, device: torch.device) -> dict:
-    config = TrialConfig.from_mapping({**CONFIGS[name], "device": device.type})
-    if variant == "same-work":  # the bare loop records no gradient norm: nor does bench here
+    config = TrialConfig.from_mapping({**CONFIGS[name], "device": device.type, "eval_every": 0})
+    if variant == "same-work":  # the bare loops record no gradient norm: nor does bench here
         config = config.replace(grad_norm_every=0)
     if variant == "sampler":
         os.environ["BENCH_RSS_METHOD"] = "sampler"
     else:
         os.environ.pop("BENCH_RSS_METHOD", None)
-    bare_loop(config, device)  # warm the process: allocator, kernels, imports
+    for lean in (False, True):  # warm the process: allocator, kernels, imports
+        bare_loop(config, device, lean)
     bench_run(config)
-    ratios_clock, ratios_wall, ratios_median, bares, benches = [], [], [], [], []
+    ratios = {(base, kind): [] for base in BASELINES for kind in ("clock", "wall", "median_step")}
+    rates: dict[str, list[float]] = {kind: [] for kind in ("tutorial", "lean", "bench")}
     for i in range(repeats):
-        order = ("bare", "bench") if i % 2 == 0 else ("bench", "bare")
         got = {}
-        for which in order:
-            got[which] = bare_loop(config, device) if which == "bare" else bench_run(config)
-        bare, bare_step = got["bare"]
+        for which in ORDERS[i % len(ORDERS)]:
+            if which == "bench":
+                got[which] = bench_run(config)
+            else:
+                got[which] = bare_loop(config, device, lean=which == "lean")
         clock, wall, bench_step = got["bench"]
-        bares.append(bare)
-        benches.append(clock)
-        ratios_clock.append(clock / bare)
-        ratios_wall.append(wall / bare)
-        ratios_median.append(bare_step / bench_step)
-        print(
-            f"  {name} pair {i + 1}: bare {bare:,.0f}/s  bench {clock:,.0f}/s (wall {wall:,.0f}/s)  "
-            f"ratio {clock / bare:.3f} (wall {wall / bare:.3f}, median step {bare_step / bench_step:.3f})",
-            flush=True,
-        )
+        rates["bench"].append(clock)
+        line = [f"  {name} round {i + 1}: bench {clock:,.0f}/s (wall {wall:,.0f}/s)"]
+        for base in BASELINES:
+            rate, step = got[base]
+            rates[base].append(rate)
+            ratios[base, "clock"].append(clock / rate)
+            ratios[base, "wall"].append(wall / rate)
+            ratios[base, "median_step"].append(step / bench_step)
+            line.append(
+                f"{base} {rate:,.0f}/s: ratio {clock / rate:.3f} "
+                f"(wall {wall / rate:.3f}, median step {step / bench_step:.3f})"
+            )
+        print(" | ".join(line), flush=True)
     os.environ.pop("BENCH_RSS_METHOD", None)
     return {
         "name": name,
         "variant": variant,
-        "bare": statistics.median(bares),
-        "bench": statistics.median(benches),
-        "clock": ratios_clock,
-        "wall": ratios_wall,
-        "median_step": ratios_median,
+        "rates": {k: statistics.median(v) for k, v in rates.items()},
+        "ratios": ratios,
     }
-
-
-# -- where the per-step time goes ----------------------------------------------------------
-
-ABLATIONS = ("mean", "sum/div", "sum+grad_arg", "sum/div+norm")
-
-
-def ablation_step_us(config: TrialConfig, variant: str) -> float:
-    """Median µs per step of the bare loop plus one of bench's per-step ingredients:
-    'sum/div': loss_sum / units then backward (bench's normalisation);
-    'sum+grad_arg': loss_sum.backward(gradient=cached 1/units) (the same gradient);
-    'sum/div+norm': plus the global grad norm as train.py computes it."""
-    workload = build_workload(
-        config.workload, samples=config.samples, options=config.workload_options
-    )
-    torch.manual_seed(config.seed)
-    model = workload.make_model()
-    params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=config.lr)
-    x, y = workload.train
-    generator = torch.Generator().manual_seed(config.seed)
-    inverse: dict[int, torch.Tensor] = {}
-    times: list[float] = []
-    last = time.perf_counter()
-    for _ in range(config.epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], config.batch_size):
-            index = order[start : start + config.batch_size]
-            xb, yb = x.index_select(0, index), y.index_select(0, index)
-            if variant == "mean":
-                F.cross_entropy(model(xb), yb).backward()
-            else:
-                loss_sum = F.cross_entropy(model(xb), yb, reduction="sum")
-                units = xb.shape[0]
-                if variant == "sum+grad_arg":
-                    inv = inverse.get(units)
-                    if inv is None:
-                        inv = inverse[units] = torch.tensor(1.0 / units)
-                    loss_sum.backward(inv)
-                else:
-                    (loss_sum / units).backward()
-                loss_sum = loss_sum.detach()
-            if variant.endswith("+norm"):
-                grads = [p.grad for p in params if p.grad is not None]
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            now = time.perf_counter()
-            times.append(now - last)
-            last = now
-    return statistics.median(times[config.timing_warmup_steps :]) * 1e6
-
-
-def ablate(name: str, repeats: int) -> None:
-    config = TrialConfig.from_mapping({**CONFIGS[name], "device": "cpu"})
-    print(f"{name}: median µs per step")
-    for r in range(repeats):
-        got = {v: ablation_step_us(config, v) for v in ABLATIONS}
-        got["bench"] = bench_run(config)[2] * 1e6
-        got["bench grad_norm_every=0"] = bench_run(config.replace(grad_norm_every=0))[2] * 1e6
-        print(f"  round {r + 1}: " + " | ".join(f"{k} {v:.1f}" for k, v in got.items()), flush=True)
 
 
 # -- what a sampler thread costs the training thread ------------------------------------
@@ -321,7 +288,7 @@ def main() -> int:
         "--variant",
         choices=["default", "same-work", "sampler"],
         default="default",
-        help="same-work: bench without its sampled gradient norm, which the bare loop lacks",
+        help="same-work: bench without its sampled gradient norm, which the bare loops lack",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -331,7 +298,6 @@ def main() -> int:
         "--rss-miss", action="store_true", help="only measure the RSS sampler's misses"
     )
     parser.add_argument("--interval-ms", type=float, default=5.0)
-    parser.add_argument("--ablate", action="store_true", help="only break the per-step time down")
     parser.add_argument(
         "--sampler-cost",
         action="store_true",
@@ -342,10 +308,6 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     if args.rss_miss:
         rss_miss(args.interval_ms, trials=28)
-        return 0
-    if args.ablate:
-        for name in args.workloads:
-            ablate(name, args.repeats)
         return 0
     if args.sampler_cost:
         for name in args.workloads:
@@ -359,13 +321,18 @@ def main() -> int:
     results = [compare(name, args.repeats, args.variant, device) for name in args.workloads]
     print()
     for r in results:
-        print(
-            f"{r['name']} ({r['variant']}): bare {r['bare']:,.0f} samples/s, bench {r['bench']:,.0f} samples/s"
-        )
-        print(f"  ratio bench/bare (bench clock): {summary(r['clock'])}")
-        print(f"  ratio bench/bare (window wall): {summary(r['wall'])}")
-        if device.type == "cpu":
-            print(f"  ratio bench/bare (median step): {summary(r['median_step'])}")
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in r["rates"].items())
+        print(f"{r['name']} ({r['variant']}): samples/s {rates}")
+        for base in BASELINES:
+            for kind in ("clock", "wall", "median_step"):
+                if kind == "median_step" and device.type != "cpu":
+                    continue
+                label = {
+                    "clock": "bench clock",
+                    "wall": "window wall",
+                    "median_step": "median step",
+                }
+                print(f"  bench/{base:<8} ({label[kind]}): {summary(r['ratios'][base, kind])}")
     return 0
 
 
