@@ -371,12 +371,6 @@ def train(
     for _, samples, _ in windows:
         samples_before.append(samples_before[-1] + samples)
     samples_per_epoch = samples_before[-1]
-    # A step row's columns that depend only on the step's place in its epoch; the rest
-    # are filled at flush time (flushes are off the step clock but on the wall clock).
-    row_template = [
-        {"step_in_epoch": s, "micro_batches": n_micro, "samples": samples}
-        for s, (n_micro, samples, _) in enumerate(windows, start=1)
-    ]
     constant_lr = schedule.lr_at(0) if config.scheduler == "constant" else None
 
     flush_every, eval_every = config.flush_every, config.eval_every
@@ -438,12 +432,15 @@ def train(
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
             epoch, index = divmod(step - 1, steps_per_epoch)
+            n_micro, samples, _ = windows[index]
             intervals = epoch if per_epoch else step - 1  # scheduler steps before this one
             append_row(
                 {
-                    **row_template[index],  # step_in_epoch, micro_batches, samples
                     "epoch": epoch + 1,
                     "step": step,
+                    "step_in_epoch": index + 1,
+                    "micro_batches": n_micro,
+                    "samples": samples,
                     "samples_seen": epoch * samples_per_epoch + samples_before[index + 1],
                     "tokens": n_tokens,
                     "loss": loss,

@@ -51,27 +51,25 @@ class StepClock:
         self._resumes.add(len(self._pending))
         self._pending.append(self._marker())
 
-    def _seconds(self, a, b) -> float:
-        return (b - a) if not self.cuda else a.elapsed_time(b) / 1000.0
-
     def flush(self) -> list[float]:
         """Durations in seconds of the steps marked since the last flush (syncs on CUDA)."""
-        if not self._pending:
+        markers = self._pending
+        if not markers:
             return []
+        references = [self._last, *markers[:-1]]
         if self.cuda:
-            self._pending[-1].synchronize()
-        used = [self._last, *self._pending]
-        durations = []
-        reference = self._last
-        for i, marker in enumerate(self._pending):
-            if i not in self._resumes:
-                durations.append(self._seconds(reference, marker))
-            reference = marker
-        self._last = reference
-        self._pending.clear()  # cleared, not replaced: the CPU mark() holds this list
+            markers[-1].synchronize()
+            durations = [
+                a.elapsed_time(b) / 1000.0 for a, b in zip(references, markers, strict=True)
+            ]
+            self._free_events.extend(references)  # resolved: they can be recorded again
+        else:
+            durations = [b - a for a, b in zip(references, markers, strict=True)]
+        if self._resumes:  # a resume() marker ends a gap, not a step
+            durations = [d for i, d in enumerate(durations) if i not in self._resumes]
+        self._last = markers[-1]
+        markers.clear()  # cleared, not replaced: the CPU mark() holds this list
         self._resumes.clear()
-        if self.cuda:  # every resolved event but the new reference can be recorded again
-            self._free_events.extend(used[:-1])
         return durations
 
     def synchronize(self) -> None:
