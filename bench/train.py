@@ -139,25 +139,6 @@ def cast_batch(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     )
 
 
-def _engine_backward() -> Callable[..., None] | None:
-    """The autograd engine's entry point, for ``loss.backward(gradient)`` without the
-    Python around it.
-
-    ``torch.autograd.backward`` runs 60-70k instructions of Python per call (argument
-    normalisation, ``_make_grads``'s shape checks with an import and ``sym_eq`` each
-    time, logging hooks) before it reaches the engine: ~7 us, 8 % of seed-mlp's CPU step
-    (scripts/step_instructions.py). The loop always passes one 0-d loss and a 0-d
-    gradient it made itself, so those checks cannot fail; the engine's own C++ validation
-    (shape, dtype, device) still runs. ``None`` where this torch has no such entry point:
-    the loop then calls ``Tensor.backward``.
-    """
-    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
-    return getattr(engine, "run_backward", None)
-
-
-_RUN_BACKWARD = _engine_backward()
-
-
 class _EpochOrder(torch.utils.data.Sampler):
     """Feeds a DataLoader the same per-epoch permutation as the fast path."""
 
@@ -332,7 +313,6 @@ def train(
     sample_normalised = config.normalize == "sample"
     clip = config.grad_clip
     norm_every = config.grad_norm_every
-    run_backward = _RUN_BACKWARD
 
     k = plan.accumulation_steps
     warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
@@ -407,8 +387,7 @@ def train(
         seconds = clock.flush()
         # One device read for the losses (and token counts); the division by each window's
         # units is float64 either way, so Python's is the same number as the device's.
-        with torch.no_grad():  # the newest loss may still carry its spent graph
-            loss_sums = torch.stack(pending_losses).double().tolist()
+        loss_sums = torch.stack(pending_losses).double().tolist()
         if token_unit:
             tokens = [int(t) for t in torch.stack(pending_units).tolist()]
             units = tokens
@@ -463,10 +442,9 @@ def train(
     # Per step, the loop touches only locals: each attribute lookup saved is ~20 ns of a
     # step that is ~100 us on the CPU for the smallest workloads.
     step_windows = [(n_micro, weights) for n_micro, _, weights in windows]
-    loss_of, plain_tensor = workload.loss_sum, torch.Tensor
+    loss_of = workload.loss_sum
     optimizer_step, zero_grad = optimizer.step, optimizer.zero_grad
     mark, keep_loss = clock.mark, pending_losses.append
-    attached = None  # the last loss whose (spent) graph is still attached
     global_step = 0
     event = next_event(0)
     stop = False
@@ -497,26 +475,12 @@ def train(
                 else:
                     with autocast:
                         loss_sum = loss_of(model, batch)
-                if attached is not None:
-                    # The previous micro-batch's graph, spent, is cut loose only now: while
-                    # it lived, this forward reused the parameters' AccumulateGrad nodes
-                    # instead of building new ones, as a plain loop's ``loss`` variable
-                    # lets it (12k instructions, ~1.4 us, a seed-mlp step). In place: no
-                    # new tensor, unlike detach().
-                    attached.detach_()
-                    attached = None
-                seed = loss_sum if scaler is None else scaler.scale(loss_sum)
-                if run_backward is not None and type(seed) is plain_tensor:
-                    # seed.backward(weight), minus its Python (see _engine_backward);
-                    # subclasses keep their __torch_function__ through Tensor.backward.
-                    run_backward((seed,), (weight,), False, False, (), True, True)
+                if scaler is None:
+                    loss_sum.backward(weight)
                 else:
-                    seed.backward(weight)
-                if window_loss is None and loss_sum._base is None:
-                    attached = window_loss = loss_sum  # detached in place after the next forward
-                else:  # a window's later micro-batches, or a view (not detachable in place)
-                    loss_sum = loss_sum.detach()
-                    window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+                    scaler.scale(loss_sum).backward(weight)
+                loss_sum = loss_sum.detach()
+                window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             if scaler is not None:
                 scaler.unscale_(optimizer)  # once per window, before the norm and the step
             if clip is not None:

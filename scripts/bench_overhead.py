@@ -6,10 +6,9 @@ evaluation) is run three ways, interleaved in a rotating order so drift cancels,
 ``--repeats`` times:
 
 - tutorial: the hand-written loop the seed tutorial teaches (``loss.backward()``);
-- lean: the same loop calling the autograd engine directly, as bench's loop does
-  (``torch.autograd.backward``'s Python costs ~7 us a step on the CPU; bench skips it, so
-  against the tutorial loop bench gains that back, and this baseline takes it away: the
-  ratio to it is bench's bookkeeping and meters alone);
+- lean: the same loop calling the autograd engine's entry point directly, skipping
+  ``torch.autograd.backward``'s Python (~7 us a step on the CPU): a floor for a Python
+  loop. bench does not do this (tried in session 2, reverted: see docs/notes/meters.md);
 - bench: ``bench.trial.run_trial`` with every meter on and its defaults (sampled gradient
   norms included), ``eval_every = 0`` because the bare loops do not evaluate.
 
@@ -73,7 +72,7 @@ def bare_loop(
     tensors, randperm per epoch, index_select batches, mean cross-entropy, SGD. No
     logging, no meters, no host reads until the end (per-step perf_counter on CPU only,
     where kernels run synchronously; ~0.1 us each). ``lean``: backward through the
-    autograd engine's entry point, as bench does, instead of ``loss.backward()``."""
+    autograd engine's entry point instead of ``loss.backward()``."""
     if workload is None:
         workload = build_workload(
             config.workload, samples=config.samples, options=config.workload_options

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import bench.train
 from bench.config import TrialConfig
 from bench.train import LRSchedule, train
 from bench.trial import prepare
@@ -372,19 +371,6 @@ def test_grad_clip_records_the_pre_clip_norm_every_step_and_bounds_the_update():
             for p, g in zip(reference.parameters(), grads, strict=True):
                 p -= g * (1e-3 / (float(norm) + 1e-6))  # clip_grad_norm_'s scale
     assert rel_diff(params(model), params(reference)) < 1e-10
-
-
-@pytest.mark.parametrize("accumulation_steps", [1, 3])
-def test_engine_backward_equals_tensor_backward_bit_for_bit(monkeypatch, accumulation_steps):
-    # The loop calls the autograd engine directly (bench.train._engine_backward); with the
-    # entry point absent it falls back to Tensor.backward. Same gradients, same losses.
-    kw = {**SHORT, "epochs": 2, "batch_size": 8, "accumulation_steps": accumulation_steps}
-    fast_model, fast, _, _ = run(**kw)
-    monkeypatch.setattr(bench.train, "_RUN_BACKWARD", None)
-    slow_model, slow, _, _ = run(**kw)
-    assert [r["loss"] for r in fast.rows] == [r["loss"] for r in slow.rows]
-    for a, b in zip(fast_model.parameters(), slow_model.parameters(), strict=True):
-        assert torch.equal(a, b)
 
 
 def test_a_time_limit_passing_at_the_last_step_does_not_fail_a_finished_trial():
