@@ -351,7 +351,6 @@ def train(
     for _, samples, _ in windows:
         samples_before.append(samples_before[-1] + samples)
     samples_per_epoch = samples_before[-1]
-    constant_lr = schedule.lr_at(0) if config.scheduler == "constant" else None
 
     flush_every, eval_every = config.flush_every, config.eval_every
     total_steps, steps_per_epoch = plan.total_steps, plan.steps_per_epoch
@@ -407,13 +406,12 @@ def train(
             global_norms = torch.linalg.vector_norm(per_step, dim=1).tolist()
             norms = dict(zip(pending_norms, global_norms, strict=True))
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
-        append_row, append_seconds = outcome.rows.append, outcome.step_seconds.append
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
             epoch, index = divmod(step - 1, steps_per_epoch)
             n_micro, samples, _ = windows[index]
             intervals = epoch if per_epoch else step - 1  # scheduler steps before this one
-            append_row(
+            outcome.rows.append(
                 {
                     "epoch": epoch + 1,
                     "step": step,
@@ -423,13 +421,13 @@ def train(
                     "samples_seen": epoch * samples_per_epoch + samples_before[index + 1],
                     "tokens": n_tokens,
                     "loss": loss,
-                    "lr": constant_lr if constant_lr is not None else schedule.lr_at(intervals),
+                    "lr": schedule.lr_at(intervals),
                     "grad_norm": norms.get(step),
                     "time_s": elapsed,
                     "val_loss": None,
                 }
             )
-            append_seconds(dt)
+            outcome.step_seconds.append(dt)
             if not math.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.error = f"non-finite loss ({loss}) at step {step}"
