@@ -184,22 +184,27 @@ epochs = 2
     assert ref["final_loss"] == pytest.approx(teacher.loc[0.05, "final_loss"], rel=1e-6)
 
 
-def test_retry_failed_reruns_only_failed(tmp_path):
-    marker = tmp_path / "marker"
-    spec = tmp_path / "flaky.toml"
+def flaky_spec(tmp_path: Path, name: str, extra: str = "") -> Path:
+    """A one-point sweep of test_sweep_hooks:flaky, which fails on its first attempt."""
+    spec = tmp_path / f"{name}.toml"
     spec.write_text(f"""\
 # Test sweep: does --retry-failed run a failed trial again?
-name = "flaky"
+name = "{name}"
 device = "cpu"
 [workload]
 name = "test_sweep_hooks:flaky"
-options = {{ marker = "{marker}" }}
+options = {{ marker = "{tmp_path / "marker"}" }}
 [base]
 samples = 32
 batch_size = 8
 [grid]
 lr = [0.1]
-""")
+{extra}""")
+    return spec
+
+
+def test_retry_failed_reruns_only_failed(tmp_path):
+    spec = flaky_spec(tmp_path, "flaky")
     results = tmp_path / "results"
     summary, _ = run(spec, results)
     assert summary.counts.statuses["failed"] == 1
@@ -450,26 +455,8 @@ batch_size = 512
 def test_search_mode_retry_failed_reruns_the_failed_trial(tmp_path):
     """--retry-failed in search mode: the re-queued slot samples the same configuration;
     its earlier failed attempt is not a result to copy as a 'duplicate'."""
-    marker = tmp_path / "marker"
-    spec = tmp_path / "flaky-search.toml"
-    spec.write_text(f"""\
-# Test sweep: does --retry-failed run a failed search trial again?
-name = "flakysearch"
-device = "cpu"
-[workload]
-name = "test_sweep_hooks:flaky"
-options = {{ marker = "{marker}" }}
-[base]
-samples = 32
-batch_size = 8
-[grid]
-lr = [0.1]
-[search]
-sampler = "random"
-n_trials = 1
-seed = 0
-minimize = ["final_loss"]
-""")
+    search = '[search]\nsampler = "random"\nn_trials = 1\nseed = 0\nminimize = ["final_loss"]\n'
+    spec = flaky_spec(tmp_path, "flakysearch", search)
     results = tmp_path / "results"
     summary, _ = run(spec, results)
     assert summary.counts.statuses == Counter({"failed": 1}) and summary.exit_code == 1

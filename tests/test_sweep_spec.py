@@ -347,6 +347,23 @@ def test_dry_run_lists_points_and_skips(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def ranges_spec(ranges: str) -> str:
+    """A search spec whose [search.ranges] table is ``ranges``."""
+    return f"""\
+# Test: search ranges are checked against the config's types at load.
+name = "ranges"
+[workload]
+name = "seed-mlp"
+[grid]
+lr = [0.1]
+[search]
+n_trials = 3
+minimize = ["final_loss"]
+[search.ranges]
+{ranges}
+"""
+
+
 @pytest.mark.parametrize(
     ("ranges", "needle"),
     [
@@ -359,45 +376,17 @@ def test_dry_run_lists_points_and_skips(tmp_path, capsys):
     ],
 )
 def test_search_ranges_checked_against_config_types(tmp_path, ranges, needle):
-    path = write(
-        tmp_path,
-        f"""\
-# Test: ranges that no trial could use are refused at load.
-name = "ranges"
-[workload]
-name = "seed-mlp"
-[grid]
-lr = [0.1]
-[search]
-n_trials = 3
-minimize = ["final_loss"]
-[search.ranges]
-{ranges}
-""",
-    )
+    path = write(tmp_path, ranges_spec(ranges))
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")) as info:
         load_spec(path)
     assert "\n" not in str(info.value)
 
 
 def test_valid_search_ranges_still_load(tmp_path):
-    path = write(
-        tmp_path,
-        """\
-# Test: good ranges load.
-name = "ranges"
-[workload]
-name = "seed-mlp"
-[grid]
-lr = [0.1]
-[search]
-n_trials = 3
-minimize = ["final_loss"]
-[search.ranges]
+    ranges = """\
 weight_decay = { low = 1e-5, high = 1e-2, log = true }
 accumulation_steps = { low = 1, high = 8 }
-momentum = { low = 0, high = 0.9 }
-""",
-    )
+momentum = { low = 0, high = 0.9 }"""
+    path = write(tmp_path, ranges_spec(ranges))
     ranges = {r.name: r for r in load_spec(path).search.ranges}
     assert ranges["accumulation_steps"].integer and not ranges["weight_decay"].integer
