@@ -139,6 +139,40 @@ def cast_batch(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
     )
 
 
+def _engine_backward() -> Callable[..., None] | None:
+    """The autograd engine's entry point, for ``loss.backward(gradient)`` without the
+    Python in front of it.
+
+    ``torch.autograd.backward`` runs 60-70k instructions of Python per call before it
+    reaches the engine (argument normalisation; ``_make_grads``'s checks, which import a
+    module and call ``sym_eq`` on every call when a gradient is passed; the logging-hook
+    test): ~7 us, 7 % of seed-mlp's ~100 us CPU step (scripts/step_instructions.py). The
+    loop always passes one plain 0-d loss and a 0-d weight of the loss's dtype that it
+    made itself, so those checks cannot fail; the engine's own C++ checks (shape, dtype,
+    device) still run. ``None`` where this torch has no such entry point: the loop then
+    calls ``Tensor.backward``. Same call, same arguments as ``torch.autograd.backward``
+    makes (tests/test_train.py compares the two bit for bit).
+    """
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+    return getattr(engine, "run_backward", None)
+
+
+_RUN_BACKWARD = _engine_backward()
+
+
+def hold_grad_accumulators(params: list[torch.Tensor]) -> list:
+    """Each parameter's ``AccumulateGrad`` node, to be kept alive for the whole run.
+
+    A parameter refers to its node weakly: once the last graph that used it is freed,
+    the next forward builds a new one per parameter (12k instructions, ~1.4 us, a
+    seed-mlp step). A plain loop never pays that, because its ``loss`` variable keeps
+    the spent graph alive through the next forward. Holding the nodes themselves (as
+    FSDP and DDP do to hook them) gives the same reuse without keeping any graph.
+    """
+    with torch.enable_grad():
+        return [p.expand_as(p).grad_fn.next_functions[0][0] for p in params]
+
+
 class _EpochOrder(torch.utils.data.Sampler):
     """Feeds a DataLoader the same per-epoch permutation as the fast path."""
 
@@ -295,6 +329,7 @@ def train(
         model.to(device=device, dtype=dtype)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    accumulators = hold_grad_accumulators(params)
     optimizer = build_optimizer(config, params)
     per_epoch = config.scheduler_interval == "epoch"
     total_intervals = plan.epochs_run if per_epoch else plan.total_steps
@@ -313,6 +348,7 @@ def train(
     sample_normalised = config.normalize == "sample"
     clip = config.grad_clip
     norm_every = config.grad_norm_every
+    run_backward = _RUN_BACKWARD
 
     k = plan.accumulation_steps
     warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
@@ -440,7 +476,7 @@ def train(
     # Per step, the loop touches only locals: each attribute lookup saved is ~20 ns of a
     # step that is ~100 us on the CPU for the smallest workloads.
     step_windows = [(n_micro, weights) for n_micro, _, weights in windows]
-    loss_of = workload.loss_sum
+    loss_of, plain_tensor = workload.loss_sum, torch.Tensor
     optimizer_step, zero_grad = optimizer.step, optimizer.zero_grad
     mark, keep_loss = clock.mark, pending_losses.append
     global_step = 0
@@ -473,10 +509,13 @@ def train(
                 else:
                     with autocast:
                         loss_sum = loss_of(model, batch)
-                if scaler is None:
-                    loss_sum.backward(weight)
+                seed = loss_sum if scaler is None else scaler.scale(loss_sum)
+                if run_backward is not None and type(seed) is plain_tensor:
+                    # seed.backward(weight) minus its Python (see _engine_backward);
+                    # tensor subclasses keep their __torch_function__ via Tensor.backward.
+                    run_backward((seed,), (weight,), False, False, (), True, True)
                 else:
-                    scaler.scale(loss_sum).backward(weight)
+                    seed.backward(weight)
                 loss_sum = loss_sum.detach()
                 window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             if scaler is not None:
@@ -546,6 +585,7 @@ def train(
             schedule.step()
     with host_sync_point(device):
         flush()
+    del accumulators  # held to here (see hold_grad_accumulators)
     if token_unit:
         outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
     if early_stopping.best_state is not None:

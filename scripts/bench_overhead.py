@@ -8,7 +8,8 @@ evaluation) is run three ways, interleaved in a rotating order so drift cancels,
 - tutorial: the hand-written loop the seed tutorial teaches (``loss.backward()``);
 - lean: the same loop calling the autograd engine's entry point directly, skipping
   ``torch.autograd.backward``'s Python (~7 us a step on the CPU): a floor for a Python
-  loop. bench does not do this (tried in session 2, reverted: see docs/notes/meters.md);
+  loop, and what bench's loop does too (``bench.train._engine_backward``), so against
+  it the ratio is bench's own bookkeeping alone;
 - bench: ``bench.trial.run_trial`` with every meter on and its defaults (sampled gradient
   norms included), ``eval_every = 0`` because the bare loops do not evaluate.
 
