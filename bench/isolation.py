@@ -141,22 +141,49 @@ def _warm_cpu_threads() -> None:
     (a @ a).sum().item()
 
 
-def _nvml_process_used(index: int) -> int | None:
-    """This process's memory on a GPU according to NVML (None if NVML cannot say)."""
-    try:
-        import pynvml
+def _nvml_used(index: int, *, by_uuid: bool = True) -> tuple[int | None, int | None]:
+    """(this process's memory, the whole device's used memory) on ``cuda:index`` per NVML;
+    None for what NVML cannot say (no NVML, no permission, our PID not listed as in a
+    container). ``by_uuid=False`` finds the device without asking torch (whose device
+    query could create this process's CUDA context), via CUDA_VISIBLE_DEVICES or the
+    ordinal where that is unambiguous."""
+    from bench.meters import nvml as nvml_mod
 
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    return int(proc.usedGpuMemory)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML absent, no permission, pid namespace: say nothing
-        return None
-    return None
+    try:
+        nvml = nvml_mod.load_nvml()
+    except nvml_mod.NvmlUnavailable:
+        return None, None
+    try:
+        handle, _how = nvml_mod.resolve_handle(nvml, index, uuid=None if by_uuid else "")
+        device = int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+        pids, own = nvml_mod.own_pids(), None
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid in pids and proc.usedGpuMemory is not None:
+                own = (own or 0) + int(proc.usedGpuMemory)
+        return own, device
+    except Exception:  # noqa: BLE001 - NVML could not say: the caller falls back
+        return None, None
+    finally:
+        nvml_mod.shutdown_nvml(nvml)
+
+
+def _cuda_context_bytes(index: int, device_used_before: int | None) -> int:
+    """What this process holds on ``cuda:index`` outside torch's caching allocator (the
+    CUDA context, cuBLAS handles and workspaces, loaded kernels), once those exist.
+
+    Best: NVML's figure for this process. Else the growth of the device's used memory
+    since ``device_used_before`` (read before this process touched CUDA), which is ours
+    unless another process allocated in between. Last: everything in use on the device,
+    an upper bound when other processes share it (the pytest parent, another worker)."""
+    import torch
+
+    own, device_now = _nvml_used(index)
+    if own is None and device_used_before is not None and device_now is not None:
+        own = device_now - device_used_before
+    if own is None:
+        free, total = torch.cuda.mem_get_info(index)
+        own = total - free
+    return max(0, own - torch.cuda.memory_reserved(index))
 
 
 def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) -> CapInfo:
@@ -205,7 +232,10 @@ def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) 
             total_bytes=total,
         )
     if dev.type == "cuda":
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        # The index without torch.cuda.current_device(), which initialises CUDA: the
+        # device's memory is read before this process has a context there.
+        index = dev.index if dev.index is not None else 0
+        _, device_before = _nvml_used(index, by_uuid=False)
         torch.cuda.set_device(index)
         total = torch.cuda.get_device_properties(index).total_memory
         # Create the context and a cuBLAS handle (a small matmul), so what they take is
@@ -214,14 +244,7 @@ def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) 
         (a @ a).sum().item()
         del a
         torch.cuda.synchronize(index)
-        reserved = torch.cuda.memory_reserved(index)
-        used = _nvml_process_used(index)
-        if used is None:
-            # Without per-process NVML: everything in use on the device that the
-            # allocator did not reserve (an upper bound if other processes share it).
-            free, _ = torch.cuda.mem_get_info(index)
-            used = total - free
-        context = max(0, used - reserved)
+        context = _cuda_context_bytes(index, device_before)
         if cap_bytes <= context:
             raise BenchError(
                 f"capacity {format_bytes(cap_bytes)} is at or below the CUDA context's own "
@@ -562,6 +585,7 @@ def _probe_baseline(device: str, conn) -> None:
         if device.startswith("cuda"):
             dev = torch.device(device)
             index = dev.index if dev.index is not None else 0
+            _, device_before = _nvml_used(index, by_uuid=False)
             torch.cuda.set_device(index)
             props = torch.cuda.get_device_properties(index)
             info["total_bytes"] = int(props.total_memory)
@@ -569,11 +593,7 @@ def _probe_baseline(device: str, conn) -> None:
             a = torch.randn(64, 64, device=dev)
             (a @ a).sum().item()
             torch.cuda.synchronize(index)
-            used = _nvml_process_used(index)
-            if used is None:
-                free, total = torch.cuda.mem_get_info(index)
-                used = total - free
-            info["baseline_bytes"] = max(0, used - torch.cuda.memory_reserved(index))
+            info["baseline_bytes"] = _cuda_context_bytes(index, device_before)
         else:
             _warm_cpu_threads()
             info["total_bytes"] = machine_memory_bytes()

@@ -101,3 +101,43 @@ def test_cuda_cap_is_the_allocator_fraction_minus_the_context():
     assert 0 < run.cap.baseline_bytes < cap  # the context was measured, and is not free
     assert run.cap.limit_bytes == cap - run.cap.baseline_bytes
     assert run.stats["child_max_reserved_bytes"] <= run.cap.limit_bytes
+
+
+# -- the CUDA context's size, as the CUDA cap measures it (NVML faked) -------------------
+
+
+def test_nvml_used_reads_our_process_and_the_device(monkeypatch):
+    import sys
+
+    from test_meters import FakeNvml
+
+    from bench import isolation
+
+    fake = FakeNvml()
+    fake.proc_used = {1: 600 * MiB}
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # torch's cuda:0 is NVML's device 1
+    assert isolation._nvml_used(0, by_uuid=False) == (600 * MiB, 2000 * MiB)
+    assert fake.inits == 0, "every init is paired with a shutdown"
+    fake.proc_used = {}  # our PID not listed (a container): the device figure still comes
+    assert isolation._nvml_used(0, by_uuid=False) == (None, 2000 * MiB)
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
+    assert isolation._nvml_used(0, by_uuid=False) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("nvml_now", "before", "expected_mib"),
+    [
+        ((700 * MiB, 5000 * MiB), 4000 * MiB, 700 - 100),  # NVML lists our process
+        ((None, 5000 * MiB), 4000 * MiB, 1000 - 100),  # device growth since before
+        ((None, 5000 * MiB), None, 9000 - 100),  # no before: all used on the device
+        ((None, None), 4000 * MiB, 9000 - 100),  # no NVML at all
+    ],
+)
+def test_cuda_context_bytes_prefers_our_own_figure(monkeypatch, nvml_now, before, expected_mib):
+    from bench import isolation
+
+    monkeypatch.setattr(isolation, "_nvml_used", lambda index, by_uuid=True: nvml_now)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 100 * MiB)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (71000 * MiB, 80000 * MiB))
+    assert isolation._cuda_context_bytes(0, before) == expected_mib * MiB

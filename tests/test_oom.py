@@ -587,6 +587,10 @@ def test_gpu_boundary_under_an_emulated_capacity(tmp_path, capsys):
         "0",
         "--steps",
         "2",
+        # Each probe is a fresh process with its own CUDA context (seconds): doubling from
+        # 1024 rather than 1 saves ten probes of a boundary in the thousands.
+        "--start",
+        "1024",
         "--results",
         str(tmp_path),
         "--json",

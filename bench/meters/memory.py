@@ -220,6 +220,9 @@ class CudaMemoryMeter:
 
         if self.device.type != "cuda" or not torch.cuda.is_available():
             return
+        # The CUDA context first (a synchronize creates it; torch's lazy init does not), so
+        # NVML's baseline, taken next, holds it and a trial's NVML growth is the trial's.
+        torch.cuda.synchronize(self.device)
         # Free what earlier trials in this process left cached, so the reserved peak and
         # NVML's numbers are this trial's. gc first: unreachable tensors still hold blocks.
         gc.collect()
