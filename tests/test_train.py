@@ -436,6 +436,20 @@ def test_engine_backward_equals_tensor_backward_bit_for_bit(monkeypatch, overrid
         assert torch.equal(a, b)
 
 
+def test_engine_backward_is_found_here_and_refused_when_it_misbehaves(monkeypatch):
+    # On this torch the fast path is in use (else the bit-for-bit test above compares the
+    # fallback with itself); an entry point that rejects our arguments is not used.
+    assert bench.train._RUN_BACKWARD is not None
+
+    class Engine:
+        @staticmethod
+        def run_backward(*args):
+            raise TypeError("run_backward() takes 6 positional arguments")
+
+    monkeypatch.setattr(torch.autograd.Variable, "_execution_engine", Engine())
+    assert bench.train._engine_backward() is None
+
+
 def test_held_grad_accumulators_are_reused_by_every_new_graph():
     layer = torch.nn.Linear(3, 2)
     params_ = list(layer.parameters())
