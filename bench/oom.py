@@ -261,6 +261,17 @@ class Prober:
 
             runner = run_isolated
         run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+        if self.capacity_bytes is not None and _killed(run):
+            # Under a cap, running past it is an allocation error inside the probe (ENOMEM
+            # under RLIMIT_DATA, OutOfMemoryError under the CUDA fraction), never a kill.
+            # A SIGKILL came from outside: the machine's OOM killer while other work
+            # fills its memory, or a person. It would pass for a small boundary, so the
+            # probe runs once more; killed twice, it stays an OOM and says so.
+            again = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+            if _killed(again):
+                trial = again.result.trial
+                trial["error"] = (trial.get("error") or "") + "; killed again when re-run"
+            run = again
         row = probe_row(
             run,
             config,
@@ -275,6 +286,16 @@ class Prober:
         self.store.add(row)
         self.rows.append(row)
         return row
+
+
+def _killed(run) -> bool:
+    """True when the probe process died by SIGKILL without reporting."""
+    import signal
+
+    return (
+        getattr(run, "exitcode", None) == -signal.SIGKILL
+        and run.result.trial.get("status") == "oom"
+    )
 
 
 def probe_row(run, config, *, key: str, kind: str, capacity: int, device: str, steps: int) -> dict:

@@ -183,6 +183,48 @@ def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsy
     assert all(c["new_probes"] == 0 for c in out2["capacities"])
 
 
+class KilledOnceRunner(FakeRunner):
+    """As FakeRunner, but the first probe at each b in ``killed`` dies by SIGKILL (what
+    the machine's OOM killer does under outside memory pressure); ``always``: every time."""
+
+    def __init__(self, killed: set[int], always: bool = False) -> None:
+        super().__init__()
+        self.killed, self.always, self.kills = set(killed), always, 0
+
+    def __call__(self, config, *, cap_bytes=None, timeout_s=None):
+        run = super().__call__(config, cap_bytes=cap_bytes, timeout_s=timeout_s)
+        if config.batch_size in self.killed:
+            if not self.always:
+                self.killed.discard(config.batch_size)
+            self.kills += 1
+            run.result.trial.update(
+                status="oom", error="trial process killed by SIGKILL before reporting"
+            )
+            run.exitcode = -9
+        return run
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys, always):
+    args = parse(
+        "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
+        "--results", str(tmp_path), "--json",
+    )  # fmt: skip
+    runner = KilledOnceRunner({8}, always=always)
+    assert oom.main(args, runner=runner) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    at_8 = probes[probes["micro_batch_size"] == 8]
+    assert len(at_8) == 1 and [b for b, _, _ in runner.calls].count(8) == 2
+    if always:  # killed twice: an OOM, and the row says it was re-run
+        assert (c["boundary"], c["first_oom"]) == (7, 8)
+        assert at_8["outcome"].iloc[0] == "oom"
+        assert "killed again when re-run" in at_8["error"].iloc[0]
+    else:  # the re-run fits: the true boundary, as if nothing had happened
+        assert (c["boundary"], c["first_oom"]) == (100, 101)
+        assert at_8["outcome"].iloc[0] == "ok"
+
+
 def test_margin_is_memory_headroom_and_verified(fake_machine, tmp_path, capsys):
     args = parse(
         "--workload",
