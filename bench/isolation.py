@@ -177,9 +177,13 @@ def _cuda_context_bytes(index: int, device_used_before: int | None) -> int:
     an upper bound when other processes share it (the pytest parent, another worker)."""
     import torch
 
-    own, device_now = _nvml_used(index)
-    if own is None and device_used_before is not None and device_now is not None:
-        own = device_now - device_used_before
+    own, _ = _nvml_used(index)
+    if own is None and device_used_before is not None:
+        # Read the way the "before" was (not by UUID), so both are the same device; a
+        # growth of zero or less means another process freed memory meanwhile: unusable.
+        _, device_now = _nvml_used(index, by_uuid=False)
+        if device_now is not None and device_now > device_used_before:
+            own = device_now - device_used_before
     if own is None:
         free, total = torch.cuda.mem_get_info(index)
         own = total - free
@@ -397,6 +401,7 @@ class IsolatedRun:
     stats: dict = field(default_factory=dict)  # child_rss_hwm_bytes, child_max_reserved_bytes ...
     wall_s: float = 0.0
     exitcode: int | None = None
+    reported: bool = True  # False: the child died before sending anything (row synthesised)
 
     def to_dict(self) -> dict:
         return {"cap": None if self.cap is None else asdict(self.cap), "stats": dict(self.stats)}
@@ -543,6 +548,7 @@ def run_isolated(
                 stats,
                 wall,
                 proc.exitcode,
+                reported=False,
             )
         kind, payload, cap, stats = message
         stats = dict(stats)

@@ -267,11 +267,15 @@ class Prober:
             # A SIGKILL came from outside: the machine's OOM killer while other work
             # fills its memory, or a person. It would pass for a small boundary, so the
             # probe runs once more; killed twice, it stays an OOM and says so.
-            again = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
-            if _killed(again):
-                trial = again.result.trial
+            first_error = run.result.trial.get("error") or "killed by SIGKILL"
+            run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+            trial = run.result.trial
+            if _killed(run):
                 trial["error"] = (trial.get("error") or "") + "; killed again when re-run"
-            run = again
+            else:  # the kill is kept on record: it is the evidence of outside pressure
+                trial["error"] = "; ".join(
+                    filter(None, [trial.get("error"), f"re-run after a first run: {first_error}"])
+                )
         row = probe_row(
             run,
             config,
@@ -289,11 +293,13 @@ class Prober:
 
 
 def _killed(run) -> bool:
-    """True when the probe process died by SIGKILL without reporting."""
+    """True when the probe process died by SIGKILL before reporting (not one that
+    reported and was then killed for hanging on its way out)."""
     import signal
 
     return (
-        getattr(run, "exitcode", None) == -signal.SIGKILL
+        not getattr(run, "reported", True)
+        and getattr(run, "exitcode", None) == -signal.SIGKILL
         and run.result.trial.get("status") == "oom"
     )
 

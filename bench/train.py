@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -147,30 +148,47 @@ def _engine_backward() -> Callable[..., None] | None:
     reaches the engine (argument normalisation; ``_make_grads``'s checks, which import a
     module and call ``sym_eq`` on every call when a gradient is passed; the logging-hook
     test): ~7 us, 7 % of seed-mlp's ~100 us CPU step (scripts/step_instructions.py). The
-    loop always passes one plain 0-d loss and a 0-d weight of the loss's dtype that it
-    made itself, so those checks cannot fail; the engine's own C++ checks (shape, dtype,
-    device) still run. ``None`` where this torch has no such entry point: the loop then
-    calls ``Tensor.backward``. Same call, same arguments as ``torch.autograd.backward``
-    makes (tests/test_train.py compares the two bit for bit).
+    loop always passes one plain 0-d loss and a 0-d weight that it made itself, so those
+    checks cannot fail; the engine's own C++ checks (shape, dtype, device) still run, and
+    the engine gets the same arguments (tests/test_train.py compares the two bit for bit).
+    What the direct call skips besides: autograd's debug-level logging hooks (with that
+    logging on, the loop uses ``Tensor.backward``) and the stash of the Python context
+    for compiled autograd's device threads, which bench's eager loop does not use.
+
+    ``None`` where this torch has no such entry point, or where a one-time check finds
+    that it does not take our arguments or accumulate as ``Tensor.backward`` does: the
+    loop then calls ``Tensor.backward``. The check runs a backward, so it runs at the
+    first ``train()``, never at import: bench is imported by the forkserver that isolated
+    trials fork from, and a backward there would start autograd's CUDA device threads,
+    after which a forked child's backward fails (autograd refuses to run after fork).
     """
     engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
     run_backward = getattr(engine, "run_backward", None)
     if run_backward is None:
         return None
-    # A private entry point: check once that this torch takes the arguments as we pass
-    # them and accumulates as Tensor.backward does, or do without it.
     try:
-        x = torch.zeros((), dtype=torch.float64, requires_grad=True)
-        run_backward(
-            (x * 3.0,), (torch.full((), 0.5, dtype=torch.float64),), False, False, (), True, True
-        )
+        with torch.enable_grad():
+            x = torch.zeros((), dtype=torch.float64, requires_grad=True)
+            seed = torch.full((), 0.5, dtype=torch.float64)
+            run_backward((x * 3.0,), (seed,), False, False, (), True, True)
         ok = x.grad is not None and float(x.grad) == 1.5
     except Exception:  # noqa: BLE001 - any failure means: use Tensor.backward
         ok = False
     return run_backward if ok else None
 
 
-_RUN_BACKWARD = _engine_backward()
+_UNCHECKED = object()
+_RUN_BACKWARD: object = _UNCHECKED  # set by the first train(): see _engine_backward
+
+
+def engine_backward() -> Callable[..., None] | None:
+    """The checked engine entry point (or None), found once per process."""
+    global _RUN_BACKWARD
+    if _RUN_BACKWARD is _UNCHECKED:
+        _RUN_BACKWARD = _engine_backward()
+    if logging.getLogger("torch.autograd.graph").getEffectiveLevel() <= logging.DEBUG:
+        return None  # autograd's logging hooks are attached by torch.autograd.backward
+    return _RUN_BACKWARD
 
 
 def hold_grad_accumulators(params: list[torch.Tensor]) -> list:
@@ -361,7 +379,7 @@ def train(
     sample_normalised = config.normalize == "sample"
     clip = config.grad_clip
     norm_every = config.grad_norm_every
-    run_backward = _RUN_BACKWARD
+    run_backward = engine_backward()
 
     k = plan.accumulation_steps
     warmup_steps = min(config.timing_warmup_steps, max(plan.total_steps - 1, 0))
@@ -529,6 +547,8 @@ def train(
                     run_backward((seed,), (weight,), False, False, (), True, True)
                 else:
                     seed.backward(weight)
+                # Nothing may keep the spent graph: ``seed`` would until the next forward.
+                del seed
                 loss_sum = loss_sum.detach()
                 window_loss = loss_sum if window_loss is None else window_loss + loss_sum
             if scaler is not None:

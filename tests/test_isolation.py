@@ -132,6 +132,7 @@ def test_nvml_used_reads_our_process_and_the_device(monkeypatch):
         ((None, 5000 * MiB), 4000 * MiB, 1000 - 100),  # device growth since before
         ((None, 5000 * MiB), None, 9000 - 100),  # no before: all used on the device
         ((None, None), 4000 * MiB, 9000 - 100),  # no NVML at all
+        ((None, 3000 * MiB), 4000 * MiB, 9000 - 100),  # shrank: someone else freed memory
     ],
 )
 def test_cuda_context_bytes_prefers_our_own_figure(monkeypatch, nvml_now, before, expected_mib):

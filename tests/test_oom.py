@@ -200,7 +200,7 @@ class KilledOnceRunner(FakeRunner):
             run.result.trial.update(
                 status="oom", error="trial process killed by SIGKILL before reporting"
             )
-            run.exitcode = -9
+            run.exitcode, run.reported = -9, False
         return run
 
 
@@ -220,9 +220,35 @@ def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys
         assert (c["boundary"], c["first_oom"]) == (7, 8)
         assert at_8["outcome"].iloc[0] == "oom"
         assert "killed again when re-run" in at_8["error"].iloc[0]
-    else:  # the re-run fits: the true boundary, as if nothing had happened
+    else:  # the re-run fits: the true boundary, and the kill stays on record
         assert (c["boundary"], c["first_oom"]) == (100, 101)
         assert at_8["outcome"].iloc[0] == "ok"
+        assert "re-run after a first run: trial process killed by SIGKILL" in at_8["error"].iloc[0]
+
+
+def test_a_kill_without_a_cap_counts_at_once_and_a_late_kill_is_no_retry(
+    fake_machine, tmp_path, capsys
+):
+    # Without --capacity a kill is the machine's own memory running out: an OOM at once.
+    base = ["--workload", "teacher-mlp", "--margin", "0", "--json"]
+    runner = KilledOnceRunner({8})
+    assert oom.main(parse(*base, "--results", str(tmp_path / "a")), runner=runner) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert c["first_oom"] == 8 and [b for b, _, _ in runner.calls].count(8) == 1
+
+    # A probe that reported, then hung on its way out and was killed: its result stands.
+    class LateKill(FakeRunner):
+        def __call__(self, config, **kw):
+            run = super().__call__(config, **kw)
+            run.exitcode, run.reported = -9, True
+            return run
+
+    late = LateKill()
+    cap = ["--capacity", "400MiB", "--results", str(tmp_path / "b")]
+    assert oom.main(parse(*base, *cap), runner=late) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert (c["boundary"], c["first_oom"]) == (100, 101)
+    assert len(late.calls) == len({b for b, _, _ in late.calls}), "a reported probe was re-run"
 
 
 def test_margin_is_memory_headroom_and_verified(fake_machine, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """The training loop does what the plan says, and accumulation is exact."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -439,7 +441,7 @@ def test_engine_backward_equals_tensor_backward_bit_for_bit(monkeypatch, overrid
 def test_engine_backward_is_found_here_and_refused_when_it_misbehaves(monkeypatch):
     # On this torch the fast path is in use (else the bit-for-bit test above compares the
     # fallback with itself); an entry point that rejects our arguments is not used.
-    assert bench.train._RUN_BACKWARD is not None
+    assert bench.train.engine_backward() is not None
 
     class Engine:
         @staticmethod
@@ -448,6 +450,33 @@ def test_engine_backward_is_found_here_and_refused_when_it_misbehaves(monkeypatc
 
     monkeypatch.setattr(torch.autograd.Variable, "_execution_engine", Engine())
     assert bench.train._engine_backward() is None
+
+
+def test_engine_backward_is_not_used_with_autograd_debug_logging(monkeypatch):
+    import logging
+
+    assert bench.train.engine_backward() is not None
+    monkeypatch.setattr(logging.getLogger("torch.autograd.graph"), "level", logging.DEBUG)
+    assert bench.train.engine_backward() is None
+
+
+def test_importing_bench_runs_no_backward_and_a_forked_child_can_train():
+    # The forkserver imports bench.trial; a backward there would start autograd's device
+    # threads on a GPU machine, and every forked trial's backward would then fail.
+    code = """
+import os, sys, torch
+import bench.train, bench.trial
+assert bench.train._RUN_BACKWARD is bench.train._UNCHECKED, "a backward ran at import"
+pid = os.fork()
+if pid == 0:
+    x = torch.ones(3, requires_grad=True)
+    (x * 2).sum().backward()
+    os._exit(0 if float(x.grad.sum()) == 6.0 else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_held_grad_accumulators_are_reused_by_every_new_graph():
