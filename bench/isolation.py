@@ -155,11 +155,10 @@ def _nvml_used(index: int, *, by_uuid: bool = True) -> tuple[int | None, int | N
         return None, None
     try:
         handle, _how = nvml_mod.resolve_handle(nvml, index, uuid=None if by_uuid else "")
-        device = int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
-        pids, own = nvml_mod.own_pids(), None
-        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid in pids and proc.usedGpuMemory is not None:
-                own = (own or 0) + int(proc.usedGpuMemory)
+        monitor = nvml_mod.NvmlDeviceMonitor(nvml, handle)  # its single reads, no thread
+        device, own = monitor.used_bytes(), monitor.process_bytes()
+        if monitor.process_memory_unreported:  # listed, but NVML gives no figure
+            own = None
         return own, device
     except Exception:  # noqa: BLE001 - NVML could not say: the caller falls back
         return None, None

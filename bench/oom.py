@@ -297,11 +297,7 @@ def _killed(run) -> bool:
     reported and was then killed for hanging on its way out)."""
     import signal
 
-    return (
-        not getattr(run, "reported", True)
-        and getattr(run, "exitcode", None) == -signal.SIGKILL
-        and run.result.trial.get("status") == "oom"
-    )
+    return not getattr(run, "reported", True) and getattr(run, "exitcode", None) == -signal.SIGKILL
 
 
 def probe_row(run, config, *, key: str, kind: str, capacity: int, device: str, steps: int) -> dict:

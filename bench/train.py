@@ -147,7 +147,8 @@ def _engine_backward() -> Callable[..., None] | None:
     ``torch.autograd.backward`` runs 60-70k instructions of Python per call before it
     reaches the engine (argument normalisation; ``_make_grads``'s checks, which import a
     module and call ``sym_eq`` on every call when a gradient is passed; the logging-hook
-    test): ~7 us, 7 % of seed-mlp's ~100 us CPU step (scripts/step_instructions.py). The
+    test): 59-69k instructions (tutorial minus lean loop, scripts/step_instructions.py),
+    ~7 us of session 2's ~100 us seed-mlp CPU step. The
     loop always passes one plain 0-d loss and a 0-d weight that it made itself, so those
     checks cannot fail; the engine's own C++ checks (shape, dtype, device) still run, and
     the engine gets the same arguments (tests/test_train.py compares the two bit for bit).
@@ -195,8 +196,9 @@ def hold_grad_accumulators(params: list[torch.Tensor]) -> list:
     """Each parameter's ``AccumulateGrad`` node, to be kept alive for the whole run.
 
     A parameter refers to its node weakly: once the last graph that used it is freed,
-    the next forward builds a new one per parameter (23k instructions of a seed-mlp
-    step, scripts/step_instructions.py). A plain loop pays less, because its ``loss``
+    the next forward builds a new one per parameter (roughly 20-30k instructions of a
+    seed-mlp step: of the 88k this loop and the engine call saved together, the engine
+    call accounts for 59k). A plain loop pays less, because its ``loss``
     variable keeps the spent graph alive through the next forward. Holding the nodes
     themselves (as FSDP and DDP do to hook them) gives the reuse without keeping any
     graph: the loop frees each graph right after its backward.
