@@ -586,7 +586,11 @@ def _probe_baseline(device: str, conn) -> None:
     try:
         import torch
 
-        info: dict[str, Any] = {"device": device}
+        info: dict[str, Any] = {
+            "device": device,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+        }
         if device.startswith("cuda"):
             dev = torch.device(device)
             index = dev.index if dev.index is not None else 0

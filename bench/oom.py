@@ -21,7 +21,12 @@ reported safe batch was itself run, not extrapolated.
 
 Every probe is a row of ``<results>/oom/<name>/probes.parquet``; a probe already there
 (same configuration, capacity, device and outcome ok/oom) is reused, so a second run
-answers without new probes.
+answers without new probes. "Same" includes what the answer depends on besides the
+configuration: the device model and its total memory, the torch and CUDA versions, and
+a hash of bench's own source (and of a ``module:function`` workload's file), so probes
+taken on another card, another torch, or before a memory-saving change are not reused.
+A probe that was killed twice (outside memory pressure, not the cap) is never reused:
+the next run measures it again. ``--fresh`` ignores stored probes altogether.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +79,8 @@ PROBE_COLUMNS = {
     "wall_s": "float64",
     "started_at": "string",
     "config_json": "string",
+    "identity_json": "string",  # machine + software the probe ran on (part of probe_key)
+    "killed": "bool",  # died by SIGKILL (twice under a cap): never reused
 }
 
 DEFAULT_MARGIN_PCT = 10.0
@@ -90,6 +97,7 @@ class SearchSpec:
     steps: int = 3
     evaluate: bool = True
     full_length: bool = True  # token workloads: every sequence at seq_len (see _probe_options)
+    identity: str = ""  # canonical JSON of the machine + software (see probe_identity)
 
     def probe_config(
         self,
@@ -142,16 +150,42 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def probe_key(config, capacity_bytes: int, device: str, kind: str) -> str:
+def probe_key(config, capacity_bytes: int, device: str, kind: str, identity: str = "") -> str:
     return _digest(
-        {"config": config.to_dict(), "capacity": capacity_bytes, "device": device, "kind": kind}
+        {
+            "config": config.to_dict(),
+            "capacity": capacity_bytes,
+            "device": device,
+            "kind": kind,
+            "identity": identity,
+        }
     )
 
 
 def search_key(spec: SearchSpec, capacity_bytes: int, device: str) -> str:
     cfg = spec.probe_config(1).to_dict()
     cfg.pop("batch_size")
-    return _digest({"config": cfg, "capacity": capacity_bytes, "device": device})
+    return _digest(
+        {"config": cfg, "capacity": capacity_bytes, "device": device, "identity": spec.identity}
+    )
+
+
+def probe_identity(info: dict, workload: str) -> str:
+    """What a boundary depends on besides the configuration, as canonical JSON: the
+    device model and total memory (from ``measure_baseline``'s child), the torch and
+    CUDA versions, and a hash of the code that trains (bench's source and a
+    ``module:function`` workload's file). Not the git commit: a README commit must not
+    throw away an hour of probes, while an uncommitted edit to the loop must."""
+    from bench.meters.env import source_sha256
+
+    ident = {
+        "device_name": info.get("name"),
+        "total_bytes": info.get("total_bytes"),
+        "torch": info.get("torch"),
+        "cuda": info.get("cuda"),
+        "code_sha256": source_sha256(workload),
+    }
+    return json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
 
 
 # -- probe storage ----------------------------------------------------------------------
@@ -174,10 +208,11 @@ class ProbeStore:
                 raise BenchError(f"corrupted probe file {self.path}: {exc}") from None
 
     def find(self, key: str) -> dict | None:
-        """The latest finished (ok / oom) probe with this key, or None."""
+        """The latest finished (ok / oom) probe with this key, or None. A probe killed
+        by outside pressure is not an answer to keep: the next run measures it again."""
         for row in reversed(self.rows):
             if row.get("probe_key") == key and row.get("outcome") in ("ok", "oom"):
-                return row
+                return None if row.get("killed") else row
         return None
 
     @contextlib.contextmanager
@@ -232,6 +267,7 @@ class Prober:
     runner: Callable[..., Any] | None = None  # run_isolated-like; injectable for tests
     timeout_s: float | None = None
     kind: str = "boundary"
+    fresh: bool = False  # run every probe, even one stored (--fresh)
     probes: int = 0  # probes asked for (new + reused)
     new_probes: int = 0
     rows: list[dict] = field(default_factory=list)
@@ -249,9 +285,9 @@ class Prober:
             b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
         )
         cap_key = self.capacity_bytes if self.capacity_bytes is not None else 0
-        key = probe_key(config, cap_key, self.device, self.kind)
+        key = probe_key(config, cap_key, self.device, self.kind, self.spec.identity)
         self.probes += 1
-        found = self.store.find(key)
+        found = None if self.fresh else self.store.find(key)
         if found is not None:
             self.rows.append(found)
             return found
@@ -261,7 +297,8 @@ class Prober:
 
             runner = run_isolated
         run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
-        if self.capacity_bytes is not None and _killed(run):
+        killed = _killed(run)
+        if self.capacity_bytes is not None and killed:
             # Under a cap, running past it is an allocation error inside the probe (ENOMEM
             # under RLIMIT_DATA, OutOfMemoryError under the CUDA fraction), never a kill.
             # A SIGKILL came from outside: the machine's OOM killer while other work
@@ -270,7 +307,8 @@ class Prober:
             first_error = run.result.trial.get("error") or "killed by SIGKILL"
             run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
             trial = run.result.trial
-            if _killed(run):
+            killed = _killed(run)
+            if killed:
                 trial["error"] = (trial.get("error") or "") + "; killed again when re-run"
             else:  # the kill is kept on record: it is the evidence of outside pressure
                 trial["error"] = "; ".join(
@@ -286,6 +324,8 @@ class Prober:
             steps=config.max_steps,
         )
         row["search_key"] = search_key(self.spec, cap_key, self.device)
+        row["identity_json"] = self.spec.identity or None
+        row["killed"] = killed
         self.new_probes += 1
         self.store.add(row)
         self.rows.append(row)
@@ -631,6 +671,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--name", help="run name: probes go to DIR/oom/NAME/probes.parquet (default: the workload)"
     )
     o.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    o.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run every probe again, even those stored (they are kept; the new ones win)",
+    )
 
 
 def _base_config(args: argparse.Namespace):
@@ -701,6 +746,7 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
     n_train, device = _dataset_size(probe)
     info = measure_baseline(device)
     total, baseline = int(info["total_bytes"]), int(info["baseline_bytes"])
+    spec = replace(spec, identity=probe_identity(info, base.workload))
     is_cuda = device.startswith("cuda")
     capped = bool(capacities)
     if not capacities:
@@ -737,7 +783,9 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
         # The device's own memory needs no cap: the real limit applies (on CUDA the
         # context then sits inside it, as on any card).
         cap_arg = cap if capped else None
-        prober = Prober(spec, cap_arg, device, store, runner=runner, timeout_s=args.timeout)
+        prober = Prober(
+            spec, cap_arg, device, store, runner=runner, timeout_s=args.timeout, fresh=args.fresh
+        )
         try:
             bound = find_boundary(prober, start=args.start, upper=upper, tolerance=args.tolerance)
             if bound.boundary == 0:
@@ -813,7 +861,9 @@ def _margin_search(
     cap = result.margin_capacity_bytes
     if cap is None or cap <= baseline:
         return Boundary(0, None, None, 0, 0, 0.0)
-    prober = Prober(spec, cap, device, store, runner=runner, timeout_s=args.timeout)
+    prober = Prober(
+        spec, cap, device, store, runner=runner, timeout_s=args.timeout, fresh=args.fresh
+    )
     b_raw = result.boundary.boundary
     estimate = max(1, int(b_raw * (1 - args.margin / 100)))
     bound = find_boundary(
@@ -846,7 +896,14 @@ def _plan(spec: SearchSpec, results: list[CapacityResult], device, store, runner
             if b in measured:
                 continue
             prober = Prober(
-                spec, cap, device, store, runner=runner, timeout_s=args.timeout, kind="throughput"
+                spec,
+                cap,
+                device,
+                store,
+                runner=runner,
+                timeout_s=args.timeout,
+                kind="throughput",
+                fresh=args.fresh,
             )
             # No evaluation: its time is excluded from throughput anyway, and the
             # boundary probes already showed that b fits with it.

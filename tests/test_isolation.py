@@ -33,6 +33,14 @@ def test_baseline_is_an_idle_child_with_torch(baseline):
     # torch alone maps well over 100 MiB of private data; a machine has more than that.
     assert 100 * MiB < baseline < info["total_bytes"]
     assert info["baseline_rss_bytes"] > 50 * MiB
+    # What the OOM probe key identifies the software by: the child's own torch.
+    import torch
+
+    assert (info["torch"], info["cuda"], info["name"]) == (
+        torch.__version__,
+        torch.version.cuda,
+        "cpu",
+    )
 
 
 def test_result_comes_back_from_the_child():

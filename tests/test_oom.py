@@ -226,6 +226,63 @@ def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys
         assert "re-run after a first run: trial process killed by SIGKILL" in at_8["error"].iloc[0]
 
 
+def test_a_probe_killed_twice_is_not_reused_by_the_next_run(fake_machine, tmp_path, capsys):
+    args = parse(
+        "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
+        "--results", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert oom.main(args, runner=KilledOnceRunner({8}, always=True)) == 0
+    assert json.loads(capsys.readouterr().out)["capacities"][0]["boundary"] == 7
+    quiet = FakeRunner()  # the outside pressure is gone
+    assert oom.main(args, runner=quiet) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert (c["boundary"], c["first_oom"]) == (100, 101)
+    assert 8 in [b for b, _, _ in quiet.calls]
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    assert probes[probes["micro_batch_size"] == 8]["killed"].tolist() == [True, False]
+
+
+def _boundary(args, runner, capsys) -> tuple[int, int]:
+    assert oom.main(args, runner=runner) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    return c["boundary"], c["new_probes"]
+
+
+@pytest.mark.parametrize("change", ["total", "name", "torch", "code"])
+def test_stored_probes_are_not_reused_on_other_hardware_software_or_code(
+    fake_machine, monkeypatch, tmp_path, capsys, change
+):
+    import bench.isolation as iso
+    import bench.meters.env as env
+
+    args = parse(
+        "--workload", "teacher-mlp", "--margin", "0", "--results", str(tmp_path), "--json"
+    )  # fmt: skip
+    assert _boundary(args, FakeRunner(), capsys)[1] > 0
+    assert _boundary(args, FakeRunner(), capsys)[1] == 0  # same machine: all reused
+    info = {"total_bytes": 8 * 2**30, "baseline_bytes": 250 * MiB, "name": "cpu"}
+    if change == "code":  # an uncommitted edit to the loop changes what fits
+        monkeypatch.setattr(env, "source_sha256", lambda workload=None: "edited")
+    else:
+        info.update({"total": {"total_bytes": 16 * 2**30}, "name": {"name": "other-cpu"},
+                     "torch": {"torch": "9.9"}}[change])  # fmt: skip
+    monkeypatch.setattr(iso, "measure_baseline", lambda device: info)
+    runner = FakeRunner()
+    assert _boundary(args, runner, capsys)[1] == len(runner.calls) > 0
+    assert _boundary(args, FakeRunner(), capsys)[1] == 0
+
+
+def test_fresh_runs_every_probe_again_and_the_new_rows_win(fake_machine, tmp_path, capsys):
+    args = ["--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
+            "--results", str(tmp_path), "--json"]  # fmt: skip
+    first = FakeRunner()
+    assert _boundary(parse(*args), first, capsys) == (100, len(first.calls))
+    bigger = FakeRunner()
+    bigger.PER_SAMPLE = MiB // 2  # a memory-saving change the identity cannot see
+    assert _boundary(parse(*args, "--fresh"), bigger, capsys) == (200, len(bigger.calls))
+    assert _boundary(parse(*args), FakeRunner(), capsys) == (200, 0)
+
+
 def test_a_kill_without_a_cap_counts_at_once_and_a_late_kill_is_no_retry(
     fake_machine, tmp_path, capsys
 ):

@@ -96,6 +96,34 @@ def git_state(path: str | Path | None = None) -> dict[str, Any]:
     return state
 
 
+def source_sha256(workload: str | None = None) -> str:
+    """Hash of the code that trains: every ``.py`` file of the installed ``bench``
+    package, plus the file of a ``module:function`` workload when it can be found
+    without importing it. Unlike the git commit it sees uncommitted edits, and it works
+    where bench is installed from a wheel."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(root.rglob("*.py"))
+    if workload and ":" in workload:
+        try:
+            found = importlib.util.find_spec(workload.split(":", 1)[0])
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and os.path.isfile(found.origin):
+            files.append(Path(found.origin))
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        h.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()[:16]
+
+
 def _torch_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cuda": None, "cudnn": None, "devices": []}
     try:
