@@ -557,6 +557,25 @@ def test_fp32_uses_the_tf32_column_only_when_torch_allows_tf32():
         torch.set_float32_matmul_precision(old)
 
 
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "tf32"),
+        ("torch.backends.fp32_precision = 'tf32'", "tf32"),
+        ("torch.backends.cuda.matmul.fp32_precision = 'ieee'", "fp32"),
+        ("torch.backends.cuda.matmul.allow_tf32 = True", "tf32"),
+        ("pass", "fp32"),
+    ],
+)
+def test_matmul_precision_reads_torchs_new_tf32_api_without_raising(setting, expected):
+    # Once the new API is used, torch's legacy getters raise ("mix of the legacy and
+    # new APIs"); on CUDA that used to crash run_trial after training. A fresh process:
+    # these switches are process-wide and do not all reset.
+    code = f"import torch; {setting}; from bench.meters import flops; print(flops.matmul_precision('fp32'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
 # -- environment identity ----------------------------------------------------------------
 
 

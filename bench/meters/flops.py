@@ -38,8 +38,9 @@ PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
     # NVIDIA A100 Tensor Core GPU datasheet (40/80 GB, SXM and PCIe alike): FP64 TC 19.5,
     # FP32 19.5, TF32 156 (312 sparse), BF16/FP16 312 (624 sparse).
     "A100": {"fp64": 19.5, "fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
-    # NVIDIA L40S datasheet: FP32 91.6, TF32 366 sparse, BF16/FP16 733 sparse; no FP64 figure.
-    "L40S": {"fp64": None, "fp32": 91.6, "tf32": 183.0, "bf16": 366.5, "fp16": 366.5},
+    # NVIDIA L40S datasheet: FP32 91.6, TF32 183 (366 sparse), BF16/FP16 362.05 (733
+    # sparse: the dense figure is the datasheet's own, not half the sparse one); no FP64.
+    "L40S": {"fp64": None, "fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05},
     # NVIDIA L4 datasheet: FP32 30.3, TF32 120 sparse, BF16/FP16 242 sparse; no FP64 figure.
     "L4": {"fp64": None, "fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0},
     # NVIDIA A10 datasheet: FP32 31.2, TF32 125 sparse, BF16/FP16 250 sparse.
@@ -86,15 +87,25 @@ def device_row(name: str) -> str | None:
     return None
 
 
-def matmul_precision(precision: str) -> str:
-    """The peak column a run's matmuls use: fp32 runs may be on TF32 tensor cores."""
+def matmul_precision(precision: str) -> str | None:
+    """The peak column a run's matmuls use: fp32 runs may be on TF32 tensor cores.
+    None when torch will not say (mfu is then null, never a guess)."""
     if precision != "fp32":
         return precision
     import torch
 
-    tf32 = (
-        torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
-    )
+    # torch >= 2.9's per-backend setting reflects the legacy switches too; the legacy
+    # getters raise once the new API has been used ("mix of the legacy and new APIs").
+    current = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if current is not None:
+        return "tf32" if current == "tf32" else "fp32"
+    try:
+        tf32 = (
+            torch.get_float32_matmul_precision() != "highest"
+            or torch.backends.cuda.matmul.allow_tf32
+        )
+    except RuntimeError:
+        return None
     return "tf32" if tf32 else "fp32"
 
 
