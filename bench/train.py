@@ -234,6 +234,9 @@ class _Batches:
                 batch_size=plan.micro_batch_size,
                 sampler=self.sampler,
                 drop_last=plan.drop_last,
+                # Its own generator: each epoch's iterator draws a seed, which from the
+                # global RNG would shift every dropout mask against the fast path.
+                generator=torch.Generator(),
             )
         else:
             # Fast path: the whole training set lives on the device; a batch is an index_select.
@@ -310,6 +313,7 @@ class _EarlyStopping:
     def __init__(self, config: TrialConfig) -> None:
         self.config = config
         self.bad_evals = 0
+        self.reference: float | None = None
         self.best_state: bytes | None = None
         self.best_step: int | None = None
 
@@ -318,9 +322,13 @@ class _EarlyStopping:
         if not math.isfinite(val_loss):
             outcome.status, outcome.error = "diverged", f"non-finite validation loss at step {step}"
             return True
-        best = outcome.best_val_loss
-        if best is None or val_loss < best - self.config.min_delta:
-            outcome.best_val_loss, self.bad_evals, self.best_step = val_loss, 0, step
+        # The reported best is the lowest loss seen; the early-stopping reference moves
+        # only on an improvement of more than min_delta (Keras' rule), so with
+        # min_delta > 0 the two can differ, and the restored weights are the reference's.
+        if outcome.best_val_loss is None or val_loss < outcome.best_val_loss:
+            outcome.best_val_loss = val_loss
+        if self.reference is None or val_loss < self.reference - self.config.min_delta:
+            self.reference, self.bad_evals, self.best_step = val_loss, 0, step
             if self.config.restore_best:  # torch.save / torch.load(weights_only=True)
                 buffer = io.BytesIO()
                 torch.save(model.state_dict(), buffer)
@@ -516,109 +524,124 @@ def train(
     global_step = 0
     event = next_event(0)
     stop = False
-    for epoch in range(1, plan.epochs_run + 1):
-        outcome.epochs_run = epoch
-        order = torch.randperm(plan.samples, generator=order_generator)
-        with host_sync_point(device):  # an epoch boundary: the order goes to the device
-            micro = batches.epoch(order)
-        for step_in_epoch, (n_micro, weights) in enumerate(step_windows, start=1):
-            global_step += 1
-            if weights is None:  # token units: the window's total before the first backward
-                window = [next(micro) for _ in range(n_micro)]
-                units = [workload.units(b) for b in window]
-                window_units = sum(units)
-                weights = [
-                    (window_units if sample_normalised else u * k).to(weight_dtype).reciprocal()
-                    for u in units
-                ]
-                pending_units.append(window_units)
-                batches_of_window = iter(window)
-            else:
-                batches_of_window = micro
-            window_loss = None
-            for weight in weights:
-                batch = next(batches_of_window)
-                if autocast is None:
-                    loss_sum = loss_of(model, batch)
+    try:
+        for epoch in range(1, plan.epochs_run + 1):
+            outcome.epochs_run = epoch
+            order = torch.randperm(plan.samples, generator=order_generator)
+            with host_sync_point(device):  # an epoch boundary: the order goes to the device
+                micro = batches.epoch(order)
+            for step_in_epoch, (n_micro, weights) in enumerate(step_windows, start=1):
+                global_step += 1
+                if weights is None:  # token units: the window's total before the first backward
+                    window = [next(micro) for _ in range(n_micro)]
+                    units = [workload.units(b) for b in window]
+                    window_units = sum(units)
+                    weights = [
+                        (window_units if sample_normalised else u * k).to(weight_dtype).reciprocal()
+                        for u in units
+                    ]
+                    pending_units.append(window_units)
+                    batches_of_window = iter(window)
                 else:
-                    with autocast:
+                    batches_of_window = micro
+                window_loss = None
+                for weight in weights:
+                    batch = next(batches_of_window)
+                    if autocast is None:
                         loss_sum = loss_of(model, batch)
-                seed = loss_sum if scaler is None else scaler.scale(loss_sum)
-                if run_backward is not None and type(seed) is plain_tensor:
-                    # seed.backward(weight) minus its Python (see _engine_backward);
-                    # tensor subclasses keep their __torch_function__ via Tensor.backward.
-                    run_backward((seed,), (weight,), False, False, (), True, True)
+                    else:
+                        with autocast:
+                            loss_sum = loss_of(model, batch)
+                    seed = loss_sum if scaler is None else scaler.scale(loss_sum)
+                    if run_backward is not None and type(seed) is plain_tensor:
+                        # seed.backward(weight) minus its Python (see _engine_backward);
+                        # tensor subclasses keep their __torch_function__ via Tensor.backward.
+                        run_backward((seed,), (weight,), False, False, (), True, True)
+                    else:
+                        seed.backward(weight)
+                    # Nothing may keep the spent graph: ``seed`` would until the next forward.
+                    del seed
+                    loss_sum = loss_sum.detach()
+                    window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # once per window, before the norm and the step
+                if clip is not None:
+                    # What get_total_norm computes, minus its dispatch layers (13 vs 27 us on the
+                    # CPU for seed-mlp's four tensors).
+                    grads = [p.grad for p in params if p.grad is not None]
+                    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                    pending_norms[global_step] = [grad_norm]
+                    nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
+                elif norm_every and global_step % norm_every == 0:
+                    # Only the per-tensor norms here; flush() combines them, off the clock.
+                    pending_norms[global_step] = torch._foreach_norm(
+                        [p.grad for p in params if p.grad is not None]
+                    )
+                if scaler is None:
+                    optimizer_step()
                 else:
-                    seed.backward(weight)
-                # Nothing may keep the spent graph: ``seed`` would until the next forward.
-                del seed
-                loss_sum = loss_sum.detach()
-                window_loss = loss_sum if window_loss is None else window_loss + loss_sum
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # once per window, before the norm and the step
-            if clip is not None:
-                # What get_total_norm computes, minus its dispatch layers (13 vs 27 us on the
-                # CPU for seed-mlp's four tensors).
-                grads = [p.grad for p in params if p.grad is not None]
-                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-                pending_norms[global_step] = [grad_norm]
-                nn.utils.clip_grads_with_norm_(params, clip, grad_norm, foreach=True)
-            elif norm_every and global_step % norm_every == 0:
-                # Only the per-tensor norms here; flush() combines them, off the clock.
-                pending_norms[global_step] = torch._foreach_norm(
-                    [p.grad for p in params if p.grad is not None]
-                )
-            if scaler is None:
-                optimizer_step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            zero_grad(set_to_none=True)
-            if step_schedule:
-                schedule.step()
-            mark()
-            keep_loss(window_loss)
-            if global_step < event:
-                continue
+                    scaler.step(optimizer)
+                    scaler.update()
+                zero_grad(set_to_none=True)
+                if step_schedule:
+                    schedule.step()
+                mark()
+                keep_loss(window_loss)
+                if global_step < event:
+                    continue
 
-            # An event: flush, and whatever else is due at this step.
-            last = global_step == total_steps
-            eval_due = (eval_every is None and step_in_epoch == steps_per_epoch) or (
-                bool(eval_every) and global_step % eval_every == 0
-            )
-            with host_sync_point(device):
-                ok = flush()
-                if ok and global_step == warmup_steps and on_window_start is not None:
-                    clock.synchronize()
-                    on_window_start()
-            if not ok:
-                stop = True
-                break
-            if eval_due:
+                # An event: flush, and whatever else is due at this step.
+                last = global_step == total_steps
+                eval_due = (eval_every is None and step_in_epoch == steps_per_epoch) or (
+                    bool(eval_every) and global_step % eval_every == 0
+                )
                 with host_sync_point(device):
-                    val_loss = evaluate(model, workload, val, eval_chunk, device, config.precision)
-                    outcome.rows[-1]["val_loss"] = val_loss
-                    stop = early_stopping.update(val_loss, model, global_step, outcome)
+                    ok = flush()
+                if not ok:
+                    stop = True
+                    break
+                if eval_due:
+                    with host_sync_point(device):
+                        val_loss = evaluate(
+                            model, workload, val, eval_chunk, device, config.precision
+                        )
+                        outcome.rows[-1]["val_loss"] = val_loss
+                        stop = early_stopping.update(val_loss, model, global_step, outcome)
+                if global_step == warmup_steps and on_window_start is not None:
+                    # After this step's evaluation: the window (energy, ...) holds timed steps only.
+                    with host_sync_point(device):
+                        clock.synchronize()
+                        on_window_start()
                 if stop:
                     break
-            if last:
-                stop = True
+                if last:
+                    stop = True
+                    break
+                if deadline is not None and time.monotonic() > deadline:  # checked at events
+                    outcome.status = "failed"
+                    outcome.error = (
+                        f"time limit of {config.time_limit_s} s reached after {global_step} steps"
+                    )
+                    stop = True
+                    break
+                event = next_event(global_step)
+                # The flush and any evaluation were the harness's time, not training's: the
+                # next step is timed from here (its wall-clock share shows in window_wall_s).
+                clock.resume()
+            if stop:
                 break
-            if deadline is not None and time.monotonic() > deadline:  # checked at events
-                outcome.status = "failed"
-                outcome.error = (
-                    f"time limit of {config.time_limit_s} s reached after {global_step} steps"
-                )
-                stop = True
-                break
-            event = next_event(global_step)
-            # The flush and any evaluation were the harness's time, not training's: the
-            # next step is timed from here (its wall-clock share shows in window_wall_s).
-            clock.resume()
-        if stop:
-            break
-        if per_epoch:
-            schedule.step()
+            if per_epoch:
+                schedule.step()
+    except BaseException:
+        # An OOM or error mid-run: the steps completed since the last flush are real and
+        # are kept (their count, samples and losses); the read-back may fail too after a
+        # CUDA OOM, and then the error being raised is what matters.
+        del pending_units[len(pending_losses) :]  # the failed window's count, if taken
+        with contextlib.suppress(Exception), host_sync_point(device):
+            flush()
+        if token_unit:
+            outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
+        raise
     with host_sync_point(device):
         flush()
     del accumulators  # held to here (see hold_grad_accumulators)
@@ -626,5 +649,8 @@ def train(
         outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
     if early_stopping.best_state is not None:
         model.load_state_dict(torch.load(io.BytesIO(early_stopping.best_state), weights_only=True))
-        outcome.notes.append(f"restored the best weights (step {early_stopping.best_step})")
+        outcome.notes.append(
+            f"restored the best weights (step {early_stopping.best_step}, "
+            f"val loss {early_stopping.reference:.6g})"
+        )
     return model, outcome
