@@ -75,6 +75,12 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        # TOML's ``lr = 1`` is an int, the CLI's ``--lr 1`` a float: one configuration
+        # must have one trial_key, so every float field holds a float.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if _is_int(value):
+                object.__setattr__(self, name, float(value))
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -124,6 +130,11 @@ class TrialConfig:
         """Content hash of the configuration, seed included (16 hex digits)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_FLOAT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrialConfig) if f.type in ("float", "float | None")
+)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -211,6 +222,8 @@ def _validate(c: TrialConfig) -> None:
         raise ConfigError("patience needs evaluations: eval_every is 0 (never)")
     need(_is_number(c.min_delta) and c.min_delta >= 0, "min_delta", "a number >= 0")
     need(isinstance(c.restore_best, bool), "restore_best", "true or false")
+    if c.restore_best and c.eval_every == 0:
+        raise ConfigError("restore_best needs evaluations: eval_every is 0 (never)")
     need(
         _is_int(c.grad_norm_every) and c.grad_norm_every >= 0,
         "grad_norm_every",

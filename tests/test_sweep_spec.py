@@ -390,3 +390,21 @@ momentum = { low = 0, high = 0.9 }"""
     path = write(tmp_path, ranges_spec(ranges))
     ranges = {r.name: r for r in load_spec(path).search.ranges}
     assert ranges["accumulation_steps"].integer and not ranges["weight_decay"].integer
+
+
+def test_an_int_and_a_float_of_the_same_value_are_one_trial():
+    # TOML's ``lr = 1`` is an int, the CLI's ``--lr 1`` a float: the same experiment
+    # must have one trial_key, or a resumed sweep trains it twice.
+    from bench.config import TrialConfig
+
+    as_toml = TrialConfig(lr=1, momentum=0, time_limit_s=600, grad_clip=1)
+    as_cli = TrialConfig(lr=1.0, momentum=0.0, time_limit_s=600.0, grad_clip=1.0)
+    assert as_toml.trial_key == as_cli.trial_key
+    assert type(as_toml.lr) is float and as_toml.to_dict() == as_cli.to_dict()
+
+
+def test_restore_best_without_evaluations_is_an_error():
+    from bench.config import TrialConfig
+
+    with pytest.raises(ConfigError, match="restore_best needs evaluations"):
+        TrialConfig(restore_best=True, eval_every=0)
