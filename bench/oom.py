@@ -765,6 +765,11 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
             raise BenchError(
                 f"--capacity {format_bytes(cap)} is more than this {'device' if is_cuda else 'machine'} has ({format_bytes(total)}); a cap cannot emulate more memory"
             )
+    if args.target_batch is not None and args.target_batch > n_train:
+        raise BenchError(
+            f"--target-batch {args.target_batch} exceeds the training set ({n_train} samples): "
+            "no window of b*k samples fits in an epoch"
+        )
     capacities = sorted(set(capacities))
     upper = n_train if args.max_batch is None else min(args.max_batch, n_train)
     limit_reason = "dataset" if args.max_batch is None or n_train <= args.max_batch else "max-batch"

@@ -193,9 +193,13 @@ def make_plan(
         partial_window=partial_window,
         mode=mode,
     )
-    if plan.steps_per_epoch == 0:
+    m = plan.micro_batches_per_epoch
+    if k > m:
+        # No window can hold b*k samples: with "drop" no step would ever happen, with
+        # "step" every step is the whole epoch and effective_batch_size would be a lie.
         raise ConfigError(
-            f"accumulation_steps {k} exceeds the {plan.micro_batches_per_epoch} micro-batches "
-            "per epoch and partial_window is 'drop': no optimizer step would ever happen"
+            f"accumulation_steps {k} exceeds the {m} micro-batches per epoch: no window can "
+            f"hold b*k = {b * k} samples ({m * b if drop_last else samples} per epoch); "
+            "lower accumulation_steps, or use mode 'bgd' for full-batch steps"
         )
     return plan

@@ -375,6 +375,10 @@ def test_oom_at_b1_is_bad_input(fake_machine, tmp_path):
         (["--margin", "-1"], r"--margin must be a percentage in \[0, 50\)"),
         (["--option", "widht=3"], "did you mean 'width'"),
         (["--max-batch", "0"], "--max-batch must be"),
+        (
+            ["--samples", "64", "--target-batch", "128"],
+            "--target-batch 128 exceeds the training set",
+        ),
     ],
 )
 def test_bad_input_names_the_problem(fake_machine, monkeypatch, tmp_path, argv, match):
@@ -386,7 +390,8 @@ def test_bad_input_names_the_problem(fake_machine, monkeypatch, tmp_path, argv, 
         iso,
         "inspect_config",
         lambda config: (
-            build_workload(config.workload, options=config.workload_options).n_train,
+            config.samples
+            or build_workload(config.workload, options=config.workload_options).n_train,
             "cpu",
         ),
     )

@@ -50,8 +50,8 @@ def test_tutorial_accumulation(partial_window, steps):
 @pytest.mark.parametrize("partial_window", ["step", "drop"])
 def test_windows_cover_the_epoch_exactly(n, b, k, drop_last, partial_window):
     m = n // b if drop_last else math.ceil(n / b)
-    if partial_window == "drop" and m // k == 0:
-        with pytest.raises(ConfigError, match="no optimizer step"):
+    if k > m:  # no window holds b*k samples, whatever happens to the short window
+        with pytest.raises(ConfigError, match=f"accumulation_steps {k} exceeds the {m} micro"):
             make_plan(
                 samples=n,
                 batch_size=b,
@@ -125,6 +125,16 @@ def test_steps_iterates_in_order():
 def test_bad_plans_name_the_key(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         make_plan(**kwargs)
+
+
+@pytest.mark.parametrize("mode, b, k", [("mbgd", 32, 8), ("bgd", None, 4), ("sgd", None, 101)])
+def test_a_window_larger_than_the_epoch_is_an_error(mode, b, k):
+    # N = 100: 4 micro-batches of 32 cannot make windows of 8 (B = 256 > N), a full batch
+    # cannot be accumulated 4 times, 100 samples of SGD cannot make a window of 101.
+    with pytest.raises(ConfigError, match="no window can hold"):
+        make_plan(samples=100, batch_size=b, accumulation_steps=k, mode=mode)
+    fits = {"mbgd": 4, "bgd": 1, "sgd": 100}[mode]  # the largest k that does fit
+    assert make_plan(samples=100, batch_size=b, accumulation_steps=fits, mode=mode)
 
 
 def test_bgd_allows_any_given_batch():
