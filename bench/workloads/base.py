@@ -12,6 +12,7 @@ The training loop only needs three things from a workload:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,3 +67,25 @@ def mlp(sizes: list[int], *, dropout: float = 0.0) -> nn.Sequential:
             if dropout:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+ROW_CHUNK = 4096  # rows are drawn in fixed chunks, so a prefix never depends on the count
+
+
+def stream_generator(data_seed: int, stream: str) -> torch.Generator:
+    """A generator of its own for one stream of a workload's data ("train", "val",
+    "teacher"): drawing more of one stream never moves another."""
+    digest = hashlib.sha256(f"{data_seed}:{stream}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def draw_rows(
+    count: int, data_seed: int, stream: str, draw: Callable[[torch.Generator, int], Batch]
+) -> Batch:
+    """The first ``count`` rows of a stream, drawn ``ROW_CHUNK`` at a time by
+    ``draw(generator, rows)``: N samples are the first N of any larger N, so a training
+    set only grows with N (the same task, more data), and the validation set, a stream of
+    its own, does not change with it."""
+    g = stream_generator(data_seed, stream)
+    chunks = [draw(g, ROW_CHUNK) for _ in range(-(-count // ROW_CHUNK))]
+    return tuple(torch.cat(parts)[:count] for parts in zip(*chunks, strict=True))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.workloads.base import ClassificationWorkload, mlp
+from bench.workloads.base import ClassificationWorkload, draw_rows, mlp
 from bench.workloads.options import check_int
 
 
@@ -17,13 +17,15 @@ def build(
 ) -> ClassificationWorkload:
     n = check_int("samples", 10_000 if samples is None else samples, 1)
     val_samples = check_int("val_samples", val_samples, 1)
-    g = torch.Generator().manual_seed(check_int("data_seed", data_seed, 0))
-    x = torch.randn(n + val_samples, 10, generator=g)
-    y = torch.randint(0, 2, (n + val_samples,), generator=g)
+    data_seed = check_int("data_seed", data_seed, 0)
+
+    def draw(g: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(rows, 10, generator=g), torch.randint(0, 2, (rows,), generator=g)
+
     return ClassificationWorkload(
         name="seed-mlp",
-        train=(x[:n], y[:n]),
-        val=(x[n:], y[n:]),
+        train=draw_rows(n, data_seed, "train", draw),
+        val=draw_rows(val_samples, data_seed, "val", draw),
         make_model=lambda: mlp([10, 50, 2]),
         options={"val_samples": val_samples, "data_seed": data_seed},
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.workloads.base import ClassificationWorkload, mlp
+from bench.workloads.base import ClassificationWorkload, draw_rows, mlp, stream_generator
 from bench.workloads.options import check_float, check_int
 
 
@@ -36,20 +36,25 @@ def build(
     teacher_width = check_int("teacher_width", teacher_width, 1)
     label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
     dropout = check_float("dropout", dropout, 0.0, 0.99)
-    g = torch.Generator().manual_seed(check_int("data_seed", data_seed, 0))
-    total = n + val_samples
-    x = torch.randn(total, in_features, generator=g)
-    # The teacher: a fixed two-layer net with its own weights from the data generator.
+    data_seed = check_int("data_seed", data_seed, 0)
+    # The teacher: a fixed two-layer net, from a stream of its own (not from N).
+    g = stream_generator(data_seed, "teacher")
     w1 = torch.randn(in_features, teacher_width, generator=g) / in_features**0.5
     w2 = torch.randn(teacher_width, classes, generator=g) / teacher_width**0.5
-    y = (torch.tanh(x @ w1) @ w2).argmax(dim=1)
-    noisy = torch.rand(total, generator=g) < label_noise
-    y = torch.where(noisy, torch.randint(0, classes, (total,), generator=g), y)
+
+    def draw(g: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(rows, in_features, generator=g)
+        y = (torch.tanh(x @ w1) @ w2).argmax(dim=1)
+        noisy = torch.rand(rows, generator=g) < label_noise
+        return x, torch.where(noisy, torch.randint(0, classes, (rows,), generator=g), y)
+
+    train = draw_rows(n, data_seed, "train", draw)
+    val = draw_rows(val_samples, data_seed, "val", draw)
     sizes = [in_features] + [width] * depth + [classes]
     return ClassificationWorkload(
         name="teacher-mlp",
-        train=(x[:n], y[:n]),
-        val=(x[n:], y[n:]),
+        train=train,
+        val=val,
         make_model=lambda: mlp(sizes, dropout=dropout),
         options={
             "val_samples": val_samples,
