@@ -7,12 +7,16 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_report import NASTY, assert_tables_parse  # tests/ is on sys.path (rootdir-less layout)
 
+from bench.config import TrialConfig
 from bench.errors import BenchError
 from bench.report import compare as C
 from bench.report.metrics import METRICS, parse_metrics
@@ -146,8 +150,8 @@ def test_environment_warning(base, tmp_path):
     assert same.warnings == []
 
 
-def test_matching_by_trial_key_without_seed(base):
-    """Same folder on both sides: every trial_key matches, nothing changes."""
+def test_same_folder_on_both_sides_matches_every_configuration(base):
+    """Same folder on both sides: every configuration matches, nothing changes."""
     res = C.compare(base, base, metrics=parse_metrics(None))
     assert {r.verdict for r in res.rows} == {"~"}
     assert all(r.ratio == 1.0 for r in res.rows)
@@ -209,6 +213,75 @@ def test_per_step_values_skip_warmup(base):
     assert pd.Series(v).median() == pytest.approx(ms, rel=0.05)
 
 
+def edit_configs(folder: Path, edit) -> Path:
+    """Rewrite every trial's config_json with ``edit(dict)`` and, as the code that wrote it
+    would have, give the trial a new trial_key (steps rewritten to follow)."""
+    for path in sorted((folder / "trials").glob("*.parquet")):
+        t = pq.read_table(path)
+        old = t["trial_key"][0].as_py()
+        new = f"{old[:-1]}x"
+        cfg = edit(json.loads(t["config_json"][0].as_py()))
+        for name, value in (("config_json", json.dumps(cfg, sort_keys=True)), ("trial_key", new)):
+            i = t.schema.get_field_index(name)
+            t = t.set_column(i, name, pa.array([value], t.schema.field(name).type))
+        write_atomic(t, folder / "trials" / f"{new}.parquet")
+        path.unlink()
+        steps = pq.read_table(folder / "steps" / f"{old}.parquet")
+        i = steps.schema.get_field_index("trial_key")
+        steps = steps.set_column(i, "trial_key", pa.array([new] * len(steps), pa.string()))
+        write_atomic(steps, folder / "steps" / f"{new}.parquet")
+        (folder / "steps" / f"{old}.parquet").unlink()
+    return folder
+
+
+@dataclass(frozen=True, kw_only=True)
+class PinnedConfig(TrialConfig):
+    """TrialConfig as it would be once a ``pin_memory`` field is added."""
+
+    pin_memory: bool = False
+
+
+def test_field_added_at_its_default_still_matches(base, tmp_path, monkeypatch):
+    """New code adds ``pin_memory = False``: its results carry the key, the baseline's do
+    not, and every trial_key changed; the configurations are still the same."""
+    monkeypatch.setattr(C, "TrialConfig", PinnedConfig)
+    cand = edit_configs(make(tmp_path / "c", rng_seed=2), lambda d: {**d, "pin_memory": False})
+    res = C.compare(base, cand, metrics=parse_metrics(None))
+    assert not {"new", "missing"} & {r.verdict for r in res.rows}
+    assert len(rows_for(res, "samples_per_s")) == 3
+    assert any("no trial_key in common" in w for w in res.warnings)
+    # the warning is not an environment difference, and says so
+    assert "environments differ" not in C.markdown(res)
+
+
+def test_results_from_before_a_field_existed_match_current_ones(base, tmp_path):
+    """A baseline written before ``grad_norm_every`` and ``data_path`` existed (no such
+    keys) matches today's results, whose values for them are the defaults."""
+    old = edit_configs(
+        make(tmp_path / "old", rng_seed=1),
+        lambda d: {k: v for k, v in d.items() if k not in ("grad_norm_every", "data_path")},
+    )
+    res = C.compare(old, base, metrics=[METRICS["samples_per_s"]])
+    assert [r.verdict for r in res.rows] == ["~"] * 3
+
+
+def test_a_key_off_its_default_still_tells_configurations_apart(base, tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "TrialConfig", PinnedConfig)
+    cand = edit_configs(make(tmp_path / "c", rng_seed=1), lambda d: {**d, "pin_memory": True})
+    with pytest.raises(BenchError, match=r"no configuration in common.*pin_memory \(candidate"):
+        C.compare(base, cand, metrics=[METRICS["samples_per_s"]])
+
+
+def test_default_match_keeps_flags_and_counts_apart():
+    d = C.config_defaults()
+    assert d["workload_options"] == {} and d["grad_norm_every"] == 16 and d["seed"] == 0
+    assert C.matching_config({"drop_last": 0, "momentum": 0, "lr": 0.5, "x": 1}, d) == {
+        "drop_last": 0,  # 0 is not False: kept
+        "lr": 0.5,
+        "x": 1,  # unknown to TrialConfig: kept
+    }
+
+
 # -- command line --------------------------------------------------------------------------------
 
 
@@ -229,6 +302,17 @@ def test_cli_exit_codes_and_step_summary(base, tmp_path):
     assert text.startswith("previous\n") and r.stdout.strip() in text
     r = cli(str(base), str(base), "--threshold", "10%")
     assert r.returncode == 0, r.stderr
+
+
+def test_cli_no_configuration_in_common_is_an_error(base, tmp_path):
+    other = make(tmp_path / "other", shapes=((2, 1), (8, 1)), seeds=(0, 1))
+    r = cli(str(base), str(other))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error: no configuration in common")
+    assert str(base) in lines[0] and str(other) in lines[0]
+    assert "(15 trials, 3 configurations)" in lines[0]
+    assert "(4 trials, 2 configurations)" in lines[0]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "metric", "threshold"])

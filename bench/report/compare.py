@@ -1,10 +1,16 @@
 """``bench compare BASELINE CANDIDATE``: what changed, and is it real or noise.
 
-Matching. Trials are matched by ``trial_key`` (content hash of the configuration with its
-seed, and without any software identity: the same key on two commits is the same
-experiment). The statistical unit is the *configuration* — the trial key without the
-seed — whose seeds are its repeats: each side's repeats of a configuration form one
-sample, and the two samples are compared unpaired.
+Matching. Trials are matched by *configuration*: the trial's ``config_json`` without its
+seed, and without every key whose value is the current ``bench.config.TrialConfig``
+default, hashed. Dropping defaulted keys is what lets results written before a field
+existed match results written after it, when the new field sits at its default (the
+old code behaved as the default does); a key set to anything else still tells two
+configurations apart, and a key the current TrialConfig does not know is kept. The
+``trial_key`` is *not* the matching key: it hashes every key and the seed, so a new field
+changes every key; no ``trial_key`` in common only gives a warning. The seeds of a
+configuration are its repeats: each side's repeats form one sample, and the two samples
+are compared unpaired. When no configuration matches at all nothing can be compared, and
+that is an error (exit 2), not a pass.
 
 Verdict (asv's rule, DESIGN habit 7): a metric is ``improved`` or ``regressed`` only if
 the candidate's median differs from the baseline's by more than the threshold (relative,
@@ -29,18 +35,21 @@ configurations present on one side only; they do not fail the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench.config import TrialConfig
 from bench.errors import BenchError
 from bench.report.metrics import Metric
-from bench.report.prepare import STATUSES, Prepared, prepare
+from bench.report.prepare import STATUSES, Prepared, _config_dict, config_id_of, prepare
 from bench.report.tables import markdown_table
 from bench.store import load_results
 
@@ -147,14 +156,64 @@ def per_step_values(prep: Prepared, trial_keys: list[str], metric: Metric) -> np
     return v
 
 
-def _load(folder: str | Path, what: str) -> Prepared:
+def config_defaults() -> dict[str, Any]:
+    """The current ``TrialConfig`` default of every field (``default_factory`` called)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrialConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    # True == 1 in Python, but a flag and a count are different settings.
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
+
+
+def matching_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys at their TrialConfig default: an older result that
+    lacks a field added since, at its default, then matches a newer one."""
+    return {k: v for k, v in config.items() if not (k in defaults and _is_default(v, defaults[k]))}
+
+
+@dataclass
+class _Side:
+    prep: Prepared
+    config_keys: set[str]  # every key of the matching configs (for the diagnostics)
+
+
+def _load(folder: str | Path, what: str) -> _Side:
     folder = Path(folder)
     if not folder.is_dir():
         raise BenchError(f"{what}: no results folder at {folder}")
     results = load_results(folder)
     if not len(results.trials):
         raise BenchError(f"{what}: results at {folder} are empty (no trial rows)")
-    return prepare(results)
+    prep = prepare(results)
+    # prepare's config_id hashes every key, so a field added at its default would change
+    # every id; compare matches on the config without its defaulted keys instead.
+    defaults = config_defaults()
+    configs = [matching_config(_config_dict(r), defaults) for _, r in prep.trials.iterrows()]
+    ids = [config_id_of(d) for d in configs]
+    renamed = dict(zip(prep.trials["config_id"], ids, strict=True))
+    prep.trials["config_id"] = ids
+    prep.configs["config_id"] = prep.configs["config_id"].map(renamed)
+    prep.configs = prep.configs.drop_duplicates("config_id").reset_index(drop=True)
+    return _Side(prep, {k for d in configs for k in d})
+
+
+def _one_side_keys(b: _Side, c: _Side) -> str:
+    """'pin_memory (candidate only)' etc.: the usual reason two result sets do not match."""
+    parts = [f"{k} (baseline only)" for k in sorted(b.config_keys - c.config_keys)]
+    parts += [f"{k} (candidate only)" for k in sorted(c.config_keys - b.config_keys)]
+    return ", ".join(parts)
 
 
 # Environment identity: the keys of trials rows / env records that must match for timing
@@ -223,23 +282,40 @@ def compare(
     threshold: float = 0.05,
     alpha: float = ALPHA,
 ) -> Comparison:
-    base = _load(baseline, "baseline")
-    cand = _load(candidate, "candidate")
+    side_b, side_c = _load(baseline, "baseline"), _load(candidate, "candidate")
+    base, cand = side_b.prep, side_c.prep
     rows: list[Row] = []
+
+    base_ids, cand_ids = set(base.trials["config_id"]), set(cand.trials["config_id"])
+    one_side = _one_side_keys(side_b, side_c)
+    if not base_ids & cand_ids:
+        # Nothing matched: every row would be new/missing and exit 0 would read as a pass.
+        raise BenchError(
+            f"no configuration in common between baseline {_describe(baseline, base)} and "
+            f"candidate {_describe(candidate, cand)}"
+            + (f"; config keys on one side only: {one_side}" if one_side else "")
+        )
 
     warnings = []
     env_b, env_c = environment(Path(baseline), base), environment(Path(candidate), cand)
     for name in _ENV_FIELDS:
         if env_b[name] and env_c[name] and env_b[name] != env_c[name]:
             warnings.append(
-                f"{name} differs: baseline {', '.join(sorted(env_b[name]))} vs "
+                f"environments differ — {name} differs: baseline {', '.join(sorted(env_b[name]))} vs "
                 f"candidate {', '.join(sorted(env_c[name]))}"
             )
-    common_keys = set(base.trials["trial_key"]) & set(cand.trials["trial_key"])
-    base_ids, cand_ids = set(base.trials["config_id"]), set(cand.trials["config_id"])
-    if not common_keys and base_ids & cand_ids:
+    if not set(base.trials["trial_key"]) & set(cand.trials["trial_key"]):
+        seeds_b, seeds_c = set(base.trials["seed"].dropna()), set(cand.trials["seed"].dropna())
+        why = (
+            f"config keys on one side only: {one_side}"
+            if one_side
+            else "different seeds"
+            if not seeds_b & seeds_c
+            else "config keys at their default added or removed"
+        )
         warnings.append(
-            "no trial_key in common (different seeds?); configurations matched without seeds"
+            f"no trial_key in common ({why}); configurations matched without their seed "
+            "and without keys at their TrialConfig default"
         )
 
     labels = dict(zip(cand.trials["config_id"], cand.trials["config_label"], strict=False))
@@ -363,7 +439,7 @@ def markdown(c: Comparison) -> str:
         "",
     ]
     for w in c.warnings:
-        lines += [f"> **Warning:** environments differ — {_inline(w)}", ""]
+        lines += [f"> **Warning:** {_inline(w)}", ""]
     summary = ", ".join(
         f"{'**' if v == 'regressed' else ''}{counts[v]} {v}{'**' if v == 'regressed' else ''}"
         for v in ("regressed", "improved", "~", "new", "missing", "n/a")
