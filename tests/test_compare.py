@@ -119,6 +119,19 @@ def test_one_repeat_memory_change_is_shown_but_untested(tmp_path):
     assert "untested" in C.markdown(res)
 
 
+def test_untested_rows_are_counted_apart_from_no_change(tmp_path):
+    """3 seeds a side: memory and loss can never reach p < 0.05 over repeats, so their `~`
+    is "untested", and the summary must not fold it into "no change"."""
+    base = make(tmp_path / "b", seeds=(0, 1, 2), rng_seed=1)
+    cand = make(tmp_path / "c", seeds=(0, 1, 2), rng_seed=1, memory_factor=1.5)
+    res = C.compare(base, cand, metrics=parse_metrics(None))
+    assert res.counts() == {"~": 6, "untested": 6}
+    assert all(not r.tested for m in ("peak_memory_bytes", "final_loss") for r in rows_for(res, m))
+    text = C.markdown(res)
+    assert "Result: 6 ~ (no significant change), 6 untested (too few repeats" in text
+    assert not res.regressed  # untested is not a failure either
+
+
 def test_new_missing_and_status_regression(base, tmp_path):
     # candidate: drops B=4 (missing), adds B=64x1 (new), and B=16x4 now OOMs (b=16 > 8? no:
     # oom_above applies to b, so make b=16 OOM with oom_above=8).

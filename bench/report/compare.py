@@ -24,8 +24,11 @@ alpha = 0.05. Otherwise ``~``. The test runs on
 2. otherwise, for timing metrics, the per-step samples of all repeats pooled (step
    durations from ``time_s`` differences, warm-up steps excluded) — many samples, but
    autocorrelated, so the threshold remains the guard against trivially small changes;
-3. otherwise nothing: the change is shown and the verdict stays ``~`` ("untested"),
-   because one noisy sample must never call a regression.
+3. otherwise nothing: the change is shown and the verdict stays ``~``, because one
+   noisy sample must never call a regression.
+
+Such a row is *untested*: the summary counts it apart from the tested ``~`` rows, since
+"no significant change" and "too few repeats to tell" are different answers.
 
 A configuration whose trials ran ok in the baseline but end oom/diverged/failed in the
 candidate is ``regressed`` on ``status`` (and the reverse ``improved``): a new OOM is the
@@ -69,6 +72,10 @@ class Row:
     p_value: float | None = None
     basis: str = ""
     verdict: str = "~"
+    tested: bool = True  # False: the rule could not call a change here, whatever the data
+
+
+UNTESTED = "untested"
 
 
 @dataclass
@@ -84,9 +91,11 @@ class Comparison:
         return any(r.verdict == "regressed" for r in self.rows)
 
     def counts(self) -> dict[str, int]:
+        """Rows per verdict; ``~`` rows that could not be tested count as ``untested``."""
         out: dict[str, int] = {}
         for r in self.rows:
-            out[r.verdict] = out.get(r.verdict, 0) + 1
+            v = UNTESTED if r.verdict == "~" and not r.tested else r.verdict
+            out[v] = out.get(v, 0) + 1
         return out
 
 
@@ -340,7 +349,8 @@ def compare(
             if row is not None:
                 rows.append(row)
     rank = {"regressed": 0, "improved": 1, "~": 2, "new": 3, "missing": 4, "n/a": 5}
-    rows.sort(key=lambda r: rank.get(r.verdict, 9))  # stable: configuration order within
+    # stable: configuration order within; tested ~ rows before untested ones
+    rows.sort(key=lambda r: (rank.get(r.verdict, 9), not r.tested))
     return Comparison(
         rows=rows,
         warnings=warnings,
@@ -388,7 +398,7 @@ def _metric_row(cid, label, m: Metric, okb, okc, base, cand, threshold, alpha) -
         )
     mb, mc = float(np.median(vb)), float(np.median(vc))
     ratio = mc / mb if mb != 0 else (1.0 if mc == 0 else math.inf)
-    p = None
+    p, tested = None, True
     if min_two_sided_p(len(vb), len(vc)) < alpha:
         p = mann_whitney_p(vb, vc)
         basis = f"repeats {len(vb)}/{len(vc)}"
@@ -400,13 +410,14 @@ def _metric_row(cid, label, m: Metric, okb, okc, base, cand, threshold, alpha) -
             basis = f"steps {len(sb)}/{len(sc)}"
         else:
             basis = f"untested ({len(vb)}/{len(vc)} repeats)"
+            tested = False
     change = ratio - 1.0
     big = abs(change) > threshold
     verdict = "~"
     if big and p is not None and p < alpha:
         better = change > 0 if m.higher_is_better else change < 0
         verdict = "improved" if better else "regressed"
-    return Row(cid, label, m.name, _med(vb, m), _med(vc, m), ratio, p, basis, verdict)
+    return Row(cid, label, m.name, _med(vb, m), _med(vc, m), ratio, p, basis, verdict, tested)
 
 
 def _med(v: np.ndarray, m: Metric) -> str:
@@ -427,6 +438,14 @@ def _p_text(p: float | None) -> str:
     return f"{p:.2g}"  # e.g. 0.0079, 3.2e-12 (no '<': it would be HTML-escaped in cells)
 
 
+# Said in the summary so that "8 ~" cannot be read as "nothing changed" when most of it
+# was never tested.
+SUMMARY_NOTES = {
+    "~": " (no significant change)",
+    UNTESTED: " (too few repeats to test; 4 seeds a side suffice)",
+}
+
+
 def markdown(c: Comparison) -> str:
     counts = c.counts()
     lines = [
@@ -442,7 +461,8 @@ def markdown(c: Comparison) -> str:
         lines += [f"> **Warning:** {_inline(w)}", ""]
     summary = ", ".join(
         f"{'**' if v == 'regressed' else ''}{counts[v]} {v}{'**' if v == 'regressed' else ''}"
-        for v in ("regressed", "improved", "~", "new", "missing", "n/a")
+        + SUMMARY_NOTES.get(v, "")
+        for v in ("regressed", "improved", "~", UNTESTED, "new", "missing", "n/a")
         if counts.get(v)
     )
     lines += [f"Result: {summary or 'nothing to compare'}.", ""]
