@@ -99,16 +99,70 @@ def test_min_two_sided_p():
     assert C.min_two_sided_p(1, 1) == 1.0
 
 
-def test_one_repeat_falls_back_to_per_step_samples(tmp_path):
+def test_one_run_a_side_shows_the_step_test_but_never_calls_it(tmp_path):
+    """The same configuration, one run a side, the candidate's run 20 % slower at every
+    step (as a run on a busy machine is): the pooled steps give a tiny p, but one run a
+    side cannot tell the code from the run's luck, so `~` and untested."""
     base = make(tmp_path / "b", seeds=(0,), rng_seed=1)
     cand = make(tmp_path / "c", seeds=(0,), rng_seed=2, throughput_factor=0.8)
     res = C.compare(base, cand, metrics=parse_metrics(None), threshold=0.05)
-    for r in rows_for(res, "samples_per_s"):
-        assert r.basis.startswith("steps ") and r.verdict == "regressed"
+    for metric in ("samples_per_s", "step_time_ms_median"):
+        for r in rows_for(res, metric):
+            assert r.basis.startswith("within-run steps ") and "1/1 runs (untested)" in r.basis
+            assert r.p_value < 1e-6 and r.verdict == "~" and not r.tested
     # memory and final loss have no per-step samples: never called on one sample each
     for metric in ("peak_memory_bytes", "final_loss"):
         for r in rows_for(res, metric):
             assert r.basis.startswith("untested") and r.verdict == "~"
+    assert not res.regressed and res.counts() == {"untested": 12}
+
+
+def merge(folder: Path, *parts: Path) -> Path:
+    """One results folder holding the trials of several (their trial_keys differ)."""
+    for part in parts:
+        for sub in ("trials", "steps"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            for f in (part / sub).glob("*.parquet"):
+                (folder / sub / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def test_two_runs_a_side_clearly_apart_are_called(tmp_path):
+    """Positive control for the run gate: 2 runs a side, every candidate run ~20 % below
+    every baseline run, is still called by the within-run step test."""
+    base = make(tmp_path / "b", seeds=(0, 1), rng_seed=1)
+    cand = make(tmp_path / "c", seeds=(0, 1), rng_seed=2, throughput_factor=0.8)
+    res = C.compare(base, cand, metrics=[METRICS["samples_per_s"]], threshold=0.05)
+    assert [r.verdict for r in res.rows] == ["regressed"] * 3
+    assert all(r.basis.endswith(", 2/2 runs") and r.tested for r in res.rows)
+    res = C.compare(cand, base, metrics=[METRICS["samples_per_s"]], threshold=0.05)
+    assert [r.verdict for r in res.rows] == ["improved"] * 3
+
+
+def test_two_runs_a_side_that_overlap_are_not_called(tmp_path):
+    """Candidate runs at 0.8x and 1.0x of the baseline's: the median is 10 % lower and
+    the pooled steps differ (p tiny), but one candidate run is as fast as the baseline,
+    so the runs overlap and the change is not called; the row was tested."""
+    base = make(tmp_path / "b", seeds=(0, 1), rng_seed=1)
+    slow = make(tmp_path / "slow", seeds=(0,), rng_seed=2, throughput_factor=0.8)
+    fast = make(tmp_path / "fast", seeds=(1,), rng_seed=3)
+    cand = merge(tmp_path / "c", slow, fast)
+    res = C.compare(base, cand, metrics=[METRICS["samples_per_s"]], threshold=0.05)
+    for r in res.rows:
+        assert r.ratio == pytest.approx(0.9, abs=0.03) and r.p_value < 1e-6
+        assert r.verdict == "~" and r.tested
+    assert res.counts() == {"~": 3}
+
+
+def test_runs_separated():
+    import numpy as np
+
+    a = np.array([100.0, 102.0])
+    assert C.runs_separated(a, np.array([90.0, 94.0]), 0.05) == -1  # 94 < 100 * 0.95
+    assert C.runs_separated(a, np.array([90.0, 96.0]), 0.05) == 0  # 96 is within 5 % of 100
+    assert C.runs_separated(a, np.array([108.0, 120.0]), 0.05) == 1  # 108 > 102 * 1.05
+    assert C.runs_separated(a, np.array([107.0, 120.0]), 0.05) == 0
+    assert C.runs_separated(a, np.array([50.0]), 0.05) == 0  # one run: never separated
 
 
 def test_one_repeat_memory_change_is_shown_but_untested(tmp_path):

@@ -22,13 +22,23 @@ alpha = 0.05. Otherwise ``~``. The test runs on
    2 / C(n1 + n2, n1), so 4 vs 4 (p >= 0.029) can call a change and 3 vs 3 (p >= 0.1)
    never can;
 2. otherwise, for timing metrics, the per-step samples of all repeats pooled (step
-   durations from ``time_s`` differences, warm-up steps excluded) — many samples, but
-   autocorrelated, so the threshold remains the guard against trivially small changes;
+   durations from ``time_s`` differences, warm-up steps excluded; basis ``within-run
+   steps``). These are pseudo-replicates: the steps of one run share that run's machine
+   state (other load, clocks, thread placement), so their p-value measures "these two
+   runs differ", not "this code differs" — identical code run twice on a busy machine
+   gets p ~ 1e-15. So the p-value is shown, but the verdict may be called only with at
+   least ``MIN_RUNS`` (2) runs a side whose per-run values (the trial's own metric, e.g.
+   its samples/s) are separated by more than the threshold: every candidate run differs
+   from every baseline run in the same direction by more than the threshold, i.e.
+   min(candidate) > max(baseline) * (1 + t) or max(candidate) < min(baseline) * (1 - t).
+   The run-to-run spread, not the step-to-step one, then decides. With overlapping runs
+   the verdict is ``~``; with one run on a side it is ``~`` and the row is untested;
 3. otherwise nothing: the change is shown and the verdict stays ``~``, because one
    noisy sample must never call a regression.
 
-Such a row is *untested*: the summary counts it apart from the tested ``~`` rows, since
-"no significant change" and "too few repeats to tell" are different answers.
+Rows that no rule could call (3., and 2. with fewer than 2 runs a side) are *untested*:
+the summary counts them apart from the tested ``~`` rows, since "no significant change"
+and "too few repeats to tell" are different answers.
 
 A configuration whose trials ran ok in the baseline but end oom/diverged/failed in the
 candidate is ``regressed`` on ``status`` (and the reverse ``improved``): a new OOM is the
@@ -58,6 +68,7 @@ from bench.store import load_results
 
 ALPHA = 0.05
 MIN_STEP_SAMPLES = 20
+MIN_RUNS = 2  # runs a side before the within-run step test may call a verdict
 MAX_STEP_SAMPLES = 5000  # evenly thinned beyond this: the test is O(n log n), the answer the same
 
 
@@ -398,7 +409,8 @@ def _metric_row(cid, label, m: Metric, okb, okc, base, cand, threshold, alpha) -
         )
     mb, mc = float(np.median(vb)), float(np.median(vc))
     ratio = mc / mb if mb != 0 else (1.0 if mc == 0 else math.inf)
-    p, tested = None, True
+    change = ratio - 1.0
+    p, tested, runs_agree = None, True, True
     if min_two_sided_p(len(vb), len(vc)) < alpha:
         p = mann_whitney_p(vb, vc)
         basis = f"repeats {len(vb)}/{len(vc)}"
@@ -407,17 +419,36 @@ def _metric_row(cid, label, m: Metric, okb, okc, base, cand, threshold, alpha) -
         sc = per_step_values(cand, list(okc["trial_key"]), m)
         if len(sb) >= MIN_STEP_SAMPLES and len(sc) >= MIN_STEP_SAMPLES:
             p = mann_whitney_p(sb, sc)
-            basis = f"steps {len(sb)}/{len(sc)}"
+            basis = f"within-run steps {len(sb)}/{len(sc)}, {len(vb)}/{len(vc)} runs"
+            # Steps are pseudo-replicates of their run: only runs that do not overlap by
+            # the threshold may call a change (module docstring, rule 2).
+            if min(len(vb), len(vc)) < MIN_RUNS:
+                basis += " (untested)"
+                tested, runs_agree = False, False
+            else:
+                side = runs_separated(vb, vc, threshold)
+                runs_agree = side != 0 and side == np.sign(change)
         else:
             basis = f"untested ({len(vb)}/{len(vc)} repeats)"
             tested = False
-    change = ratio - 1.0
     big = abs(change) > threshold
     verdict = "~"
-    if big and p is not None and p < alpha:
+    if big and runs_agree and p is not None and p < alpha:
         better = change > 0 if m.higher_is_better else change < 0
         verdict = "improved" if better else "regressed"
     return Row(cid, label, m.name, _med(vb, m), _med(vc, m), ratio, p, basis, verdict, tested)
+
+
+def runs_separated(vb: np.ndarray, vc: np.ndarray, threshold: float) -> int:
+    """+1 when every candidate run is above every baseline run by more than the threshold
+    (relative), -1 when every one is below by more than it, else 0 (the runs overlap)."""
+    if len(vb) < MIN_RUNS or len(vc) < MIN_RUNS or min(vb.min(), vc.min()) <= 0:
+        return 0  # a ratio needs positive values; timing metrics are
+    if vc.min() > vb.max() * (1 + threshold):
+        return 1
+    if vc.max() < vb.min() * (1 - threshold):
+        return -1
+    return 0
 
 
 def _med(v: np.ndarray, m: Metric) -> str:
@@ -454,7 +485,9 @@ def markdown(c: Comparison) -> str:
         f"- baseline: {_inline(c.baseline_desc)}",
         f"- candidate: {_inline(c.candidate_desc)}",
         f"- verdict needs a change > {c.threshold * 100:g} % and a two-sided Mann–Whitney U "
-        f"test at p < {ALPHA} over repeats (seeds), or per-step samples where repeats are too few",
+        f"test at p < {ALPHA} over repeats (seeds); with too few repeats, for timings, over "
+        f"within-run steps, and only if ≥ {MIN_RUNS} runs a side all differ by more than the "
+        "threshold",
         "",
     ]
     for w in c.warnings:
