@@ -321,18 +321,16 @@ def compare(
     for name in _ENV_FIELDS:
         if env_b[name] and env_c[name] and env_b[name] != env_c[name]:
             warnings.append(
-                f"environments differ — {name} differs: baseline {', '.join(sorted(env_b[name]))} vs "
-                f"candidate {', '.join(sorted(env_c[name]))}"
+                f"environments differ — {name} differs: baseline "
+                f"{', '.join(sorted(env_b[name]))} vs candidate {', '.join(sorted(env_c[name]))}"
             )
     if not set(base.trials["trial_key"]) & set(cand.trials["trial_key"]):
         seeds_b, seeds_c = set(base.trials["seed"].dropna()), set(cand.trials["seed"].dropna())
-        why = (
-            f"config keys on one side only: {one_side}"
-            if one_side
-            else "different seeds"
-            if not seeds_b & seeds_c
-            else "config keys at their default added or removed"
-        )
+        reasons = ["different seeds"] if not seeds_b & seeds_c else []
+        if one_side:
+            reasons.append(f"config keys on one side only: {one_side}")
+        # Same configurations and seeds but other keys: keys at their default came or went.
+        why = "; ".join(reasons) or "config keys at their default added or removed"
         warnings.append(
             f"no trial_key in common ({why}); configurations matched without their seed "
             "and without keys at their TrialConfig default"
