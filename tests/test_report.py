@@ -257,6 +257,24 @@ def test_pareto_mask_known_answer():
     assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
 
 
+def test_pareto_front_is_per_workload():
+    # Workload "big" is faster, smaller and lower in loss than "small" on raw numbers,
+    # but its numbers are not on the scale of "small"'s: each workload has a front.
+    s = pd.DataFrame(
+        {
+            "workload": ["big", "big", "small", "small", "small"],
+            "samples_per_s": [1000.0, 900.0, 10.0, 20.0, 5.0],
+            "peak_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
+            "final_loss": [0.1, 0.2, 3.0, 3.0, 4.0],
+        }
+    )
+    # small: 3 (faster at the same memory and loss) dominates 2 and 4.
+    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    # One workload with no loss at all still gets a front over the other objectives.
+    s.loc[s["workload"] == "small", "final_loss"] = np.nan
+    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+
+
 def test_config_identity_without_config_json():
     rows = [
         {

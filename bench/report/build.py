@@ -41,8 +41,8 @@ FIGURE_CAPTIONS = {
     "configuration per B. Open triangles: configurations whose median seed "
     "never reached the target.",
     "pareto": "Throughput against peak memory, coloured by final loss (medians over seeds). "
-    "Circled: Pareto-optimal configurations (no other is at least as fast, as small "
-    "and as low in loss, and better in one).",
+    "One row per workload. Circled: Pareto-optimal configurations (no other of the same "
+    "workload is at least as fast, as small and as low in loss, and better in one).",
 }
 FIGURE_TITLES = {
     "loss_curves": "Loss curves",
@@ -241,7 +241,8 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
         ),
         (
             "Pareto set",
-            "Configurations no other beats on samples/s, peak memory and final loss at once.",
+            "Per workload, the configurations no other of that workload beats on samples/s, "
+            "peak memory and final loss at once (workloads are not on one scale).",
             tables.PARETO_HEADERS,
             tables.pareto_rows(s),
             tables.PARETO_ALIGN,

@@ -586,59 +586,65 @@ def pareto(summary: pd.DataFrame, notes: list[str]):
     sns = _setup()
     import matplotlib as mpl
 
-    fig, axes = _figure(1, 1, height=4.2, width=WIDTH * 0.75)
-    ax = axes[0, 0]
-    loss = d["final_loss"].astype(float)
-    have_loss = loss.notna().any()
+    # One row per workload: each has its own front (tables.pareto_mask) and its own
+    # loss scale, so neither the circles nor the colours compare across workloads.
+    workloads = _workloads(d, notes, "throughput vs memory")
+    fig, axes = _figure(len(workloads), 1, height=4.2, width=WIDTH * 0.75)
     cmap = sns.color_palette("rocket_r", as_cmap=True)
-    if have_loss:
-        norm = mpl.colors.Normalize(
-            loss.min(), loss.max() if loss.max() > loss.min() else loss.min() + 1
-        )
-        colors = [cmap(norm(v)) if pd.notna(v) else (0.6, 0.6, 0.6, 1) for v in loss]
-    else:
-        colors = ["0.4"] * len(d)
-    ax.scatter(
-        d["peak_memory_bytes"],
-        d["samples_per_s"],
-        c=colors,
-        s=40,
-        zorder=3,
-        edgecolors="white",
-        linewidths=0.5,
-    )
-    front = d[d["pareto"]].sort_values("peak_memory_bytes")
-    if len(front):
+    for r, w in enumerate(workloads):
+        ax = axes[r, 0]
+        dw = d[_same(d["workload"], w)]
+        loss = dw["final_loss"].astype(float)
+        have_loss = loss.notna().any()
+        if have_loss:
+            norm = mpl.colors.Normalize(
+                loss.min(), loss.max() if loss.max() > loss.min() else loss.min() + 1
+            )
+            colors = [cmap(norm(v)) if pd.notna(v) else (0.6, 0.6, 0.6, 1) for v in loss]
+        else:
+            colors = ["0.4"] * len(dw)
         ax.scatter(
-            front["peak_memory_bytes"],
-            front["samples_per_s"],
-            s=140,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1.3,
-            zorder=4,
-            label="Pareto-optimal",
+            dw["peak_memory_bytes"],
+            dw["samples_per_s"],
+            c=colors,
+            s=40,
+            zorder=3,
+            edgecolors="white",
+            linewidths=0.5,
         )
-        if len(front) <= 8:
-            for _, r in front.iterrows():
-                ax.annotate(
-                    _short(r["config_label"]),
-                    (r["peak_memory_bytes"], r["samples_per_s"]),
-                    textcoords="offset points",
-                    xytext=(6, 4),
-                    fontsize=7,
-                )
-        ax.legend(fontsize=8, loc="lower right")
-    _bytes_axis(ax, "x")
-    if d["samples_per_s"].min() > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("peak memory (" + _memory_source(d) + ")")
-    ax.set_ylabel("samples/s (median over seeds)")
-    if have_loss:
-        sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=ax).set_label("final loss (median)")
+        front = dw[dw["pareto"]].sort_values("peak_memory_bytes")
+        if len(front):
+            ax.scatter(
+                front["peak_memory_bytes"],
+                front["samples_per_s"],
+                s=140,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=1.3,
+                zorder=4,
+                label="Pareto-optimal",
+            )
+            if len(front) <= 8:
+                for _, row in front.iterrows():
+                    ax.annotate(
+                        _short(row["config_label"]),
+                        (row["peak_memory_bytes"], row["samples_per_s"]),
+                        textcoords="offset points",
+                        xytext=(6, 4),
+                        fontsize=7,
+                    )
+            ax.legend(fontsize=8, loc="best")
+        _bytes_axis(ax, "x")
+        if dw["samples_per_s"].min() > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("peak memory (" + _memory_source(dw) + ")")
+        ax.set_ylabel(f"{_wname(w)}\nsamples/s (median over seeds)")
+        if have_loss:
+            sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+            fig.colorbar(sm, ax=ax).set_label("final loss (median)")
     fig.suptitle(
-        "Throughput against peak memory; Pareto front over samples/s ↑, memory ↓, final loss ↓"
+        "Throughput against peak memory; Pareto front per workload over samples/s ↑, "
+        "memory ↓, final loss ↓"
     )
     return fig
 

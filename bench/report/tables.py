@@ -68,9 +68,23 @@ def config_summary(prep: Prepared, points: pd.DataFrame | None = None) -> pd.Dat
 
 
 def pareto_mask(summary: pd.DataFrame) -> np.ndarray:
-    """Non-dominated configurations: none other is at least as good on every objective
-    and better on one. Objectives without any value are left out; rows missing a value
-    on a used objective cannot be on the front."""
+    """Non-dominated configurations, within each workload: losses of different workloads
+    are not on one scale, nor are their samples (an image is not a sequence), so one
+    workload's configurations never dominate another's. Within a workload every trial
+    counts samples alike. See ``_front`` for the rule."""
+    mask = np.zeros(len(summary), dtype=bool)
+    if "workload" not in summary.columns:
+        return _front(summary)
+    groups = summary.groupby("workload", dropna=False, sort=False).indices
+    for idx in groups.values():
+        mask[idx] = _front(summary.iloc[idx])
+    return mask
+
+
+def _front(summary: pd.DataFrame) -> np.ndarray:
+    """Non-dominated rows: none other is at least as good on every objective and better
+    on one. Objectives without any value are left out; rows missing a value on a used
+    objective cannot be on the front."""
     if not len(summary):
         return np.zeros(0, dtype=bool)
     used = [(c, hi) for c, hi in PARETO_OBJECTIVES if summary[c].notna().any()]
@@ -186,7 +200,10 @@ def config_rows(summary: pd.DataFrame) -> list[list[str]]:
 
 
 def pareto_rows(summary: pd.DataFrame) -> list[list[str]]:
-    front = summary[summary["pareto"]].sort_values("samples_per_s", ascending=False)
+    # Grouped by workload: each workload has its own front.
+    front = summary[summary["pareto"]].sort_values(
+        ["workload", "samples_per_s"], ascending=[True, False]
+    )
     return [
         [
             r["config_label"],
