@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.report import curves, scaling, tables
+from bench.report import build, curves, scaling, tables
 from bench.report.build import build_report, newest_sweep, write_report
 from bench.report.prepare import prepare
 from bench.report.synthetic import Synthetic, write_synthetic
@@ -107,7 +108,27 @@ def test_fit_exact_curve(b_crit):
     fit = scaling.fit_critical_batch(big_b, 123.0 * (1 + b_crit / big_b))
     assert fit.b_crit == pytest.approx(b_crit, rel=1e-6)
     assert fit.s_min == pytest.approx(123.0, rel=1e-6)
+    assert fit.bound is None and fit.b_crit_text() == f"B_crit ≈ {fit.b_crit:.3g}"
     assert fit.e_min == pytest.approx(123.0 * b_crit, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("big_b", "steps", "bound", "text"),
+    [
+        # Perfect 1/B scaling over the whole range: B_crit lies above it (the fit's own
+        # value was 1.7e19).
+        (2.0 ** np.arange(6), 1000.0 / 2.0 ** np.arange(6), ">", "B_crit > 32"),
+        # Planted B_crit = 20000 measured only up to 256: even exact points leave it
+        # unlocated (noise moves the fitted value by a factor 2, see the end-to-end test).
+        (2.0 ** np.arange(3, 9), 100.0 * (1 + 20000 / 2.0 ** np.arange(3, 9)), ">", "B_crit > 256"),
+        # Flat steps: every B measured is past B_crit (the fit's own value was 1e-9).
+        (2.0 ** np.arange(3, 9), np.full(6, 100.0), "<", "B_crit < 8"),
+    ],
+)
+def test_fit_outside_measured_batches_is_a_bound(big_b, steps, bound, text):
+    fit = scaling.fit_critical_batch(big_b, steps)
+    assert fit.bound == bound
+    assert fit.b_crit_text() == text
 
 
 def test_fit_needs_three_batch_sizes():
@@ -140,11 +161,31 @@ def test_report_recovers_planted_b_crit(tmp_path, b_crit, s_min, shapes):
     rep = build_report(tmp_path, target=0.5, figures=False)
     (fit,) = rep.fits.values()
     assert fit.b_crit == pytest.approx(b_crit, rel=0.10)
+    assert fit.bound is None and not rep.bounds
     assert fit.s_min == pytest.approx(s_min, rel=0.10)
     # The automatic target (no --target-loss) recovers it as well: the planted law holds
     # at every loss level of these curves.
     auto = build_report(tmp_path, figures=False)
     assert list(auto.fits.values())[0].b_crit == pytest.approx(b_crit, rel=0.10)
+
+
+@pytest.mark.parametrize(
+    ("b_crit", "text"),
+    [(20000.0, "B_crit > 256 samples: steps still fall ~1/B"), (0.01, "B_crit < 8 samples")],
+)
+def test_report_gives_a_bound_for_b_crit_outside_the_batches(tmp_path, b_crit, text):
+    """Planted B_crit beyond (or below) every measured B: the report states a bound, and
+    no B_crit number anywhere (the fit had printed 8.57e3 for 20000, 0.296 for 0.01)."""
+    shapes = tuple((b, 1) for b in (8, 16, 32, 64, 128, 256))
+    spec = Synthetic(shapes=shapes, b_crit=b_crit, s_min=50.0, samples=100_000, seeds=(0,))
+    write_synthetic(tmp_path, spec)
+    rep = build_report(tmp_path, target=0.5)
+    assert not rep.fits and list(rep.bounds) == ["seed-mlp"]
+    for doc in (rep.markdown, rep.html):  # both HTML-escape '<' and '>'
+        doc = html.unescape(doc)
+        assert text in doc
+        assert "B_crit ≈" not in doc
+    assert build.summary_numbers(rep)["b_crit"] == {}
 
 
 def _steps(key: str, losses: list[float], big_b: int = 1) -> pd.DataFrame:
@@ -350,8 +391,6 @@ def test_figures_png_and_svg(report):
 
 
 def test_html_is_self_contained(report):
-    import html
-
     page = report.html
     assert "Content-Security-Policy" in page and "default-src 'none'" in html.unescape(page)
     assert not re.search(r"https?://", page.replace("http-equiv", ""))

@@ -38,7 +38,8 @@ FIGURE_CAPTIONS = {
     "effective batch B (log2–log2). Dotted: perfect scaling (steps ∝ 1/B) "
     "through the smallest batch. Solid: least-squares fit of "
     "S(B) = S_min(1 + B_crit/B) (McCandlish et al. 2018) to the best "
-    "configuration per B. Open triangles: configurations whose median seed "
+    "configuration per B; where B_crit lies outside the measured B the fit does not locate "
+    "it and only a bound is given. Open triangles: configurations whose median seed "
     "never reached the target.",
     "pareto": "Throughput against peak memory, coloured by final loss (medians over seeds). "
     "One row per workload. Circled: Pareto-optimal configurations (no other of the same "
@@ -60,8 +61,11 @@ class Report:
     prep: Prepared
     summary: pd.DataFrame
     points: pd.DataFrame
-    fits: dict
+    fits: dict  # per workload, fits whose B_crit lies inside the measured batch sizes
     figures: list = field(default_factory=list)
+    # Per workload, fits whose B_crit lies outside them: only a bound is reported (kept
+    # apart so nothing that prints fits' B_crit prints an unlocated number).
+    bounds: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     markdown: str = ""
     html: str = ""
@@ -119,14 +123,14 @@ def build_report(
         else None
     )
     points = scaling.scaling_points(prep.trials, reach)
-    fits = {}
+    fits, bounds = {}, {}
     best = scaling.best_per_batch(points)
     for w, g in best.groupby("workload", dropna=False, sort=False):
         fit = scaling.fit_critical_batch(
             g["effective_batch_size"].to_numpy(), g["steps_to_target"].to_numpy()
         )
         if fit is not None:
-            fits[w] = fit
+            (fits if fit.bound is None else bounds)[w] = fit
             if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
                 name = w if isinstance(w, str) else "(unknown workload)"
                 notes.append(
@@ -144,6 +148,7 @@ def build_report(
         summary=summary,
         points=points,
         fits=fits,
+        bounds=bounds,
         notes=notes,
     )
     if figures:
@@ -170,7 +175,7 @@ def render_figures(report: Report) -> list:
         "throughput": lambda: F.throughput(prep, notes),
         "memory": lambda: F.memory(prep, probes, notes),
         "steps_to_target": lambda: F.steps_to_target(
-            report.points, report.fits, report.target, notes
+            report.points, {**report.fits, **report.bounds}, report.target, notes
         ),
         "pareto": lambda: F.pareto(report.summary, notes),
     }
@@ -216,6 +221,12 @@ def _meta(report: Report) -> list[str]:
             f"{w}: B_crit ≈ {fit.b_crit:.3g} samples, S_min ≈ {fit.s_min:.3g} steps, "
             f"E_min ≈ {fit.e_min:.3g} samples (fit over {fit.points} batch sizes, "
             f"rms log error {fit.rms_log_error:.3f})"
+        )
+    for w, fit in report.bounds.items():
+        w = w if isinstance(w, str) else "(unknown workload)"
+        lines.append(
+            f"{w}: {fit.bound_text()} (fit over {fit.points} batch sizes, "
+            f"B = {fit.b_lo:g}–{fit.b_hi:g})"
         )
     src = report.summary["peak_memory_source"].dropna().unique() if len(report.summary) else []
     if len(src):
@@ -297,6 +308,7 @@ def summary_numbers(report: Report) -> dict:
         "configurations": len(report.summary),
         "target": report.target,
         "b_crit": {str(w): f.b_crit for w, f in report.fits.items()},
+        "b_crit_bounds": {str(w): f.b_crit_text() for w, f in report.bounds.items()},
         "figures": [f.name for f in report.figures],
         "pareto": int(np.sum(report.summary["pareto"])) if len(report.summary) else 0,
     }

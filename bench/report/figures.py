@@ -526,9 +526,9 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
                         y,
                         color=palette[3],
                         linewidth=1.6,
-                        label=f"fit S_min(1+B_crit/B): B_crit={fit.b_crit:.3g}",
+                        label=f"fit S_min(1+B_crit/B): {fit.b_crit_text()}",
                     )
-                    if bb[0] <= fit.b_crit <= bb[-1]:
+                    if fit.bound is None:
                         ax.axvline(fit.b_crit, color=palette[3], linestyle="--", linewidth=0.8)
             if len(never):
                 xs = never["effective_batch_size"].astype(float)
@@ -553,11 +553,16 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
             ax.set_ylabel(f"{_wname(w)}\n{ylabel}" if col == 0 else ylabel)
             ax.legend(fontsize=7, loc="upper right" if col == 0 else "upper left")
         if fit is not None:
+            # Of S_min and E_min, only what the measured side of B_crit determines.
+            lines = [fit.b_crit_text() + (" (not located)" if fit.bound else "")]
+            if fit.bound != ">":
+                lines.append(f"S_min ≈ {fit.s_min:.3g} steps")
+            if fit.bound != "<":
+                lines.append(f"E_min ≈ {fit.e_min:.3g} samples")
             axes[r, 0].text(
                 0.02,
                 0.04,
-                f"B_crit ≈ {fit.b_crit:.3g}\nS_min ≈ {fit.s_min:.3g} steps\n"
-                f"E_min ≈ {fit.e_min:.3g} samples",
+                "\n".join(lines),
                 transform=axes[r, 0].transAxes,
                 fontsize=8,
                 va="bottom",

@@ -39,10 +39,50 @@ class CriticalBatchFit:
     b_crit: float
     points: int
     rms_log_error: float  # root-mean-square residual of log S (natural log)
+    b_lo: float  # smallest and largest B fitted
+    b_hi: float
 
     @property
     def e_min(self) -> float:
         return self.s_min * self.b_crit
+
+    @property
+    def bound(self) -> str | None:
+        """'>' when the fitted B_crit lies above every measured B, '<' when below, None
+        when inside. Far below B_crit S ≈ E_min / B, far above it S ≈ S_min: each side
+        alone fixes one of the two products, and B_crit is where the two asymptotes meet.
+        Only measured B on both sides locate it; from one side the fit is near-perfect
+        for any large (or small) enough B_crit, and the value it picks is set by noise
+        (a planted 20000 measured up to B = 256 came back as 8.6e3, rms error 0.006)."""
+        if self.b_crit > self.b_hi:
+            return ">"
+        if self.b_crit < self.b_lo:
+            return "<"
+        return None
+
+    def b_crit_text(self) -> str:
+        """The fitted value, or the bound the measured batch sizes support."""
+        if self.bound == ">":
+            return f"B_crit > {self.b_hi:g}"
+        if self.bound == "<":
+            return f"B_crit < {self.b_lo:g}"
+        return f"B_crit ≈ {self.b_crit:.3g}"
+
+    def bound_text(self) -> str:
+        """A bound with what it means and what the data do determine ('' when located)."""
+        if self.bound == ">":
+            return (
+                f"{self.b_crit_text()} samples: steps still fall ~1/B up to the largest B "
+                f"measured, so B_crit is not located (E_min ≈ {self.e_min:.3g} samples); "
+                "measure larger batches to find it"
+            )
+        if self.bound == "<":
+            return (
+                f"{self.b_crit_text()} samples: steps barely fall with B from the smallest B "
+                f"measured on, so B_crit is not located (S_min ≈ {self.s_min:.3g} steps); "
+                "measure smaller batches to find it"
+            )
+        return ""
 
     def steps(self, big_b: np.ndarray | float) -> np.ndarray | float:
         return self.s_min * (1.0 + self.b_crit / np.asarray(big_b, dtype=float))
@@ -234,13 +274,17 @@ def default_target(steps: pd.DataFrame, trials: pd.DataFrame) -> float | None:
 def fit_critical_batch(big_b: np.ndarray, steps: np.ndarray) -> CriticalBatchFit | None:
     """Least squares of log S against log(S_min (1 + B_crit / B)) (relative errors: steps
     span orders of magnitude). Needs at least 3 distinct batch sizes; None otherwise or
-    when the fit does not converge to positive parameters."""
+    when the fit does not converge to positive parameters. A B_crit outside the measured
+    batch sizes is not located by the fit: see ``CriticalBatchFit.bound``."""
     from scipy.optimize import least_squares
 
     big_b = np.asarray(big_b, dtype=float)
     steps = np.asarray(steps, dtype=float)
     ok = np.isfinite(big_b) & np.isfinite(steps) & (big_b > 0) & (steps > 0)
     big_b, steps = big_b[ok], steps[ok]
+    # Two parameters: through two distinct B the law always passes exactly (zero residual),
+    # so nothing would test it. A third leaves the rms error a degree of freedom to show
+    # whether the points follow S_min (1 + B_crit / B) at all.
     if len(np.unique(big_b)) < 3:
         return None
     # Start from the linear form S = a + c / B (a = S_min, c = S_min * B_crit).
@@ -261,7 +305,14 @@ def fit_critical_batch(big_b: np.ndarray, steps: np.ndarray) -> CriticalBatchFit
     if not (math.isfinite(s_min) and math.isfinite(b_crit)):
         return None
     rms = float(np.sqrt(np.mean(sol.fun**2)))
-    return CriticalBatchFit(s_min=s_min, b_crit=b_crit, points=len(big_b), rms_log_error=rms)
+    return CriticalBatchFit(
+        s_min=s_min,
+        b_crit=b_crit,
+        points=len(big_b),
+        rms_log_error=rms,
+        b_lo=float(big_b.min()),
+        b_hi=float(big_b.max()),
+    )
 
 
 POINT_COLUMNS = [
