@@ -424,6 +424,41 @@ def test_bin_means_downsample_exactly():
     assert list(b[b["trial_key"] == "b"]["loss"]) == [7.0, 8.0, 9.0]  # short run kept whole
 
 
+def test_loss_band_only_where_every_seed_ran():
+    """Three seeds, two stop at step 30 (diverged / stopped early): the mean of the one
+    left would pass for the configuration's mean, with a band of zero width."""
+    steps = np.arange(1.0, 101.0)
+    binned = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "trial_key": key,
+                    "step": steps[:n],
+                    "samples_seen": steps[:n],
+                    "time_s": steps[:n],
+                    "loss": level - steps[:n] / 1000,  # linear: interpolation is exact
+                }
+            )
+            for key, n, level in (("a", 100, 1.0), ("b", 30, 2.0), ("c", 30, 3.0))
+        ]
+    )
+    trials = pd.DataFrame({"trial_key": ["a", "b", "c"], "config_id": ["cfg"] * 3})
+    bands, partial = curves.config_bands(binned, trials, "step")
+    full = bands["x"] <= 30
+    assert full.any() and (~full).any()
+    assert (bands.loc[full, "n"] == 3).all() and (bands.loc[~full, "n"] == 1).all()
+    # Mean and band where all three ran; nothing beyond.
+    np.testing.assert_allclose(bands.loc[full, "mean"], 2.0 - bands.loc[full, "x"] / 1000)
+    assert (bands.loc[full, "hi"] - bands.loc[full, "lo"] > 1.9).all()
+    assert bands.loc[~full, ["mean", "lo", "hi"]].isna().all().all()
+    # Beyond, the surviving seed on its own, from the last point with all three on.
+    assert set(partial["trial_key"]) == {"a"}
+    drawn = partial.dropna(subset=["loss"])  # NaN elsewhere: breaks in the line
+    assert drawn["x"].min() == bands.loc[full, "x"].max()
+    assert drawn["x"].max() == 100
+    np.testing.assert_allclose(drawn["loss"], 1.0 - drawn["x"] / 1000)
+
+
 def test_oom_probes_drawn_and_tolerated(tmp_path, sweep):
     import pyarrow as pa
 

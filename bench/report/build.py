@@ -22,7 +22,9 @@ from bench.store import load_results, write_bytes_atomic
 
 FIGURE_CAPTIONS = {
     "loss_curves": "Training loss against optimizer steps, samples seen and wall time. One line "
-    "per configuration (mean over seeds, band = min–max over seeds); dotted = SGD "
+    "per configuration (mean over seeds, band = min–max over seeds) where every seed of it "
+    "has a value; past the end of a seed (diverged, stopped early) the mean of the rest "
+    "would favour the survivors, so each remaining seed is drawn faintly on its own; dotted = SGD "
     "(B=1), solid = mini-batch, dashed = full batch; markers = gradient "
     "accumulation k > 1. The loss drawn is the smoothed loss that steps-to-target "
     "reads (centred mean over about as many samples as the largest batch holds), as bin means "

@@ -9,8 +9,6 @@ summarised as mean and min–max band. All numbers in tables come from the full 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
@@ -58,16 +56,23 @@ def bin_means(
 
 def config_bands(
     binned: pd.DataFrame, trials: pd.DataFrame, x: str, grid_points: int = 200
-) -> pd.DataFrame:
-    """Per configuration: mean and min/max of the loss over seeds on a common grid of x.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per configuration: mean and min/max of the loss over seeds on a common grid of x,
+    and the single seeds where not all of them have a value.
 
     A seed contributes only inside its own x range (a run that stopped early or is
-    slower in wall time does not get extrapolated)."""
-    cols = ["config_id", "x", "mean", "lo", "hi", "n"]
+    slower in wall time does not get extrapolated). Mean and band are given only where
+    every seed of the configuration has a value (``n == seeds``): after a seed stops
+    (diverged, stopped early) the mean of the rest would pass for the configuration's
+    mean, biased towards the runs that survived, with a band that collapses to them.
+    There the second frame has each remaining seed's own loss (from the last grid point
+    that has all seeds, so the lines join the band; NaN elsewhere, a break in a line)."""
+    cols = ["config_id", "x", "mean", "lo", "hi", "n", "seeds"]
+    part_cols = ["config_id", "trial_key", "x", "loss"]
     if not len(binned):
-        return pd.DataFrame({c: [] for c in cols})
+        return pd.DataFrame({c: [] for c in cols}), pd.DataFrame({c: [] for c in part_cols})
     cfg = trials.set_index("trial_key")["config_id"]
-    frames = []
+    frames, partial = [], []
     b = binned.assign(config_id=binned["trial_key"].map(cfg))
     for cid, g in b.groupby("config_id", sort=False):
         seeds = [s for _, s in g.groupby("trial_key", sort=False)]
@@ -102,15 +107,41 @@ def config_bands(
                 row = ys[i, inside]
                 row[bad] = np.nan
                 ys[i, inside] = row
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a gap
-            mean = np.nanmean(ys, axis=0)
-            lo = np.nanmin(ys, axis=0)
-            hi = np.nanmax(ys, axis=0)
         n = np.isfinite(ys).sum(axis=0)
+        every = n == len(seeds)
+        full = ys[:, every]
+        mean, lo, hi = (np.full(len(grid), np.nan) for _ in range(3))
+        if full.size:
+            mean[every], lo[every] = full.mean(axis=0), full.min(axis=0)
+            hi[every] = full.max(axis=0)
         frames.append(
-            pd.DataFrame({"config_id": cid, "x": grid, "mean": mean, "lo": lo, "hi": hi, "n": n})
+            pd.DataFrame(
+                {
+                    "config_id": cid,
+                    "x": grid,
+                    "mean": mean,
+                    "lo": lo,
+                    "hi": hi,
+                    "n": n,
+                    "seeds": len(seeds),
+                }
+            )
         )
-    if not frames:
-        return pd.DataFrame({c: [] for c in cols})
-    return pd.concat(frames, ignore_index=True)
+        some = (n > 0) & ~every
+        if some.any():
+            # Each incomplete stretch with its complete neighbours, so the lines start
+            # where the band ends (and end where it resumes).
+            near = some | np.r_[some[1:], False] | np.r_[False, some[:-1]]
+            for key, row in zip((s["trial_key"].iloc[0] for s in seeds), ys, strict=True):
+                if np.isfinite(row[some]).any():  # the seeds that go on
+                    y = np.where(near, row, np.nan)
+                    partial.append(
+                        pd.DataFrame({"config_id": cid, "trial_key": key, "x": grid, "loss": y})
+                    )
+    bands = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in cols})
+    part = (
+        pd.concat(partial, ignore_index=True)
+        if partial
+        else pd.DataFrame({c: [] for c in part_cols})
+    )
+    return bands, part

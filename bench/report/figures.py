@@ -165,7 +165,7 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
         b = binned[binned["trial_key"].isin(set(t["trial_key"]))]
         for col, (x, xlabel) in enumerate(curves.X_AXES.items()):
             ax = axes[r, col]
-            bands = curves.config_bands(b, t, x)
+            bands, partial = curves.config_bands(b, t, x)
             positive = True
             for cid in cids:
                 d = bands[bands["config_id"] == cid]
@@ -187,10 +187,20 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
                 ax.fill_between(
                     d["x"], d["lo"], d["hi"], color=palette[cid], alpha=0.18, linewidth=0
                 )
+                # Where not every seed has a value, the seeds that do, each on its own.
+                for _, one in partial[partial["config_id"] == cid].groupby("trial_key"):
+                    ax.plot(
+                        one["x"],
+                        one["loss"],
+                        color=palette[cid],
+                        linestyle=MODE_STYLE.get(c["mode"], "-"),
+                        linewidth=0.7,
+                        alpha=0.45,
+                    )
                 positive &= bool((d["x"] > 0).all())
             if positive and len(bands):
                 ax.set_xscale("log")
-            m = bands["mean"].to_numpy(dtype=float) if len(bands) else np.array([])
+            m = np.r_[bands["mean"].to_numpy(dtype=float), partial["loss"].to_numpy(dtype=float)]
             m = m[np.isfinite(m)]
             if len(m) and m.min() > 0 and m.max() / m.min() > 10:
                 ax.set_yscale("log")
@@ -198,7 +208,10 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
             ax.set_ylabel(f"{_wname(w)}\ntraining loss" if col == 0 else "")
         if by_label:
             axes[r, 2].legend(
-                fontsize=7, loc="upper right", title="mean, band = seed min–max", title_fontsize=7
+                fontsize=7,
+                loc="upper right",
+                title="mean, band = seed min–max\n(faint: single seeds past a seed's end)",
+                title_fontsize=7,
             )
         else:
             import matplotlib as mpl
@@ -215,8 +228,8 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
             ]
             axes[r, 2].legend(handles=handles, fontsize=7, loc="upper right")
     fig.suptitle(
-        "Training loss: mean over seeds with min–max band "
-        "(line style = sgd/mbgd/bgd, markers = accumulation k > 1)"
+        "Training loss: mean over seeds with min–max band where every seed ran, faint: the "
+        "seeds left after one stopped\n(line style = sgd/mbgd/bgd, markers = accumulation k > 1)"
     )
     return fig
 
