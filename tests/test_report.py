@@ -487,6 +487,62 @@ def test_oom_probes_drawn_and_tolerated(tmp_path, sweep):
     assert sorted(p.loc[p["outcome"] == "oom", "micro_batch_size"]) == [32, 64]
 
 
+def test_oom_probes_of_different_searches_are_kept_apart(tmp_path):
+    """fp32 and bf16 searches in one probes.parquet (bench oom appends to it): each has
+    its own boundary. Merged, fp32's OOM at 101 made 'OOM from b=101' while bf16 ran
+    b=200 fine."""
+    import pyarrow as pa
+
+    from bench.oom import PROBE_COLUMNS, peak_bytes
+    from bench.report.figures import load_oom_probes, probe_boundaries
+
+    mib = 2**20
+    rows = []
+    for precision, search, outcomes in (
+        ("fp32", "s-fp32", {50: "ok", 100: "ok", 101: "oom"}),
+        ("bf16", "s-bf16", {100: "ok", 200: "ok", 202: "oom", 201: "killed"}),
+    ):
+        for b, outcome in outcomes.items():
+            rows.append(
+                {
+                    "search_key": search,
+                    "workload": "seed-mlp",
+                    "precision": precision,
+                    "device": "cuda:0",
+                    "micro_batch_size": b,
+                    "capacity_bytes": 2**30,
+                    "baseline_bytes": 500 * mib,  # the CUDA context, outside the allocator
+                    "outcome": "oom" if outcome == "killed" else outcome,
+                    "killed": outcome == "killed",
+                    "peak_reserved_bytes": 4 * b * mib if outcome == "ok" else None,
+                    "config_json": json.dumps({"optimizer": "adamw", "precision": precision}),
+                }
+            )
+    table = pd.DataFrame(rows)
+    assert set(table.columns) <= set(PROBE_COLUMNS)
+    write_atomic(pa.Table.from_pandas(table), tmp_path / "probes.parquet")
+
+    p = load_oom_probes(tmp_path, [])
+    # The peak bench oom itself compares with the capacity: context + reserved.
+    ok = p[p["outcome"] == "ok"].set_index("micro_batch_size")["peak_bytes"]
+    assert ok.loc[200] == 500 * mib + 800 * mib == peak_bytes(rows[4])
+    assert (p["outcome"] == "killed").sum() == 1
+
+    lines = probe_boundaries(p).set_index("label")
+    assert sorted(lines.index) == ["1 GiB bf16 adamw", "1 GiB fp32 adamw"]
+    fp32, bf16 = lines.loc["1 GiB fp32 adamw"], lines.loc["1 GiB bf16 adamw"]
+    assert (fp32["first_bad"], fp32["bad_outcome"], fp32["last_ok"]) == (101, "oom", 100)
+    # bf16's first failure was a kill from outside, not the cap: said as such.
+    assert (bf16["first_bad"], bf16["bad_outcome"], bf16["last_ok"]) == (201, "killed", 200)
+
+    # Without search_key (older files): one line per (workload, precision, capacity).
+    write_atomic(
+        pa.Table.from_pandas(table.drop(columns=["search_key"])), tmp_path / "probes.parquet"
+    )
+    lines = probe_boundaries(load_oom_probes(tmp_path, []))
+    assert sorted(lines["first_bad"]) == [101, 201]
+
+
 # -- any results folder ------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ appended to ``notes`` when the results hold nothing it could show.
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,34 +359,70 @@ def memory(prep, probes: pd.DataFrame | None, notes: list[str]):
     return fig
 
 
+def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
+    """Per search (one ``bench oom`` search: same configuration, capacity, machine; see
+    ``_normalise_probes``): its label, capacity, the smallest micro-batch that did not
+    fit (``first_bad``, NaN if none), whether that was an OOM or a kill from outside
+    (``bad_outcome``), and the largest ok micro-batch below it (``last_ok``)."""
+    cols = ["search", "label", "capacity_bytes", "first_bad", "bad_outcome", "last_ok"]
+    rows = []
+    for search, q in p.groupby("search", sort=False):
+        cap = float(q["capacity_bytes"].fillna(0).iloc[0])
+        # What tells searches apart in a reader's terms: capacity, precision, optimizer.
+        parts = [compact_bytes(cap) if cap > 0 else "device"]
+        for col in ("precision", "optimizer"):
+            parts += [str(v) for v in pd.unique(q[col].dropna())]
+        bad = q[q["outcome"].isin(["oom", "killed"])].sort_values("micro_batch_size")
+        okb = q.loc[q["outcome"] == "ok", "micro_batch_size"].dropna()
+        first_bad = float(bad["micro_batch_size"].iloc[0]) if len(bad) else np.nan
+        below = okb[okb < first_bad] if len(bad) else okb
+        rows.append(
+            {
+                "search": search,
+                "label": " ".join(plain(x) for x in parts),
+                "capacity_bytes": cap,
+                "first_bad": first_bad,
+                "bad_outcome": bad["outcome"].iloc[0] if len(bad) else None,
+                "last_ok": float(below.max()) if len(below) else np.nan,
+            }
+        )
+    out = pd.DataFrame(rows, columns=cols)
+    # Searches that differ in something else (options, machine, code): tell them apart.
+    twice = out["label"].duplicated(keep=False)
+    out.loc[twice, "label"] += " [" + out.loc[twice, "search"].astype(str).str[:6] + "]"
+    return out
+
+
 def _draw_probes(ax, p: pd.DataFrame, trans) -> None:
-    """Per capacity: its line (a capacity of 0 means 'no cap' in probes.parquet) and the
-    boundary = the smallest micro-batch that OOMed under it, with the largest ok below."""
+    """Per capacity a line (a capacity of 0 means 'no cap' in probes.parquet); per search
+    the boundary = the smallest micro-batch that did not fit, with the largest ok below,
+    and its probes' peaks."""
     if not len(p):
         return
     import seaborn as sns
 
-    caps = sorted(set(p["capacity_bytes"].fillna(0)))
-    colors = sns.color_palette("dark", max(1, len(caps)))
-    for cap, color in zip(caps, colors, strict=False):
-        q = p[p["capacity_bytes"].fillna(0) == cap]
-        name = compact_bytes(cap) if cap > 0 else "device"
-        if cap > 0:
-            ax.axhline(cap, color=color, linestyle="--", linewidth=1, label=f"capacity {name}")
-        okb = q.loc[q["outcome"] == "ok", "micro_batch_size"].dropna()
-        oomb = q.loc[q["outcome"] == "oom", "micro_batch_size"].dropna()
-        if len(oomb):
-            first_oom = float(oomb.min())
-            below = okb[okb < first_oom]
-            last_ok = f", fits b={below.max():g}" if len(below) else ""
+    for cap in sorted(c for c in set(p["capacity_bytes"].fillna(0)) if c > 0):
+        ax.axhline(
+            cap, color="0.35", linestyle="--", linewidth=1, label=f"capacity {compact_bytes(cap)}"
+        )
+    lines = probe_boundaries(p)
+    colors = sns.color_palette("dark", max(1, len(lines)))
+    for line, color in zip(lines.itertuples(), colors, strict=False):
+        q = p[p["search"] == line.search]
+        name = line.label
+        if line.bad_outcome is not None:
+            last_ok = f", fits b={line.last_ok:g}" if np.isfinite(line.last_ok) else ""
+            # A kill from outside (the machine's OOM killer, a person) is not the cap's
+            # answer, though bench oom counts it as OOM once it happened twice.
+            what = "OOM from" if line.bad_outcome == "oom" else "killed (not the cap) at"
             ax.axvline(
-                first_oom,
+                line.first_bad,
                 color=color,
                 linestyle=":",
                 linewidth=1.4,
-                label=f"{name}: OOM from b={first_oom:g}{last_ok}",
+                label=f"{name}: {what} b={line.first_bad:g}{last_ok}",
             )
-        for outcome, marker in (("ok", "o"), ("oom", "x")):
+        for outcome, marker in (("ok", "o"), ("oom", "x"), ("killed", "v")):
             r = q[(q["outcome"] == outcome) & q["peak_bytes"].notna() & (q["peak_bytes"] > 0)]
             if len(r):
                 ax.scatter(
@@ -404,11 +441,14 @@ def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
     """Probes written by ``bench oom``: ``<folder>/probes.parquet``, ``<folder>/oom/*/``
     and ``<folder>/../oom/*/probes.parquet``. Read tolerantly (see docs/notes/report.md):
     micro-batch from ``micro_batch_size``/``b``/``batch_size``; outcome from
-    ``outcome``/``status``/``result`` ("ok"/"oom") or a boolean ``oom``; capacity from
-    ``capacity_bytes`` (0 = no cap); peak from the first present of ``peak_reserved_bytes``,
-    ``peak_bytes``, ``peak_allocated_bytes``, ``nvml_peak_used_bytes``, ``cpu_peak_rss_bytes``,
-    ``child_rss_hwm_bytes``; ``workload`` when present picks the figure row. A probes
-    file that cannot be read is a note in the report, not an error: it is optional."""
+    ``outcome``/``status``/``result`` ("ok"/"oom") or a boolean ``oom``, "killed" where
+    ``killed`` is true; capacity from ``capacity_bytes`` (0 = no cap); peak as
+    ``bench.oom.peak_bytes`` for bench oom's rows (they have ``device``), else the first
+    present of ``peak_reserved_bytes``, ``peak_bytes``, ``peak_allocated_bytes``,
+    ``nvml_peak_used_bytes``, ``cpu_peak_rss_bytes``, ``child_rss_hwm_bytes``; one line
+    per ``search_key`` (else per workload, precision and capacity); ``workload`` when
+    present picks the figure row. A probes file that cannot be read is a note in the
+    report, not an error: it is optional."""
     import pyarrow.parquet as pq
 
     paths = [
@@ -460,28 +500,68 @@ def _normalise_probes(raw: pd.DataFrame) -> pd.DataFrame | None:
         outcome = raw["oom"].map(lambda v: "oom" if bool(v) else "ok")
     if b is None or outcome is None:
         return None
+    if "killed" in raw.columns:  # died by SIGKILL: pressure from outside, not the cap
+        outcome = outcome.where(~raw["killed"].fillna(False).astype(bool), "killed")
     cap = _first(raw, ("capacity_bytes", "memory_capacity_bytes", "limit_bytes"))
-    peak = _first(
-        raw,
-        (
-            "peak_reserved_bytes",
-            "peak_bytes",
-            "peak_allocated_bytes",
-            "nvml_peak_used_bytes",
-            "cpu_peak_rss_bytes",
-            "child_rss_hwm_bytes",
-        ),
+    cap = pd.to_numeric(cap, errors="coerce") if cap is not None else pd.Series(np.nan, raw.index)
+    if "device" in raw.columns:
+        # bench oom's own rows: its peak, the one it compares with the capacity (on CUDA
+        # the context is added to the allocator's reserved peak, as the cap includes it).
+        from bench.oom import peak_bytes
+
+        records = raw.astype(object).where(raw.notna(), None).to_dict("records")
+        peak = pd.Series([peak_bytes(r) for r in records], index=raw.index, dtype=float)
+    else:
+        peak = _first(
+            raw,
+            (
+                "peak_reserved_bytes",
+                "peak_bytes",
+                "peak_allocated_bytes",
+                "nvml_peak_used_bytes",
+                "cpu_peak_rss_bytes",
+                "child_rss_hwm_bytes",
+            ),
+        )
+        peak = pd.to_numeric(peak, errors="coerce") if peak is not None else np.nan
+    workload = raw["workload"] if "workload" in raw.columns else pd.Series(None, raw.index)
+    precision = _column_or_config(raw, "precision")
+    # One search's probes share a search_key; files without it are grouped by what a
+    # search is at least made of (probes of one workload, precision and capacity).
+    fallback = pd.Series(
+        [f"{w}|{p}|{c}" for w, p, c in zip(workload, precision, cap.fillna(0), strict=True)],
+        index=raw.index,
     )
+    search = fallback
+    if "search_key" in raw.columns:
+        search = raw["search_key"].where(raw["search_key"].notna(), fallback)
     out = pd.DataFrame(
         {
             "micro_batch_size": pd.to_numeric(b, errors="coerce"),
             "outcome": outcome,
-            "capacity_bytes": pd.to_numeric(cap, errors="coerce") if cap is not None else np.nan,
-            "peak_bytes": pd.to_numeric(peak, errors="coerce") if peak is not None else np.nan,
-            "workload": raw["workload"] if "workload" in raw.columns else None,
+            "capacity_bytes": cap,
+            "peak_bytes": peak,
+            "workload": workload,
+            "precision": precision,
+            "optimizer": _column_or_config(raw, "optimizer"),
+            "search": search,
         }
     )
     return out[out["micro_batch_size"] > 0]
+
+
+def _column_or_config(raw: pd.DataFrame, key: str) -> pd.Series:
+    """``key`` from its column, else from each row's ``config_json`` (None if neither)."""
+    if key in raw.columns and raw[key].notna().any():
+        return raw[key].astype(object).where(raw[key].notna(), None)
+    values = []
+    for blob in raw["config_json"] if "config_json" in raw.columns else [None] * len(raw):
+        try:
+            config = json.loads(blob) if isinstance(blob, str) else None
+        except json.JSONDecodeError:
+            config = None
+        values.append(config.get(key) if isinstance(config, dict) else None)
+    return pd.Series(values, index=raw.index, dtype=object)
 
 
 # -- 4. steps to target --------------------------------------------------------------------
