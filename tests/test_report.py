@@ -188,6 +188,18 @@ def test_report_gives_a_bound_for_b_crit_outside_the_batches(tmp_path, b_crit, t
     assert build.summary_numbers(rep)["b_crit"] == {}
 
 
+def test_report_command_line_prints_the_bound_not_a_number(tmp_path, capsys):
+    import argparse
+
+    from bench.report.command import report_main
+
+    shapes = tuple((b, 1) for b in (8, 16, 32, 64, 128, 256))
+    write_synthetic(tmp_path, Synthetic(shapes=shapes, b_crit=20000.0, s_min=50.0, seeds=(0,)))
+    args = argparse.Namespace(results=tmp_path, out=tmp_path / "out", target_loss=0.5)
+    assert report_main(args) == 0
+    assert "seed-mlp: B_crit > 256" in capsys.readouterr().out
+
+
 def _steps(key: str, losses: list[float], big_b: int = 1) -> pd.DataFrame:
     n = len(losses)
     return pd.DataFrame(
