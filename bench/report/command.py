@@ -47,9 +47,7 @@ def report_main(args: argparse.Namespace) -> int:
         write_report(report, out)
     except OSError as exc:
         raise BenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
-    fits = "; ".join(
-        f"{w}: {f.b_crit_text()}" for w, f in {**report.fits, **report.bounds}.items()
-    )
+    fits = "; ".join(f"{w}: {f.b_crit_text()}" for w, f in {**report.fits, **report.bounds}.items())
     from bench.report.scaling import format_targets
 
     target = f", target loss {format_targets(report.target)}" if report.target is not None else ""
