@@ -191,9 +191,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.trial import prepare, run_trial, write_result
 
     prepared = prepare(config)  # every input error surfaces here, before OUT is touched
+    if not str(args.out).strip():
+        raise ConfigError("--out must name a folder")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
+    try:  # before training: an unusable --out is bad input, not a traceback after the run
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
     result = run_trial(config, results_dir=out, prepared=prepared)
     write_result(result, out, per_key=False)
     t = result.trial

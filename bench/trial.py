@@ -111,10 +111,12 @@ def run_trial(
         # Events, synchronize() and new tensors use the current device: make it this one.
         torch.cuda.set_device(device)
 
-    torch.manual_seed(config.seed)
-    model = workload.make_model()
     meters = meters_mod.TrialMeters(device, config)
+    model = None
     try:
+        # Inside the try: a model too big to build is this trial's OOM, not a traceback.
+        torch.manual_seed(config.seed)
+        model = workload.make_model()
         # Counted before the meters start (on the meta device, so it allocates nothing).
         # Per *sample*: a padded token batch costs the same whatever its documents'
         # lengths, so dividing by the first batch's real tokens would bias every rate.

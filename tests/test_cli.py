@@ -139,9 +139,11 @@ def test_run_from_toml_with_flag_override(tmp_path):
         (["--config", "options.toml", "--option", "width=3"], "workload_options must be a table"),
         (["--workload", ":build"], "expected module:function"),
         (["--workload", "no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
+        (["--workload", "wl:raises"], "'wl:raises' cannot be built: ValueError: my factory broke"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    (tmp_path / "wl.py").write_text(WL)
     (tmp_path / "bad.toml").write_text("batch_size = [")
     (tmp_path / "unknown.toml").write_text("batchsize = 3\n")
     (tmp_path / "options.toml").write_text('workload_options = "abc"\n')
@@ -162,6 +164,44 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()
+
+
+WL = """
+from bench.workloads import build_workload
+
+def raises(samples=None):
+    raise ValueError("my factory broke")
+
+def model_too_big(samples=None):
+    w = build_workload("seed-mlp", samples=samples)
+
+    def make():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    w.make_model = make
+    return w
+"""
+
+
+def test_a_model_too_big_to_build_is_an_oom_row_not_a_traceback(tmp_path):
+    (tmp_path / "wl.py").write_text(WL)
+    out = tmp_path / "out"
+    r = bench("run", "--workload", "wl:model_too_big", "--samples", "64", "--device", "cpu",
+              "--out", str(out), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.startswith("oom: ") and "64.00 GiB" in r.stdout
+    trial = pd.read_parquet(out / "trial.parquet").iloc[0]
+    assert trial["status"] == "oom" and trial["optimizer_steps"] == 0
+
+
+@pytest.mark.parametrize("where", ["file", "empty"])
+def test_an_unusable_out_is_bad_input_before_any_training(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    out = {"file": str(tmp_path / "afile" / "sub"), "empty": ""}[where]
+    r = bench("run", "--workload", "seed-mlp", "--samples", "64", "--device", "cpu",
+              "--out", out, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_plan_bad_input():

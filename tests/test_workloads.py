@@ -37,3 +37,19 @@ def test_another_data_seed_is_another_task():
     a = build_workload("teacher-mlp", samples=500)
     b = build_workload("teacher-mlp", samples=500, options={"data_seed": 1})
     assert not torch.equal(a.train[0], b.train[0]) and not torch.equal(a.val[0], b.val[0])
+
+
+def test_a_training_set_too_large_for_the_machine_fails_at_once():
+    # 10^15 rows of 32 floats is beyond any address space: the allocation fails before
+    # a second chunk is drawn (drawing chunk by chunk first would grow into the OOM killer).
+    from bench.workloads.base import draw_rows
+
+    calls = []
+
+    def draw(g, rows):
+        calls.append(rows)
+        return (torch.randn(rows, 32, generator=g),)
+
+    with pytest.raises(RuntimeError):
+        draw_rows(10**15, 0, "train", draw)
+    assert calls == [ROW_CHUNK]

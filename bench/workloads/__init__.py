@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bench.errors import ConfigError, did_you_mean, unknown
+from bench.errors import BenchError, ConfigError, did_you_mean, unknown
 from bench.workloads.base import Workload
 
 BUILTIN = {
@@ -67,6 +67,12 @@ def build_workload(
         workload = factory(samples=samples, **options)
     except TypeError as exc:
         raise ConfigError(f"workload {name!r}: {exc}") from None
+    except BenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - its data cannot be made (too big, a bug): input
+        from bench.failures import describe
+
+        raise ConfigError(f"workload {name!r} cannot be built: {describe(exc)}") from None
     if not isinstance(workload, Workload):
         raise ConfigError(
             f"workload {name!r}: factory returned {type(workload).__name__}, not a Workload"

@@ -87,5 +87,13 @@ def draw_rows(
     set only grows with N (the same task, more data), and the validation set, a stream of
     its own, does not change with it."""
     g = stream_generator(data_seed, stream)
-    chunks = [draw(g, ROW_CHUNK) for _ in range(-(-count // ROW_CHUNK))]
-    return tuple(torch.cat(parts)[:count] for parts in zip(*chunks, strict=True))
+    first = draw(g, ROW_CHUNK)
+    # The whole result is allocated before the rest is drawn: a count too large for the
+    # machine fails here, at once, instead of growing chunk by chunk into the OOM killer.
+    out = tuple(torch.empty((count, *t.shape[1:]), dtype=t.dtype) for t in first)
+    for start in range(0, count, ROW_CHUNK):
+        parts = first if start == 0 else draw(g, ROW_CHUNK)
+        rows = min(ROW_CHUNK, count - start)
+        for target, part in zip(out, parts, strict=True):
+            target[start : start + rows] = part[:rows]
+    return out
