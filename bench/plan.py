@@ -15,7 +15,6 @@ Vocabulary (the seed tutorial's, made exact):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ class Plan:
     def micro_batches_per_epoch(self) -> int:
         if self.drop_last:
             return self.samples // self.micro_batch_size
-        return math.ceil(self.samples / self.micro_batch_size)
+        return -(-self.samples // self.micro_batch_size)  # ceil, exact for any int (no float)
 
     @property
     def last_micro_batch_size(self) -> int:
@@ -60,7 +59,7 @@ class Plan:
     @property
     def steps_per_epoch(self) -> int:
         m, k = self.micro_batches_per_epoch, self.accumulation_steps
-        return math.ceil(m / k) if self.partial_window == "step" else m // k
+        return -(-m // k) if self.partial_window == "step" else m // k
 
     @property
     def total_steps(self) -> int:
@@ -74,7 +73,7 @@ class Plan:
     @property
     def epochs_run(self) -> int:
         """Epochs that see at least one optimizer step (the last may be cut by max_steps)."""
-        return math.ceil(self.total_steps / self.steps_per_epoch)
+        return -(-self.total_steps // self.steps_per_epoch)
 
     def window(self, step_in_epoch: int) -> range:
         """Micro-batch indices (0-based, within the epoch) of window ``step_in_epoch`` (1-based)."""
@@ -193,13 +192,13 @@ def make_plan(
         partial_window=partial_window,
         mode=mode,
     )
-    m = plan.micro_batches_per_epoch
-    if k > m:
-        # No window can hold b*k samples: with "drop" no step would ever happen, with
-        # "step" every step is the whole epoch and effective_batch_size would be a lie.
+    if b * k > samples:
+        # No window can hold b*k samples (b*k > N iff k > floor(N/b), the full
+        # micro-batches of an epoch): with "drop" no step would ever happen, with "step"
+        # every window is short and effective_batch_size would be a number never trained.
         raise ConfigError(
-            f"accumulation_steps {k} exceeds the {m} micro-batches per epoch: no window can "
-            f"hold b*k = {b * k} samples ({m * b if drop_last else samples} per epoch); "
-            "lower accumulation_steps, or use mode 'bgd' for full-batch steps"
+            f"effective batch b*k = {b}*{k} = {b * k} exceeds samples {samples}: no window "
+            f"can hold it; lower accumulation_steps (at most {samples // b} here), or use "
+            "mode 'bgd' for full-batch steps"
         )
     return plan

@@ -50,8 +50,8 @@ def test_tutorial_accumulation(partial_window, steps):
 @pytest.mark.parametrize("partial_window", ["step", "drop"])
 def test_windows_cover_the_epoch_exactly(n, b, k, drop_last, partial_window):
     m = n // b if drop_last else math.ceil(n / b)
-    if k > m:  # no window holds b*k samples, whatever happens to the short window
-        with pytest.raises(ConfigError, match=f"accumulation_steps {k} exceeds the {m} micro"):
+    if b * k > n:  # no window holds b*k samples, whatever happens to the short window
+        with pytest.raises(ConfigError, match=f"b\\*k = {b}\\*{k} = {b * k} exceeds samples {n}"):
             make_plan(
                 samples=n,
                 batch_size=b,
@@ -127,14 +127,26 @@ def test_bad_plans_name_the_key(kwargs, message):
         make_plan(**kwargs)
 
 
-@pytest.mark.parametrize("mode, b, k", [("mbgd", 32, 8), ("bgd", None, 4), ("sgd", None, 101)])
+@pytest.mark.parametrize(
+    "mode, b, k", [("mbgd", 32, 8), ("mbgd", 30, 4), ("bgd", None, 4), ("sgd", None, 101)]
+)
 def test_a_window_larger_than_the_epoch_is_an_error(mode, b, k):
-    # N = 100: 4 micro-batches of 32 cannot make windows of 8 (B = 256 > N), a full batch
-    # cannot be accumulated 4 times, 100 samples of SGD cannot make a window of 101.
+    # N = 100: 4 micro-batches of 32 cannot make windows of 8 (B = 256 > N); 30 x 4 = 120
+    # would be one short window of 100 every epoch; a full batch cannot be accumulated 4
+    # times; 100 samples of SGD cannot make a window of 101.
     with pytest.raises(ConfigError, match="no window can hold"):
         make_plan(samples=100, batch_size=b, accumulation_steps=k, mode=mode)
-    fits = {"mbgd": 4, "bgd": 1, "sgd": 100}[mode]  # the largest k that does fit
+    fits = {"mbgd": 100 // (b or 1), "bgd": 1, "sgd": 100}[mode]  # the largest k that fits
     assert make_plan(samples=100, batch_size=b, accumulation_steps=fits, mode=mode)
+
+
+def test_arithmetic_is_exact_beyond_float_precision():
+    n = 2**53 + 1  # float(n) == 2**53: true division would lose the last sample
+    plan = make_plan(samples=n, batch_size=1)
+    assert plan.micro_batches_per_epoch == n and plan.last_micro_batch_size == 1
+    plan = make_plan(samples=n, batch_size=2, accumulation_steps=3, epochs=3)
+    assert plan.micro_batches_per_epoch == 2**52 + 1 and plan.last_micro_batch_size == 1
+    assert plan.steps_per_epoch == (2**52 + 1 + 2) // 3 and plan.epochs_run == 3
 
 
 def test_bgd_allows_any_given_batch():
