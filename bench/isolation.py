@@ -494,6 +494,7 @@ def run_isolated(
     )
     started = time.perf_counter()
     message = None
+    timed_out = False
     rss_hwm: int | None = None
     try:
         proc.start()
@@ -516,14 +517,17 @@ def run_isolated(
             if not proc.is_alive() and not recv.poll(0):
                 break
             if deadline is not None and time.perf_counter() >= deadline:
+                timed_out = message is None
                 break
+        if timed_out:  # at the deadline, not 5 s later: a late result is no result
+            proc.kill()
         # Bounded: a child that hangs while exiting (CUDA teardown, a user thread) must
         # not outlive the timeout; its result, if it sent one, is already in hand.
         proc.join(timeout=10 if message is not None else 5)
-        if message is None and recv.poll(0):  # it finished while we waited for it
+        if message is None and not timed_out and recv.poll(0):  # it finished as it exited
             with contextlib.suppress(EOFError, OSError):
                 message = recv.recv()
-        timed_out = message is None and proc.is_alive()
+        timed_out = timed_out or (message is None and proc.is_alive())
         if proc.is_alive():
             proc.kill()
             proc.join()

@@ -138,3 +138,18 @@ def grower(*, samples: int | None = None):
         return inner()
 
     return _with_model(w, make_model)
+
+
+def test_stopping_workers_interrupted_while_starting_does_not_raise():
+    # Ctrl-C during Process.start(): the worker has a process object that never started
+    # (and no pipe yet); stopping must skip it, not fail with "can only join a started
+    # process" and a traceback instead of 'bench: interrupted'.
+    import multiprocessing
+
+    from bench.sweep.runner import SweepRunner, Worker
+
+    runner = SweepRunner.__new__(SweepRunner)
+    never_started = Worker(index=0, env={}, process=multiprocessing.get_context("spawn").Process())
+    runner.workers = [never_started]
+    runner._stop_workers()
+    assert never_started.process is None

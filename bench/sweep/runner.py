@@ -682,11 +682,15 @@ class SweepRunner:
         for w in self.workers:
             if w.process is None:
                 continue
+            if w.process.pid is None:  # Ctrl-C came while start() ran: nothing to join
+                w.process = None
+                continue
             w.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
-            w.conn.close()
+            if w.conn is not None:  # None if interrupted between start() and the handshake
+                w.conn.close()
             w.process = None
 
     def _replace(self, w: Worker) -> None:
