@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError, ConfigError, did_you_mean
 
 # Commands that live in their own modules: name -> (module, add_arguments, main, help).
 EXTERNAL = {
@@ -48,6 +48,19 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         where = self.prog.removeprefix("bench").strip()
+        if message.startswith("unrecognized arguments: "):
+            # argparse (3.11) suggests nothing; a misspelt flag gets a "did you mean".
+            # The top parser reports its subcommand's leftovers: look in every parser.
+            parsers, known = [self], []
+            while parsers:
+                parser = parsers.pop()
+                for a in parser._actions:
+                    known += [o for o in a.option_strings if o.startswith("--")]
+                    if isinstance(a, argparse._SubParsersAction):
+                        parsers += list(a.choices.values())
+            flags = [w.split("=", 1)[0] for w in message.split(": ", 1)[1].split()]
+            hints = (did_you_mean(f, known) for f in flags if f.startswith("--"))
+            message += next((h for h in hints if h), "")
         raise BenchError(f"{where}: {message}" if where else message)
 
 
@@ -169,6 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         "min_delta",
         "restore_best",
         "grad_clip",
+        "weight_decay",
+        "step_size",
+        "gamma",
+        "grad_norm_every",
+        "peak_tflops",
         "flush_every",
         "timing_warmup_steps",
         "time_limit_s",
@@ -229,7 +247,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", choices=("constant", "linear-warmup", "cosine", "step"))
     g.add_argument("--scheduler-interval", choices=("step", "epoch"))
     g.add_argument("--warmup", type=int, help="scheduler intervals of linear warm-up")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--step-size", type=int, help="step scheduler: intervals between decays")
+    g.add_argument("--gamma", type=float, help="step scheduler: decay factor (default 0.1)")
     g.add_argument("--grad-clip", type=float)
+    g.add_argument(
+        "--grad-norm-every", type=int, metavar="STEPS", help="record the gradient norm (default 16)"
+    )
     g.add_argument(
         "--normalize", choices=("sample", "micro"), help="loss normalisation across a window"
     )
@@ -252,6 +276,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--timing-warmup-steps", type=int, help="steps excluded from throughput (default 3)"
     )
     g.add_argument("--time-limit-s", type=float)
+    g.add_argument(
+        "--peak-tflops", type=float, help="the device's peak for MFU (overrides the table)"
+    )
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
 
 

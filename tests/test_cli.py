@@ -123,6 +123,8 @@ def test_run_from_toml_with_flag_override(tmp_path):
     "args, message",
     [
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--accumulaton-steps", "2"], "(did you mean '--accumulation-steps'?)"),
+        (["--step-size", "0", "--scheduler", "step"], "step_size must be an integer >= 1"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
         (["--accumulation-steps", "0"], "accumulation_steps must be an integer >= 1, got 0"),
         (["--batch-size", "101"], "batch_size 101 exceeds samples 100"),
@@ -202,6 +204,22 @@ def test_an_unusable_out_is_bad_input_before_any_training(tmp_path, where):
               "--out", out, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--out" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_step_scheduler_settings_from_flags(tmp_path):
+    # Without --step-size / --gamma the CLI could only divide the lr by 10 every step.
+    out = tmp_path / "out"
+    r = bench("run", "--workload", "seed-mlp", "--samples", "64", "--batch-size", "8",
+              "--device", "cpu", "--lr", "0.1", "--scheduler", "step", "--step-size", "4",
+              "--gamma", "0.5", "--weight-decay", "0.01", "--grad-norm-every", "1",
+              "--peak-tflops", "2", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert steps["lr"].tolist() == [0.1] * 4 + [0.05] * 4
+    assert steps["grad_norm"].notna().all()
+    trial = pd.read_parquet(out / "trial.parquet").iloc[0]
+    assert trial["peak_flops_per_s"] == 2e12
+    assert json.loads(trial["config_json"])["weight_decay"] == 0.01
 
 
 def test_plan_bad_input():
