@@ -6,6 +6,7 @@ Bad input ends with one line on stderr (``bench: error: ...``) and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -214,11 +215,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
+    created = not out.exists()
     try:  # before training: an unusable --out is bad input, not a traceback after the run
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out: cannot create {out}: {exc.strerror or exc}") from None
-    result = run_trial(config, results_dir=out, prepared=prepared)
+    try:
+        result = run_trial(config, results_dir=out, prepared=prepared)
+    except BenchError:
+        if created:  # bad input found late (a meter setting): leave nothing behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     write_result(result, out, per_key=False)
     t = result.trial
     rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"

@@ -175,6 +175,19 @@ def test_interval_from_config_attribute_or_environment(monkeypatch):
     assert TrialMeters("cpu", SimpleNamespace(meter_interval_ms=10)).interval_ms == 10.0
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [("BENCH_METER_INTERVAL_MS", v) for v in ("abc", "0", "-1", "nan")]
+    + [("BENCH_RSS_METHOD", "bogus")],
+)
+def test_a_bad_meter_setting_is_an_error_not_ignored(monkeypatch, name, value):
+    from bench.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        TrialMeters("cpu", TrialConfig())
+
+
 # -- a fake pynvml -----------------------------------------------------------------------
 
 

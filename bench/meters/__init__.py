@@ -24,10 +24,12 @@ forces the polled RSS fallback (for measuring it).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator
 
+from bench.errors import ConfigError
 from bench.meters.memory import CudaMemoryMeter, PeriodicSampler, RssMeter
 
 DEFAULT_INTERVAL_MS = 5.0
@@ -61,14 +63,26 @@ def _interval_ms(config) -> float:
     value = getattr(config, "meter_interval_ms", None)
     if value is None:
         raw = os.environ.get("BENCH_METER_INTERVAL_MS")
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = None
-    if value is None or not value > 0:
+        if not raw:
+            return DEFAULT_INTERVAL_MS
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):  # a typo must not pass unnoticed
+            raise ConfigError(
+                f"BENCH_METER_INTERVAL_MS must be milliseconds > 0 (e.g. 5), got {raw!r}"
+            )
+    if not value > 0:
         value = DEFAULT_INTERVAL_MS
     return float(value)
+
+
+def _rss_method(chosen: str | None) -> str:
+    raw = chosen or os.environ.get("BENCH_RSS_METHOD") or "hwm"
+    if raw not in ("hwm", "sampler"):
+        raise ConfigError(f"BENCH_RSS_METHOD must be 'hwm' or 'sampler', got {raw!r}")
+    return raw
 
 
 class TrialMeters:
@@ -87,8 +101,7 @@ class TrialMeters:
         self.device = torch.device(device)
         self.config = config
         self.interval_ms = float(interval_ms) if interval_ms is not None else _interval_ms(config)
-        rss_method = rss_method or os.environ.get("BENCH_RSS_METHOD") or "hwm"
-        self.rss = RssMeter(prefer=rss_method if rss_method in ("hwm", "sampler") else "hwm")
+        self.rss = RssMeter(prefer=_rss_method(rss_method))
         self.cuda = CudaMemoryMeter(self.device)
         self.nvml = None  # the pynvml module while initialised
         self.monitor = None  # nvml.NvmlDeviceMonitor
