@@ -332,15 +332,15 @@ def test_mixed_precision_trains_on_cpu(precision):
 
 
 def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly():
-    # N=20, b=6 -> micro-batches 6, 6, 6, 2; k=4: one window holding everything. Sample
-    # normalisation equals full-batch GD; micro normalisation gives the 2-sample batch
-    # the weight of 6.
+    # N=20, b=6 -> micro-batches 6, 6, 6, 2; k=2: windows (6, 6) and (6, 2), the same
+    # samples as b=12's batches of 12 and 8. Sample normalisation equals those batches;
+    # micro normalisation gives the 2-sample micro-batch the weight of 6.
     kw = {**SHORT, "samples": 20}
-    full, _, _, _ = run(**kw, mode="bgd", batch_size=None)
-    exact, _, _, _ = run(**kw, batch_size=6, accumulation_steps=4)
-    micro, _, _, _ = run(**kw, batch_size=6, accumulation_steps=4, normalize="micro")
-    assert rel_diff(params(exact), params(full)) < 1e-10
-    assert rel_diff(params(micro), params(full)) > 1e-4
+    big, _, _, _ = run(**kw, batch_size=12)
+    exact, _, _, _ = run(**kw, batch_size=6, accumulation_steps=2)
+    micro, _, _, _ = run(**kw, batch_size=6, accumulation_steps=2, normalize="micro")
+    assert rel_diff(params(exact), params(big)) < 1e-10
+    assert rel_diff(params(micro), params(big)) > 1e-4
 
 
 @pytest.mark.gpu
