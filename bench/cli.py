@@ -51,14 +51,15 @@ class _Parser(argparse.ArgumentParser):
         where = self.prog.removeprefix("bench").strip()
         if message.startswith("unrecognized arguments: "):
             # argparse (3.11) suggests nothing; a misspelt flag gets a "did you mean".
-            # The top parser reports its subcommand's leftovers: look in every parser.
+            # The top parser reports its subcommand's leftovers: look in that subcommand.
+            argv = getattr(self, "argv", None) or []
             parsers, known = [self], []
             while parsers:
                 parser = parsers.pop()
                 for a in parser._actions:
-                    known += [o for o in a.option_strings if o.startswith("--")]
+                    known += [o for o in a.option_strings if o.startswith("--") and o != "--help"]
                     if isinstance(a, argparse._SubParsersAction):
-                        parsers += list(a.choices.values())
+                        parsers += [a.choices[w] for w in argv[:1] if w in a.choices]
             flags = [w.split("=", 1)[0] for w in message.split(": ", 1)[1].split()]
             hints = (did_you_mean(f, known) for f in flags if f.startswith("--"))
             message += next((h for h in hints if h), "")
@@ -209,7 +210,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bench.trial import prepare, run_trial, write_result
 
-    prepared = prepare(config)  # every input error surfaces here, before OUT is touched
+    try:
+        prepared = prepare(config)  # every input error surfaces here, before OUT is touched
+    except Exception as exc:
+        from bench.failures import describe, is_oom
+
+        if not is_oom(exc):
+            raise
+        raise ConfigError(
+            f"workload {config.workload!r}: its data does not fit in memory: {describe(exc)}"
+        ) from None
     if not str(args.out).strip():
         raise ConfigError("--out must name a folder")
     out = Path(args.out)
@@ -325,7 +335,9 @@ def _missing(name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        parser.argv = list(sys.argv[1:] if argv is None else argv)  # for "did you mean"
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

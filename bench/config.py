@@ -12,6 +12,7 @@ import json
 import math
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +133,11 @@ class TrialConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Resolved hints, not annotation strings: "float | None", "Optional[float]" alike.
 _FLOAT_FIELDS = tuple(
-    f.name for f in dataclasses.fields(TrialConfig) if f.type in ("float", "float | None")
+    name
+    for name, hint in typing.get_type_hints(TrialConfig).items()
+    if hint is float or (float in typing.get_args(hint) and int not in typing.get_args(hint))
 )
 
 

@@ -401,6 +401,7 @@ class IsolatedRun:
     wall_s: float = 0.0
     exitcode: int | None = None
     reported: bool = True  # False: the child died before sending anything (row synthesised)
+    timed_out: bool = False  # killed by us at the timeout (not by anyone else)
 
     def to_dict(self) -> dict:
         return {"cap": None if self.cap is None else asdict(self.cap), "stats": dict(self.stats)}
@@ -552,6 +553,7 @@ def run_isolated(
                 wall,
                 proc.exitcode,
                 reported=False,
+                timed_out=timed_out,
             )
         kind, payload, cap, stats = message
         stats = dict(stats)

@@ -325,7 +325,9 @@ class Prober:
         )
         row["search_key"] = search_key(self.spec, cap_key, self.device)
         row["identity_json"] = self.spec.identity or None
-        row["killed"] = killed
+        # Only under a cap is a kill outside pressure (not an answer to keep); without one
+        # it is the machine's own memory running out: an OOM like any other, reused.
+        row["killed"] = killed and self.capacity_bytes is not None
         self.new_probes += 1
         self.store.add(row)
         self.rows.append(row)
@@ -337,6 +339,8 @@ def _killed(run) -> bool:
     reported and was then killed for hanging on its way out)."""
     import signal
 
+    if getattr(run, "timed_out", False):  # our own kill at --timeout: a failure, said so
+        return False
     return not getattr(run, "reported", True) and getattr(run, "exitcode", None) == -signal.SIGKILL
 
 

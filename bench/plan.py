@@ -196,9 +196,11 @@ def make_plan(
         # No window can hold b*k samples (b*k > N iff k > floor(N/b), the full
         # micro-batches of an epoch): with "drop" no step would ever happen, with "step"
         # every window is short and effective_batch_size would be a number never trained.
+        advice = f"lower accumulation_steps (at most {samples // b} here)"
+        if mode != "bgd":
+            advice += ", or use mode 'bgd' for full-batch steps"
         raise ConfigError(
             f"effective batch b*k = {b}*{k} = {b * k} exceeds samples {samples}: no window "
-            f"can hold it; lower accumulation_steps (at most {samples // b} here), or use "
-            "mode 'bgd' for full-batch steps"
+            f"can hold it; {advice}"
         )
     return plan

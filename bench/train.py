@@ -607,7 +607,7 @@ def train(
                         )
                         outcome.rows[-1]["val_loss"] = val_loss
                         stop = early_stopping.update(val_loss, model, global_step, outcome)
-                if global_step == warmup_steps and on_window_start is not None:
+                if not stop and global_step == warmup_steps and on_window_start is not None:
                     # After this step's evaluation: the window (energy, ...) holds timed steps only.
                     with host_sync_point(device):
                         clock.synchronize()

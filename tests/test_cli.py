@@ -142,6 +142,7 @@ def test_run_from_toml_with_flag_override(tmp_path):
         (["--workload", ":build"], "expected module:function"),
         (["--workload", "no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
         (["--workload", "wl:raises"], "'wl:raises' cannot be built: ValueError: my factory broke"),
+        (["--workload", "wl:data_too_big"], "'wl:data_too_big': its data does not fit in memory"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
@@ -173,6 +174,9 @@ from bench.workloads import build_workload
 
 def raises(samples=None):
     raise ValueError("my factory broke")
+
+def data_too_big(samples=None):
+    raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 TB")
 
 def model_too_big(samples=None):
     w = build_workload("seed-mlp", samples=samples)
@@ -220,6 +224,13 @@ def test_step_scheduler_settings_from_flags(tmp_path):
     trial = pd.read_parquet(out / "trial.parquet").iloc[0]
     assert trial["peak_flops_per_s"] == 2e12
     assert json.loads(trial["config_json"])["weight_decay"] == 0.01
+
+
+def test_a_flag_of_another_subcommand_gets_no_suggestion_of_itself():
+    r = bench("run", "--fresh", "--out", "x")  # --fresh is bench oom's
+    assert r.returncode == 2 and r.stderr.strip() == "bench: error: unrecognized arguments: --fresh"
+    r = bench("plan", "--samples", "10", "--lr", "0.1")  # --lr is bench run's
+    assert "did you mean" not in r.stderr
 
 
 def test_plan_bad_input():

@@ -407,3 +407,16 @@ def test_cli_bad_input(base, tmp_path, case):
 def test_ratio_text_signs():
     assert C._ratio_text(0.8) == "0.800 (-20.0 %)"
     assert C._ratio_text(math.inf) == "∞"
+
+
+def test_an_int_and_a_float_of_one_setting_match():
+    # Results written before TrialConfig coerced float fields hold TOML's int 600.
+    from bench.report.compare import config_defaults, matching_config
+    from bench.report.prepare import config_id_of
+
+    defaults = config_defaults()
+    old = matching_config({"workload": "seed-mlp", "time_limit_s": 600, "lr": 1}, defaults)
+    new = matching_config({"workload": "seed-mlp", "time_limit_s": 600.0, "lr": 1.0}, defaults)
+    assert config_id_of(old) == config_id_of(new)
+    flag = matching_config({"workload": "seed-mlp", "drop_last": 1}, defaults)
+    assert flag["drop_last"] == 1  # not a float field: left alone

@@ -92,6 +92,7 @@ def test_a_result_that_arrives_after_the_timeout_is_not_accepted():
     assert run.result.trial["status"] == "failed", run.result.trial
     assert "timed out after 0.02 s" in run.result.trial["error"]
     assert run.wall_s < 2.0
+    assert run.timed_out and not run.reported  # our kill: bench oom must not take it for pressure
 
 
 def test_cap_below_baseline_is_bad_input(baseline):

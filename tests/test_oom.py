@@ -240,6 +240,35 @@ def test_a_probe_killed_twice_is_not_reused_by_the_next_run(fake_machine, tmp_pa
     assert 8 in [b for b, _, _ in quiet.calls]
     probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
     assert probes[probes["micro_batch_size"] == 8]["killed"].tolist() == [True, False]
+    # The report's frontier follows the newest row per probe, as reuse does: b=8 fits now.
+    from bench.report.figures import load_oom_probes, probe_boundaries
+
+    (line,) = probe_boundaries(load_oom_probes(tmp_path / "oom" / "teacher-mlp", [])).to_dict(
+        "records"
+    )
+    assert (line["first_bad"], line["bad_outcome"], line["last_ok"]) == (101, "oom", 100)
+
+
+def test_a_timed_out_probe_is_a_failure_not_outside_pressure(fake_machine, tmp_path, capsys):
+    # isolation kills a probe at --timeout itself (reported=False, SIGKILL): that must not
+    # be mistaken for the OOM killer, run twice, and stored as a killed OOM.
+    class SlowAt8(FakeRunner):
+        def __call__(self, config, **kw):
+            run = super().__call__(config, **kw)
+            if config.batch_size == 8:
+                run.result.trial.update(status="failed", error="timed out after 1 s")
+                run.exitcode, run.reported, run.timed_out = -9, False, True
+            return run
+
+    runner = SlowAt8()
+    args = parse("--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
+                 "--timeout", "1", "--results", str(tmp_path), "--json")  # fmt: skip
+    assert oom.main(args, runner=runner) == 1
+    assert "timed out" in capsys.readouterr().err
+    assert [b for b, _, _ in runner.calls].count(8) == 1
+    probes = pd.read_parquet(tmp_path / "oom" / "teacher-mlp" / "probes.parquet")
+    row = probes[probes["micro_batch_size"] == 8].iloc[0]
+    assert row["outcome"] == "failed" and not row["killed"] and "re-run" not in row["error"]
 
 
 def _boundary(args, runner, capsys) -> tuple[int, int]:
@@ -292,6 +321,11 @@ def test_a_kill_without_a_cap_counts_at_once_and_a_late_kill_is_no_retry(
     assert oom.main(parse(*base, "--results", str(tmp_path / "a")), runner=runner) == 0
     c = json.loads(capsys.readouterr().out)["capacities"][0]
     assert c["first_oom"] == 8 and [b for b, _, _ in runner.calls].count(8) == 1
+    # ... and an answer like any other: the next run reuses it (no new kill of the machine).
+    again = FakeRunner()
+    assert oom.main(parse(*base, "--results", str(tmp_path / "a")), runner=again) == 0
+    assert json.loads(capsys.readouterr().out)["capacities"][0]["first_oom"] == 8
+    assert 8 not in [b for b, _, _ in again.calls]
 
     # A probe that reported, then hung on its way out and was killed: its result stands.
     class LateKill(FakeRunner):

@@ -316,6 +316,20 @@ def test_the_measured_window_opens_after_the_warm_up_steps_evaluation():
     assert len(seen) == 1 and len(seen[0]) == 3 and seen[0][2] is not None
 
 
+def test_no_window_opens_when_training_stops_at_the_warm_up_step():
+    # Early stop exactly at step 3 = the warm-up: an empty window would give a ~0 energy
+    # reading on CUDA where null is right.
+    opened = []
+    config = TrialConfig(
+        workload="teacher-mlp", device="cpu", batch_size=10, samples=100, epochs=5,
+        eval_every=1, patience=2, min_delta=100.0, timing_warmup_steps=3,
+    )  # fmt: skip
+    workload, plan, device = prepare(config)
+    _, outcome = train(config, workload, plan, device, on_window_start=lambda: opened.append(1))
+    assert outcome.stopped_early and outcome.optimizer_steps == 3
+    assert opened == []
+
+
 def test_divergence_is_a_status_not_a_crash():
     _, outcome, _, _ = run(batch_size=32, samples=512, epochs=5, lr=1e6, flush_every=4)
     assert outcome.status == "diverged"

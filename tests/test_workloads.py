@@ -53,3 +53,23 @@ def test_a_training_set_too_large_for_the_machine_fails_at_once():
     with pytest.raises(RuntimeError):
         draw_rows(10**15, 0, "train", draw)
     assert calls == [ROW_CHUNK]
+
+
+def test_out_of_memory_while_building_stays_an_oom(monkeypatch):
+    # Under a capped sweep worker or an OOM probe, data too big for the cap is the
+    # result being measured (an oom), not an invalid configuration.
+    import bench.workloads as workloads
+    from bench.errors import ConfigError
+
+    def too_big(samples=None):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    def broken(samples=None):
+        raise ValueError("a bug")
+
+    factories = {"big": too_big, "bug": broken}
+    monkeypatch.setattr(workloads, "_resolve", factories.__getitem__)
+    with pytest.raises(RuntimeError, match="can't allocate"):
+        workloads.build_workload("big")
+    with pytest.raises(ConfigError, match="cannot be built: ValueError: a bug"):
+        workloads.build_workload("bug")

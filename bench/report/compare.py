@@ -199,7 +199,15 @@ def _is_default(value: Any, default: Any) -> bool:
 
 def matching_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """``config`` without the keys at their TrialConfig default: an older result that
-    lacks a field added since, at its default, then matches a newer one."""
+    lacks a field added since, at its default, then matches a newer one. Float fields are
+    compared as floats: results from before TrialConfig coerced them hold TOML's ints
+    (``time_limit_s = 600``), and 600 and 600.0 are one setting."""
+    from bench.config import _FLOAT_FIELDS
+
+    config = {
+        k: float(v) if k in _FLOAT_FIELDS and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in config.items()
+    }
     return {k: v for k, v in config.items() if not (k in defaults and _is_default(v, defaults[k]))}
 
 

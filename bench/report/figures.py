@@ -463,6 +463,10 @@ def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
         except Exception as exc:  # noqa: BLE001 - optional input: note it, go on
             notes.append(f"OOM probes {path}: unreadable ({type(exc).__name__})")
             continue
+        if "probe_key" in raw.columns:
+            # A probe measured again (--fresh, or after a kill) supersedes its older rows,
+            # as bench oom's own reuse does: the newest row per key is the answer.
+            raw = raw.drop_duplicates("probe_key", keep="last")
         df = _normalise_probes(raw)
         if df is None:
             notes.append(f"OOM probes {path}: no micro-batch/outcome columns, skipped")

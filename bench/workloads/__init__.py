@@ -69,9 +69,11 @@ def build_workload(
         raise ConfigError(f"workload {name!r}: {exc}") from None
     except BenchError:
         raise
-    except Exception as exc:  # noqa: BLE001 - its data cannot be made (too big, a bug): input
-        from bench.failures import describe
+    except Exception as exc:  # noqa: BLE001 - its data cannot be made (a bug): input
+        from bench.failures import describe, is_oom
 
+        if is_oom(exc):  # out of memory is a result (a capped worker's or probe's oom)
+            raise
         raise ConfigError(f"workload {name!r} cannot be built: {describe(exc)}") from None
     if not isinstance(workload, Workload):
         raise ConfigError(
