@@ -268,6 +268,7 @@ class Prober:
     timeout_s: float | None = None
     kind: str = "boundary"
     fresh: bool = False  # run every probe, even one stored (--fresh)
+    log: Callable[[str], None] | None = None  # one line per new probe (stderr in main)
     probes: int = 0  # probes asked for (new + reused)
     new_probes: int = 0
     rows: list[dict] = field(default_factory=list)
@@ -331,7 +332,25 @@ class Prober:
         self.new_probes += 1
         self.store.add(row)
         self.rows.append(row)
+        if self.log is not None:  # progress: a search of many probes can take minutes
+            from bench.config import format_bytes
+
+            cap = "no cap" if self.capacity_bytes is None else format_bytes(self.capacity_bytes)
+            self.log(
+                f"oom: {self.kind} probe b={b} k={k} under {cap}: {row['outcome']} "
+                f"({run.wall_s:.1f} s)"
+            )
         return row
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress_wanted() -> bool:
+    """Progress lines for a person at a terminal; scripts and CI logs get only the
+    result (and bad input stays one line on stderr)."""
+    return sys.stderr.isatty()
 
 
 def _killed(run) -> bool:
@@ -793,7 +812,14 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
         # context then sits inside it, as on any card).
         cap_arg = cap if capped else None
         prober = Prober(
-            spec, cap_arg, device, store, runner=runner, timeout_s=args.timeout, fresh=args.fresh
+            spec,
+            cap_arg,
+            device,
+            store,
+            runner=runner,
+            timeout_s=args.timeout,
+            fresh=args.fresh,
+            log=_progress if _progress_wanted() else None,
         )
         try:
             bound = find_boundary(prober, start=args.start, upper=upper, tolerance=args.tolerance)
@@ -871,7 +897,14 @@ def _margin_search(
     if cap is None or cap <= baseline:
         return Boundary(0, None, None, 0, 0, 0.0)
     prober = Prober(
-        spec, cap, device, store, runner=runner, timeout_s=args.timeout, fresh=args.fresh
+        spec,
+        cap,
+        device,
+        store,
+        runner=runner,
+        timeout_s=args.timeout,
+        fresh=args.fresh,
+        log=_progress if _progress_wanted() else None,
     )
     b_raw = result.boundary.boundary
     estimate = max(1, int(b_raw * (1 - args.margin / 100)))
@@ -913,6 +946,7 @@ def _plan(spec: SearchSpec, results: list[CapacityResult], device, store, runner
                 timeout_s=args.timeout,
                 kind="throughput",
                 fresh=args.fresh,
+                log=_progress if _progress_wanted() else None,
             )
             # No evaluation: its time is excluded from throughput anyway, and the
             # boundary probes already showed that b fits with it.

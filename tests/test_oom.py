@@ -148,7 +148,8 @@ def fake_machine(monkeypatch):
     monkeypatch.setattr(iso, "inspect_config", lambda config: (100_000, "cpu"))
 
 
-def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsys):
+def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(oom, "_progress_wanted", lambda: True)  # as at a terminal
     args = parse(
         "--workload",
         "teacher-mlp",
@@ -164,7 +165,11 @@ def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsy
     )
     runner = FakeRunner()
     assert oom.main(args, runner=runner) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # Progress on stderr: one line per probe run (stdout stays the JSON).
+    progress = captured.err.splitlines()
+    assert len(progress) == len(runner.calls) and progress[0].startswith("oom: boundary probe b=1")
     got = {c["capacity_bytes"] // MiB: c for c in out["capacities"]}
     assert got[400]["boundary"] == 100 and got[400]["first_oom"] == 101
     assert got[600]["boundary"] == 300 and got[600]["first_oom"] == 301
@@ -177,8 +182,9 @@ def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsy
     # Second run: every probe comes from the file.
     again = FakeRunner()
     assert oom.main(args, runner=again) == 0
-    out2 = json.loads(capsys.readouterr().out)
-    assert again.calls == []
+    captured = capsys.readouterr()
+    out2 = json.loads(captured.out)
+    assert again.calls == [] and captured.err == ""
     assert [c["boundary"] for c in out2["capacities"]] == [100, 300]
     assert all(c["new_probes"] == 0 for c in out2["capacities"])
 
