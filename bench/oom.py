@@ -811,16 +811,7 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
         # The device's own memory needs no cap: the real limit applies (on CUDA the
         # context then sits inside it, as on any card).
         cap_arg = cap if capped else None
-        prober = Prober(
-            spec,
-            cap_arg,
-            device,
-            store,
-            runner=runner,
-            timeout_s=args.timeout,
-            fresh=args.fresh,
-            log=_progress if _progress_wanted() else None,
-        )
+        prober = _prober(spec, cap_arg, device, store, runner, args)
         try:
             bound = find_boundary(prober, start=args.start, upper=upper, tolerance=args.tolerance)
             if bound.boundary == 0:
@@ -881,6 +872,21 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
     return 0
 
 
+def _prober(spec, cap, device, store, runner, args, kind: str = "boundary") -> Prober:
+    """A Prober with the command's settings (timeout, --fresh, progress at a terminal)."""
+    return Prober(
+        spec,
+        cap,
+        device,
+        store,
+        runner=runner,
+        timeout_s=args.timeout,
+        kind=kind,
+        fresh=args.fresh,
+        log=_progress if _progress_wanted() else None,
+    )
+
+
 def _row_at(prober: Prober, b: int) -> dict | None:
     for row in reversed(prober.rows):
         if row["micro_batch_size"] == b and row["outcome"] == "ok":
@@ -896,16 +902,7 @@ def _margin_search(
     cap = result.margin_capacity_bytes
     if cap is None or cap <= baseline:
         return Boundary(0, None, None, 0, 0, 0.0)
-    prober = Prober(
-        spec,
-        cap,
-        device,
-        store,
-        runner=runner,
-        timeout_s=args.timeout,
-        fresh=args.fresh,
-        log=_progress if _progress_wanted() else None,
-    )
+    prober = _prober(spec, cap, device, store, runner, args)
     b_raw = result.boundary.boundary
     estimate = max(1, int(b_raw * (1 - args.margin / 100)))
     bound = find_boundary(
@@ -937,17 +934,7 @@ def _plan(spec: SearchSpec, results: list[CapacityResult], device, store, runner
         for b in fitting:
             if b in measured:
                 continue
-            prober = Prober(
-                spec,
-                cap,
-                device,
-                store,
-                runner=runner,
-                timeout_s=args.timeout,
-                kind="throughput",
-                fresh=args.fresh,
-                log=_progress if _progress_wanted() else None,
-            )
+            prober = _prober(spec, cap, device, store, runner, args, kind="throughput")
             # No evaluation: its time is excluded from throughput anyway, and the
             # boundary probes already showed that b fits with it.
             row = prober.run(

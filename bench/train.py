@@ -632,6 +632,8 @@ def train(
                 break
             if per_epoch:
                 schedule.step()
+        with host_sync_point(device):
+            flush()
     except BaseException:
         # An OOM or error mid-run: the steps completed since the last flush are real and
         # are kept (their count, samples and losses); the read-back may fail too after a
@@ -639,14 +641,11 @@ def train(
         del pending_units[len(pending_losses) :]  # the failed window's count, if taken
         with contextlib.suppress(Exception), host_sync_point(device):
             flush()
+        raise
+    finally:
         if token_unit:
             outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
-        raise
-    with host_sync_point(device):
-        flush()
     del accumulators  # held to here (see hold_grad_accumulators)
-    if token_unit:
-        outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
     if early_stopping.best_state is not None:
         model.load_state_dict(torch.load(io.BytesIO(early_stopping.best_state), weights_only=True))
         outcome.notes.append(

@@ -174,11 +174,11 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
                     continue
                 c = configs.loc[cid]
                 k = int(c["accumulation_steps"]) if pd.notna(c["accumulation_steps"]) else 1
+                style = {"color": palette[cid], "linestyle": MODE_STYLE.get(c["mode"], "-")}
                 ax.plot(
                     d["x"],
                     d["mean"],
-                    color=palette[cid],
-                    linestyle=MODE_STYLE.get(c["mode"], "-"),
+                    **style,
                     linewidth=1.4,
                     marker=accum_marker.get(k),
                     markevery=max(1, len(d) // 8),
@@ -190,14 +190,7 @@ def loss_curves(prep, binned: pd.DataFrame, notes: list[str]):
                 )
                 # Where not every seed has a value, the seeds that do, each on its own.
                 for _, one in partial[partial["config_id"] == cid].groupby("trial_key"):
-                    ax.plot(
-                        one["x"],
-                        one["loss"],
-                        color=palette[cid],
-                        linestyle=MODE_STYLE.get(c["mode"], "-"),
-                        linewidth=0.7,
-                        alpha=0.45,
-                    )
+                    ax.plot(one["x"], one["loss"], **style, linewidth=0.7, alpha=0.45)
                 positive &= bool((d["x"] > 0).all())
             if positive and len(bands):
                 ax.set_xscale("log")
