@@ -78,7 +78,7 @@ class TrialConfig:
         _validate(self)
         # TOML's ``lr = 1`` is an int, the CLI's ``--lr 1`` a float: one configuration
         # must have one trial_key, so every float field holds a float.
-        for name in _FLOAT_FIELDS:
+        for name in FLOAT_FIELDS:
             value = getattr(self, name)
             if _is_int(value):
                 object.__setattr__(self, name, float(value))
@@ -134,11 +134,17 @@ class TrialConfig:
 
 
 # Resolved hints, not annotation strings: "float | None", "Optional[float]" alike.
-_FLOAT_FIELDS = tuple(
+FLOAT_FIELDS = tuple(
     name
     for name, hint in typing.get_type_hints(TrialConfig).items()
     if hint is float or (float in typing.get_args(hint) and int not in typing.get_args(hint))
 )
+
+
+def floats_as_floats(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the ints of float fields as floats (what TrialConfig stores), for
+    config dicts written before it coerced them: 600 and 600.0 are one setting."""
+    return {k: float(v) if k in FLOAT_FIELDS and _is_int(v) else v for k, v in values.items()}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -62,7 +62,7 @@ import pandas as pd
 from bench.config import TrialConfig
 from bench.errors import BenchError
 from bench.report.metrics import Metric
-from bench.report.prepare import STATUSES, Prepared, _config_dict, config_id_of, prepare
+from bench.report.prepare import STATUSES, Prepared, config_dict, config_id_of, prepare
 from bench.report.tables import markdown_table
 from bench.store import load_results
 
@@ -202,12 +202,9 @@ def matching_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[st
     lacks a field added since, at its default, then matches a newer one. Float fields are
     compared as floats: results from before TrialConfig coerced them hold TOML's ints
     (``time_limit_s = 600``), and 600 and 600.0 are one setting."""
-    from bench.config import _FLOAT_FIELDS
+    from bench.config import floats_as_floats
 
-    config = {
-        k: float(v) if k in _FLOAT_FIELDS and isinstance(v, int) and not isinstance(v, bool) else v
-        for k, v in config.items()
-    }
+    config = floats_as_floats(config)
     return {k: v for k, v in config.items() if not (k in defaults and _is_default(v, defaults[k]))}
 
 
@@ -228,7 +225,7 @@ def _load(folder: str | Path, what: str) -> _Side:
     # prepare's config_id hashes every key, so a field added at its default would change
     # every id; compare matches on the config without its defaulted keys instead.
     defaults = config_defaults()
-    configs = [matching_config(_config_dict(r), defaults) for _, r in prep.trials.iterrows()]
+    configs = [matching_config(config_dict(r), defaults) for _, r in prep.trials.iterrows()]
     ids = [config_id_of(d) for d in configs]
     renamed = dict(zip(prep.trials["config_id"], ids, strict=True))
     prep.trials["config_id"] = ids

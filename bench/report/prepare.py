@@ -112,7 +112,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
-def _config_dict(row: pd.Series) -> dict[str, Any]:
+def config_dict(row: pd.Series) -> dict[str, Any]:
     raw = row.get("config_json")
     if isinstance(raw, str) and raw.strip():
         try:
@@ -196,7 +196,7 @@ def prepare(results: Results) -> Prepared:
         eff.notna(), trials["micro_batch_size"] * trials["accumulation_steps"]
     )
 
-    dicts = [_config_dict(r) for _, r in trials.iterrows()]
+    dicts = [config_dict(r) for _, r in trials.iterrows()]
     trials["config_id"] = [config_id_of(d) for d in dicts]
 
     # Which flattened keys vary across configurations: those go into the label.
