@@ -48,6 +48,7 @@ from bench.errors import BenchError
 
 # Modules the forkserver imports once, so children start with them loaded.
 _PRELOAD = [
+    "bench.forkserver_init",  # first: no Ctrl-C traceback from the imports below
     "torch",
     "pandas",
     "pyarrow.parquet",
