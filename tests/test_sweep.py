@@ -560,10 +560,10 @@ def test_dispatch_to_a_vanished_worker_replaces_it_and_keeps_the_job(tmp_path):
     assert "worker 0 was gone before trial 7 could start" in runner.stream.getvalue()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bench", "sweep", *args],
-        env=ENV,
+        env={**ENV, **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -591,6 +591,20 @@ def test_bad_threads_or_workers_refused_even_in_dry_run(tmp_path):
         p = _cli(str(spec), "--dry-run", flag, value)
         assert p.returncode == 2 and f"{flag} must be >= 1" in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(
+    "var, value", [("BENCH_RSS_METHOD", "smapls"), ("BENCH_METER_INTERVAL_MS", "5ms")]
+)
+def test_bad_meter_environment_stops_the_sweep_before_any_trial(tmp_path, var, value):
+    # Not once per trial: every trial would be recorded as failed on the same typo.
+    spec, log = counted_spec(tmp_path, "badenv", 1)
+    results = tmp_path / "r"
+    p = _cli(str(spec), "--results", str(results), env={var: value})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("bench: error: ") and var in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not results.exists() and not log.exists()
 
 
 def test_all_trials_invalid_exits_1_and_says_so(tmp_path):

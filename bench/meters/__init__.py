@@ -85,6 +85,13 @@ def _rss_method(chosen: str | None) -> str:
     return raw
 
 
+def check_environment() -> None:
+    """Raise ConfigError for a bad meter environment variable. A sweep calls this once
+    before it starts: otherwise every one of its trials would fail on the same typo."""
+    _interval_ms(None)
+    _rss_method(None)
+
+
 class TrialMeters:
     """All meters of one trial, behind the four calls bench.trial makes."""
 

@@ -63,6 +63,9 @@ def main(args: argparse.Namespace) -> int:
 
         parse_storage(args.storage, Path(args.results))  # refuse a bad URL before any work
     spec = load_spec(args.spec)
+    from bench.meters import check_environment
+
+    check_environment()  # workers inherit this environment; a typo would fail every trial
     if args.dry_run:
         print(f"sweep {spec.name}: {spec.question.splitlines()[0] if spec.question else ''}")
         mode = (
