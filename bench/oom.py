@@ -758,9 +758,11 @@ def _dataset_size(config) -> tuple[int, str]:
 def main(args: argparse.Namespace, *, runner=None) -> int:
     from bench.config import format_bytes, parse_size
     from bench.isolation import measure_baseline
+    from bench.meters import check_environment
 
     t_start = time.perf_counter()
     _validate_args(args)
+    check_environment()  # every probe child would fail on the same typo
     base = _base_config(args)
     spec = SearchSpec(base=base, steps=args.steps, evaluate=not args.no_eval)
     probe = spec.probe_config(1)  # validates the probe config (precision, options ...)

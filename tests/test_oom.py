@@ -541,6 +541,15 @@ def test_cli_unusable_results_folder_is_bad_input_before_any_probe(tmp_path):
     assert len(lines) == 1 and "--results" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_bad_meter_environment_is_bad_input_before_any_probe(fake_machine, monkeypatch, tmp_path):
+    monkeypatch.setenv("BENCH_RSS_METHOD", "smapls")
+    runner = FakeRunner()
+    args = parse("--workload", "teacher-mlp", "--results", str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="BENCH_RSS_METHOD must be"):
+        oom.main(args, runner=runner)
+    assert runner.calls == [] and not (tmp_path / "r").exists()
+
+
 # -- real probes on CPU ------------------------------------------------------------------------------
 
 
