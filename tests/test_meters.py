@@ -602,8 +602,11 @@ def test_environment_record_has_identity_and_no_hostname():
         "hostname_sha256",
         "git_commit",
         "git_dirty",
+        "git_diff_sha256",
+        "bench_source_sha256",
     ):
         assert key in env
+    assert env["bench_source_sha256"] == env_mod.source_sha256()
     assert env["packages"]["torch"] == metadata.version("torch")
     import platform
 
@@ -634,7 +637,11 @@ def test_write_environment_is_atomic_and_idempotent(tmp_path):
 
 
 def test_git_state_outside_git_is_null(tmp_path):
-    assert env_mod.git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
+    assert env_mod.git_state(tmp_path) == {
+        "git_commit": None,
+        "git_dirty": None,
+        "git_diff_sha256": None,
+    }
 
 
 def test_git_state_reports_commit_and_dirty_flag(tmp_path):
@@ -650,10 +657,19 @@ def test_git_state_reports_commit_and_dirty_flag(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "c")
     clean = env_mod.git_state(tmp_path)
     assert len(clean["git_commit"]) == 40 and clean["git_dirty"] is False
+    assert clean["git_diff_sha256"] is None
     (tmp_path / "untracked.txt").write_text("results do not count\n")
-    assert env_mod.git_state(tmp_path)["git_dirty"] is False
+    assert env_mod.git_state(tmp_path) == clean
     (tmp_path / "a.txt").write_text("two\n")
-    assert env_mod.git_state(tmp_path)["git_dirty"] is True
+    two = env_mod.git_state(tmp_path)
+    assert two["git_dirty"] is True and len(two["git_diff_sha256"]) == 16
+    assert env_mod.git_state(tmp_path) == two  # the same edit, the same hash
+    (tmp_path / "a.txt").write_text("three\n")
+    three = env_mod.git_state(tmp_path)
+    # Two different dirty trees at one commit are two environments, not one.
+    assert three["git_commit"] == two["git_commit"] and three["git_dirty"] is True
+    assert three["git_diff_sha256"] != two["git_diff_sha256"]
+    assert env_mod.env_id({"git": two}) != env_mod.env_id({"git": three})
 
 
 def test_sampler_stops_watching_the_energy_counter_once_its_period_is_known(fake_nvml):

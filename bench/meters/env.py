@@ -5,7 +5,8 @@ written once per id as ``<results>/env/<env_id>.json`` (pytest-benchmark's machi
 asv's machine.json in spirit). Two runs with the same ``env_id`` ran the same software
 versions on the same kind of machine at the same commit. The hostname is hashed (results
 get pasted into pull requests); nothing time-dependent (clock, load, free memory) enters
-the hash, so it is stable across runs.
+the hash, so it is stable across runs. Uncommitted edits change it too: the record holds
+a hash of ``git diff HEAD`` and one of bench's own source files.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def _usable_cores() -> int | None:
 
 
 def git_state(path: str | Path | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the git work tree holding ``path`` (default: bench's own
-    source); both None outside git or without a git executable."""
+    """Commit, dirty flag and a hash of the uncommitted diff of the git work tree holding
+    ``path`` (default: bench's own source); all None outside git or without a git
+    executable. The diff hash (None when clean) tells two different dirty trees at the
+    same commit apart: without it they shared an env_id."""
     where = Path(path) if path is not None else Path(__file__).resolve().parents[2]
-    state: dict[str, Any] = {"git_commit": None, "git_dirty": None}
+    state: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_diff_sha256": None}
 
     def git(*args: str) -> str | None:
         try:
@@ -78,6 +81,7 @@ def git_state(path: str | Path | None = None) -> dict[str, Any]:
                 ["git", "-C", str(where), *args],
                 capture_output=True,
                 text=True,
+                errors="surrogateescape",
                 timeout=10,
                 check=False,
             )
@@ -93,6 +97,11 @@ def git_state(path: str | Path | None = None) -> dict[str, Any]:
     # writes its output inside the repo must not flip its own flag.
     status = git("status", "--porcelain", "--untracked-files=no")
     state["git_dirty"] = None if status is None else bool(status.strip())
+    if state["git_dirty"]:
+        diff = git("diff", "HEAD", "--binary", "--no-color", "--no-ext-diff")
+        if diff is not None:
+            data = diff.encode("utf-8", "surrogateescape")
+            state["git_diff_sha256"] = hashlib.sha256(data).hexdigest()[:16]
     return state
 
 
@@ -176,6 +185,8 @@ def _environment_cached() -> dict[str, Any]:
         "cuda_devices": torch_info["devices"],
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **git_state(),
+        # Also where bench runs from a wheel (no git): the code that trains, as hashed.
+        "bench_source_sha256": source_sha256(),
     }
 
 
