@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage shared by several machines: postgresql://user@host/db "
+        help="Optuna storage shared by several machines: postgresql://user@host/db; or "
+        "journal:PATH (or a bare PATH) for a journal file elsewhere "
         "(default: an embedded journal in RESULTS/<sweep>/optuna.journal)",
     )
     parser.add_argument(
