@@ -408,3 +408,55 @@ def test_restore_best_without_evaluations_is_an_error():
 
     with pytest.raises(ConfigError, match="restore_best needs evaluations"):
         TrialConfig(restore_best=True, eval_every=0)
+
+
+# -- --storage ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (None, ("journal", "SWEEP/optuna.journal")),
+        ("journal:/data/s.journal", ("journal", "/data/s.journal")),
+        ("journal:///data/s.journal", ("journal", "/data/s.journal")),
+        ("/data/s.journal", ("journal", "/data/s.journal")),
+        ("rel/s.journal", ("journal", "rel/s.journal")),
+        ("postgresql+psycopg2://u@h/db", ("postgresql", "postgresql+psycopg2://u@h/db")),
+    ],
+)
+def test_storage_forms(url, expected):
+    from bench.sweep.storage import parse_storage
+
+    assert parse_storage(url, Path("SWEEP")) == expected
+
+
+def test_postgres_urls_get_a_driver_that_is_installed():
+    import importlib.util
+
+    from bench.sweep.storage import parse_storage
+
+    for url in ("postgres://u@h/db", "postgresql://u@h/db"):
+        kind, target = parse_storage(url, Path("SWEEP"))
+        assert kind == "postgresql" and target.endswith("://u@h/db")
+        driver = target.split("://", 1)[0].partition("+")[2]
+        module = {"": "psycopg", "psycopg2": "psycopg2"}[driver]
+        if driver == "" and importlib.util.find_spec("psycopg") is None:
+            assert importlib.util.find_spec("psycopg2") is None  # else it would be named
+        else:
+            assert importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("journal:", "journal:PATH needs a path"),
+        ("sqlite:///x.db", "not safe for several worker processes"),
+        ("mysql://u@h/db", r"mysql:// is not supported"),
+        ("redis://h", r"redis:// is not supported"),
+    ],
+)
+def test_unsupported_storage_is_one_clear_error(url, match):
+    from bench.sweep.storage import parse_storage
+
+    with pytest.raises(ConfigError, match=match):
+        parse_storage(url, Path("SWEEP"))
