@@ -240,10 +240,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_result(result, out, per_key=False)
     t = result.trial
     rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"
-    loss = f"{t['final_loss']:.4f}" if t.get("final_loss") is not None else "-"
+    loss, tail = (
+        f"{t[c]:.4f}" if t.get(c) is not None else "-" for c in ("final_loss", "tail_loss")
+    )
     line = (
         f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']} "
-        f"steps={t['optimizer_steps']}/{t['planned_steps']} final_loss={loss} {rate} -> {out}"
+        f"steps={t['optimizer_steps']}/{t['planned_steps']} final_loss={loss} tail_loss={tail} {rate} -> {out}"
     )
     if t.get("error"):
         line += f" ({t['error']})"

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +24,9 @@ import pyarrow.parquet as pq
 from bench.errors import BenchError
 
 SCHEMA_VERSION = 1
+
+# The share of a run's samples whose steps tail_loss averages over.
+TAIL_FRACTION = 0.05
 
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "trial_key": pa.string(),
@@ -50,7 +54,8 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "micro_batches": pa.int64(),
     "samples_seen": pa.int64(),
     "tokens_seen": pa.int64(),
-    "final_loss": pa.float64(),
+    "final_loss": pa.float64(),  # the last optimizer step's loss
+    "tail_loss": pa.float64(),  # mean loss over the last TAIL_FRACTION of samples (tail_loss())
     "best_val_loss": pa.float64(),
     "train_time_s": pa.float64(),
     "timed_steps": pa.int64(),
@@ -183,6 +188,50 @@ def write_trial(folder: str | Path, trial: dict, steps: pd.DataFrame, *, per_key
         write_atomic(trials_table([trial]), folder / "trial.parquet")
 
 
+def tail_loss(loss, samples, units=None, *, fraction: float = TAIL_FRACTION) -> float | None:
+    """The training loss at the end of a run, less noisy than the last step's.
+
+    ``final_loss`` is the last optimizer step's loss: at batch size 1, one sample's loss,
+    and comparing configurations on it compares noise. This is the mean over the last
+    steps that together hold ``fraction`` of the samples seen (whole steps, always at least
+    the last one), each step weighted by what its loss is a mean over (``units``: target
+    tokens for token workloads; else ``samples``). So every configuration's figure averages
+    over the same share of the data: 500 steps of an SGD run over 10,000 samples, 16 of
+    B = 32, the last one of full-batch GD. Arrays are in step order. None when there are
+    no steps or the tail holds a non-finite loss (a diverged run).
+    """
+    loss = np.asarray(loss, dtype=float)
+    samples = np.asarray(samples, dtype=float)
+    if not len(loss) or len(samples) != len(loss):
+        return None
+    weight = samples if units is None else np.asarray(units, dtype=float)
+    weight = np.where(np.isnan(weight), samples, weight)  # a step without tokens counted
+    after = np.cumsum(samples[::-1])[::-1] - samples  # samples in the steps after each one
+    tail = after < fraction * samples.sum()
+    w, v = weight[tail], loss[tail]
+    if not np.all(np.isfinite(v)) or not w.sum() > 0:
+        return None
+    return float(np.dot(w, v) / w.sum())
+
+
+def _fill_tail_loss(trials: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Results written before tail_loss existed: derive it from their steps."""
+    missing = trials["tail_loss"].isna() & trials["trial_key"].isin(set(steps["trial_key"]))
+    if not missing.any():
+        return trials
+    wanted = set(trials.loc[missing, "trial_key"])
+    s = steps[steps["trial_key"].isin(wanted)].sort_values(["trial_key", "step"])
+    values = {
+        key: tail_loss(g["loss"], g["samples"], g["tokens"])
+        for key, g in s.groupby("trial_key", sort=False)
+    }
+    trials = trials.copy()
+    trials["tail_loss"] = trials["tail_loss"].astype(object)
+    trials.loc[missing, "tail_loss"] = trials.loc[missing, "trial_key"].map(values)
+    trials["tail_loss"] = pd.to_numeric(trials["tail_loss"], errors="coerce")
+    return trials
+
+
 @dataclass(frozen=True)
 class Results:
     trials: pd.DataFrame
@@ -225,6 +274,7 @@ def load_results(folder: str | Path) -> Results:
     steps = _read_many(step_files, STEP_COLUMNS)
     if len(steps) and len(trials):
         steps = steps[steps["trial_key"].isin(set(trials["trial_key"]))].reset_index(drop=True)
+        trials = _fill_tail_loss(trials, steps)
     elif not len(trials):
         steps = steps.iloc[0:0]
     return Results(trials=trials, steps=steps)

@@ -176,6 +176,11 @@ def run_trial(
         samples_seen=outcome.samples_seen,
         tokens_seen=outcome.tokens_seen,
         final_loss=outcome.final_loss,
+        tail_loss=store.tail_loss(
+            [r["loss"] for r in outcome.rows],
+            [r["samples"] for r in outcome.rows],
+            [r["tokens"] for r in outcome.rows],
+        ),
         best_val_loss=outcome.best_val_loss,
         planned_steps=plan.total_steps,
         device=_device_name(device),

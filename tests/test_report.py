@@ -302,10 +302,12 @@ def test_pareto_mask_known_answer():
         {
             "samples_per_s": [100, 200, 150, 200, np.nan],
             "peak_memory_bytes": [10, 20, 30, 20, 1],
-            "final_loss": [1.0, 1.0, 1.0, 0.9, 0.1],
+            "tail_loss": [1.0, 1.0, 1.0, 0.9, 0.1],
+            # The last step's loss would put 1 on the front instead of 3: not used.
+            "final_loss": [1.0, 0.5, 1.0, 0.9, 0.1],
         }
     )
-    # 0: least memory -> front; 1: dominated by 3 (same speed/memory, lower loss);
+    # 0: least memory -> front; 1: dominated by 3 (same speed/memory, lower tail loss);
     # 2: dominated by 1 and 3; 3: front; 4: no throughput -> cannot be placed.
     assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
 
@@ -318,13 +320,13 @@ def test_pareto_front_is_per_workload():
             "workload": ["big", "big", "small", "small", "small"],
             "samples_per_s": [1000.0, 900.0, 10.0, 20.0, 5.0],
             "peak_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
-            "final_loss": [0.1, 0.2, 3.0, 3.0, 4.0],
+            "tail_loss": [0.1, 0.2, 3.0, 3.0, 4.0],
         }
     )
     # small: 3 (faster at the same memory and loss) dominates 2 and 4.
     assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
     # One workload with no loss at all still gets a front over the other objectives.
-    s.loc[s["workload"] == "small", "final_loss"] = np.nan
+    s.loc[s["workload"] == "small", "tail_loss"] = np.nan
     assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
 
 

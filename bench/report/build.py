@@ -43,7 +43,8 @@ FIGURE_CAPTIONS = {
     "configuration per B; where B_crit lies outside the measured B the fit does not locate "
     "it and only a bound is given. Open triangles: configurations whose median seed "
     "never reached the target.",
-    "pareto": "Throughput against peak memory, coloured by final loss (medians over seeds). "
+    "pareto": "Throughput against peak memory, coloured by tail loss (the training loss "
+    "averaged over the last 5 % of samples; medians over seeds). "
     "One row per workload. Circled: Pareto-optimal configurations (no other of the same "
     "workload is at least as fast, as small and as low in loss, and better in one).",
 }
@@ -255,7 +256,7 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
         (
             "Pareto set",
             "Per workload, the configurations no other of that workload beats on samples/s, "
-            "peak memory and final loss at once (workloads are not on one scale).",
+            "peak memory and tail loss at once (workloads are not on one scale).",
             tables.PARETO_HEADERS,
             tables.pareto_rows(s),
             tables.PARETO_ALIGN,

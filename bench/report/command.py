@@ -73,7 +73,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="METRIC",
         help="metrics to compare (space or comma separated; default: "
-        "samples_per_s step_time_ms_median peak_memory_bytes final_loss)",
+        "samples_per_s step_time_ms_median peak_memory_bytes tail_loss; also final_loss, "
+        "best_val_loss, ...)",
     )
 
 

@@ -689,7 +689,7 @@ def pareto(summary: pd.DataFrame, notes: list[str]):
     for r, w in enumerate(workloads):
         ax = axes[r, 0]
         dw = d[_same(d["workload"], w)]
-        loss = dw["final_loss"].astype(float)
+        loss = dw["tail_loss"].astype(float)
         have_loss = loss.notna().any()
         if have_loss:
             norm = mpl.colors.Normalize(
@@ -736,10 +736,10 @@ def pareto(summary: pd.DataFrame, notes: list[str]):
         ax.set_ylabel(f"{_wname(w)}\nsamples/s (median over seeds)")
         if have_loss:
             sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-            fig.colorbar(sm, ax=ax).set_label("final loss (median)")
+            fig.colorbar(sm, ax=ax).set_label("tail loss (median)")
     fig.suptitle(
         "Throughput against peak memory; Pareto front per workload over samples/s ↑, "
-        "memory ↓, final loss ↓"
+        "memory ↓, tail loss ↓"
     )
     return fig
 

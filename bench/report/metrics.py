@@ -63,6 +63,7 @@ METRICS: dict[str, Metric] = {
         Metric("nvml_process_peak_bytes", False, "bytes", "NVML process peak"),
         Metric("cpu_peak_rss_bytes", False, "bytes", "CPU peak RSS"),
         Metric("final_loss", False, "", "final loss"),
+        Metric("tail_loss", False, "", "tail loss"),
         Metric("best_val_loss", False, "", "best val loss"),
         Metric("energy_j", False, "J", "energy (J)"),
         Metric("mfu", True, "", "MFU"),
@@ -73,7 +74,7 @@ DEFAULT_COMPARE_METRICS = (
     "samples_per_s",
     "step_time_ms_median",
     "peak_memory_bytes",
-    "final_loss",
+    "tail_loss",  # not final_loss: at small batches that is one step's noise
 )
 
 

@@ -55,6 +55,7 @@ TRIAL_NUMERIC = (
     "samples_seen",
     "tokens_seen",
     "final_loss",
+    "tail_loss",
     "best_val_loss",
     "train_time_s",
     "timed_steps",

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from bench.config import TrialConfig
-from bench.store import SCHEMA_VERSION, STEP_COLUMNS, trials_table, write_atomic
+from bench.store import SCHEMA_VERSION, STEP_COLUMNS, tail_loss, trials_table, write_atomic
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +183,7 @@ def write_synthetic(folder: str | Path, spec: Synthetic = Synthetic()) -> dict:
                             micro_batches=n * k,
                             samples_seen=int(samples_seen[-1]),
                             final_loss=float(loss[-1]),
+                            tail_loss=tail_loss(loss, values["samples"]),
                             best_val_loss=float(clean[-1]),
                             train_time_s=float(time_s[-1]),
                             timed_steps=timed,

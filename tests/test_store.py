@@ -1,0 +1,98 @@
+"""bench.store.tail_loss: the end-of-run training loss reports and compares use, and its
+fill-in for results written before the column existed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import store
+from bench.config import TrialConfig
+from bench.trial import run_trial
+
+
+def brute_tail(loss, samples, units, fraction):
+    """By the definition, step by step from the end: take whole steps until the steps
+    taken hold at least fraction of all samples (always the last one)."""
+    need, taken, num, den = fraction * sum(samples), 0, 0.0, 0.0
+    for value, n, u in zip(reversed(loss), reversed(samples), reversed(units), strict=True):
+        if taken > 0 and taken >= need:
+            break
+        w = n if u is None else u
+        num, den, taken = num + w * value, den + w, taken + n
+    return num / den
+
+
+def test_known_answers():
+    # 5 % of 4 samples is less than one step: the last step alone.
+    assert store.tail_loss([1, 2, 3, 4], [1, 1, 1, 1]) == 4.0
+    # SGD over 100 samples: the last 5 steps.
+    assert store.tail_loss(list(range(100)), [1] * 100) == pytest.approx(97.0)
+    # Full-batch GD: every step holds all samples, so the last step.
+    assert store.tail_loss([3.0, 2.0], [50, 50]) == 2.0
+    # Half the samples: the last two steps, weighted by their tokens (10 and 20).
+    assert store.tail_loss([1, 2, 3], [10, 10, 10], [5, 10, 20], fraction=0.5) == pytest.approx(
+        (2 * 10 + 3 * 20) / 30
+    )
+    # Steps without a token count fall back to samples.
+    assert store.tail_loss([1, 2], [50, 50], [None, None]) == 2.0
+
+
+def test_nothing_or_a_diverged_tail_is_null():
+    assert store.tail_loss([], []) is None
+    assert store.tail_loss([1.0, math.nan], [1, 1]) is None
+    assert store.tail_loss([1.0, math.inf], [1, 1]) is None
+    # A NaN before the tail does not matter.
+    assert store.tail_loss([math.nan] + [1.0] * 99, [1] * 100) == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(0, 10, allow_nan=False),
+            st.integers(1, 64),
+            st.one_of(st.none(), st.integers(1, 500)),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    fraction=st.floats(0.001, 1.0),
+)
+def test_matches_the_definition(steps, fraction):
+    loss, samples, units = (list(c) for c in zip(*steps, strict=True))
+    assert store.tail_loss(loss, samples, units, fraction=fraction) == pytest.approx(
+        brute_tail(loss, samples, units, fraction), rel=1e-9, abs=1e-12
+    )
+
+
+def test_trial_rows_carry_it_and_sgd_averages_over_5_percent_of_samples():
+    config = TrialConfig(workload="seed-mlp", samples=200, mode="sgd", epochs=1, seed=3)
+    result = run_trial(config)
+    row, steps = result.trial, result.steps
+    assert row["status"] == "ok" and len(steps) == 200
+    assert row["tail_loss"] == pytest.approx(steps["loss"].iloc[-10:].mean(), rel=1e-12)
+    assert row["final_loss"] == steps["loss"].iloc[-1]
+
+
+def test_older_results_get_it_from_their_steps(tmp_path):
+    config = TrialConfig(workload="seed-mlp", samples=100, batch_size=10, epochs=2, seed=1)
+    result = run_trial(config)
+    expected = result.trial["tail_loss"]
+    assert expected is not None
+    old = {k: v for k, v in result.trial.items() if k != "tail_loss"}  # as written before
+    store.write_atomic(store.trials_table([old]), tmp_path / "trial.parquet")
+    store.write_atomic(store.steps_table(result.steps), tmp_path / "steps.parquet")
+    loaded = store.load_results(tmp_path)
+    assert loaded.trials["tail_loss"].iloc[0] == pytest.approx(expected, rel=1e-12)
+    # A value that is there is kept, not recomputed.
+    store.write_atomic(
+        store.trials_table([{**result.trial, "tail_loss": 123.0}]),
+        tmp_path / "trial.parquet",
+    )
+    assert store.load_results(tmp_path).trials["tail_loss"].iloc[0] == 123.0
+    assert np.isfinite(loaded.trials["final_loss"].iloc[0])
