@@ -176,8 +176,11 @@ def test_flop_count_fallback_on_a_copy_does_not_raise_the_peaks(device):
     w = _DataDependentWorkload(name="dd", train=(x, y), val=(x, y), make_model=lambda: mlp(sizes))
     # A CUDA backward runs on autograd's device thread, whose first matmul allocates a
     # cuBLAS workspace that stays: done here, so the copy pass below adds nothing lasting.
-    warm = torch.randn(64, 64, device=device, requires_grad=True)
-    (warm @ warm).sum().backward()
+    # A Linear with bias, not a bare mm: its forward is addmm, which torch may send to
+    # cuBLASLt, whose workspace is kept apart from cuBLAS's (TORCH_CUBLASLT_UNIFIED_WORKSPACE)
+    # and allocated, to stay, on first use: the copy's first addmm must not be that use.
+    warm = torch.nn.Linear(64, 64, device=device)
+    warm(torch.randn(8, 64, device=device, requires_grad=True)).sum().backward()
     del warm
     meters = TrialMeters(device, TrialConfig(), interval_ms=2)
     meters.start()
