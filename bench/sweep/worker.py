@@ -98,7 +98,6 @@ def worker_main(
 
         if threads:
             torch.set_num_threads(threads)
-        _warm_up(env.get("BENCH_SWEEP_DEVICE", "auto"))
         cap_info = None
         cap_device = None
         if cap_bytes:
@@ -110,6 +109,14 @@ def worker_main(
             )
 
             cap_device = resolve_device_name(env.get("BENCH_SWEEP_DEVICE", "auto"))
+        # On CUDA the cap goes on before the warm-up: it measures the CUDA context as the
+        # device's growth since before this process had one, and the warm-up creates it.
+        # On CPU after: the warm-up's lazy imports must not count against RLIMIT_DATA.
+        cap_first = bool(cap_bytes) and cap_device.startswith("cuda")
+        if cap_first:
+            cap_info = apply_memory_cap(cap_bytes, cap_device)
+        _warm_up(env.get("BENCH_SWEEP_DEVICE", "auto"))
+        if cap_bytes and not cap_first:
             cap_info = apply_memory_cap(cap_bytes, cap_device)
         _reset_peak_rss()  # from here on VmHWM is the next trial's peak (the parent polls it)
         conn.send(("ready", os.getpid(), None if cap_info is None else cap_info.describe()))
