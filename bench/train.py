@@ -80,12 +80,27 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def build_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(config: TrialConfig, params, *, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW, torch's default implementation (foreach on CUDA) unless ``fused``."""
+    extra = {"fused": True} if fused else {}
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            **extra,
         )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+
+
+def fused_step_wanted(config: TrialConfig, device: torch.device) -> bool:
+    """fp16 on CUDA: the fused optimizer kernels take GradScaler's inf flag on the device
+    (``_step_supports_amp_scaling``). With the default foreach step, ``GradScaler.step``
+    reads that flag with ``.item()``: a host sync every optimizer step, which the loop
+    otherwise never has (torch/amp/grad_scaler.py, ``_maybe_opt_step``). The math is the
+    same update; every other precision keeps torch's default implementation."""
+    return config.precision == "fp16" and device.type == "cuda"
 
 
 def lr_factor(config: TrialConfig, total_intervals: int) -> Callable[[int], float]:
@@ -372,7 +387,12 @@ def train(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     accumulators = hold_grad_accumulators(params)
-    optimizer = build_optimizer(config, params)
+    fused = fused_step_wanted(config, device)
+    optimizer = build_optimizer(config, params, fused=fused)
+    if fused:
+        outcome.notes.append(
+            "fp16 on CUDA: fused optimizer step (GradScaler's inf check stays on the device)"
+        )
     per_epoch = config.scheduler_interval == "epoch"
     total_intervals = plan.epochs_run if per_epoch else plan.total_steps
     schedule = LRSchedule(optimizer, lr_factor(config, total_intervals))

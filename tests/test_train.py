@@ -345,6 +345,42 @@ def test_mixed_precision_trains_on_cpu(precision):
     assert losses[-1] < losses[0]
 
 
+def test_fused_step_only_for_fp16_on_cuda():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for precision in ("fp32", "bf16", "fp64"):
+        assert not bench.train.fused_step_wanted(TrialConfig(precision=precision), cuda)
+    assert bench.train.fused_step_wanted(TrialConfig(precision="fp16"), cuda)
+    assert not bench.train.fused_step_wanted(TrialConfig(precision="fp16"), cpu)
+
+
+@pytest.mark.parametrize(("optimizer", "clip"), [("sgd", None), ("adamw", 1.0)])
+def test_fused_fp16_step_never_reads_the_inf_check_and_matches_the_default(
+    monkeypatch, optimizer, clip
+):
+    # The CUDA path, exercised on CPU (torch has fused SGD/AdamW kernels there too): with
+    # the fused step GradScaler must not take its .item() path, and the update is the
+    # default implementation's: to rounding in fp32, to fp16's rounding in fp16.
+    kw = dict(
+        batch_size=32, samples=256, epochs=1, lr=0.05, momentum=0.9, optimizer=optimizer,
+        grad_clip=clip, seed=4,
+    )  # fmt: skip
+    default16, d_out, _, _ = run(**kw, precision="fp16")
+    default32, _, _, _ = run(**kw, precision="fp32")
+    monkeypatch.setattr(bench.train, "fused_step_wanted", lambda config, device: True)
+    fused32, _, _, _ = run(**kw, precision="fp32")
+
+    def item_path(*args, **kwargs):
+        raise AssertionError("GradScaler read its inf check on the host")
+
+    monkeypatch.setattr(torch.amp.GradScaler, "_maybe_opt_step", item_path)
+    fused16, f_out, _, _ = run(**kw, precision="fp16")
+    assert f_out.status == "ok" and f_out.optimizer_steps == d_out.optimizer_steps
+    assert any("fused optimizer step" in n for n in f_out.notes)
+    assert not any("fused" in n for n in d_out.notes)
+    assert rel_diff(params(fused32), params(default32)) < 1e-6
+    assert rel_diff(params(fused16), params(default16)) < 1e-3
+
+
 def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly():
     # N=20, b=6 -> micro-batches 6, 6, 6, 2; k=2: windows (6, 6) and (6, 2), the same
     # samples as b=12's batches of 12 and 8. Sample normalisation equals those batches;
@@ -363,6 +399,9 @@ def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly()
     [
         {"precision": "fp32"},
         {"precision": "bf16"},
+        # GradScaler with the fused step: no .item() on its inf check.
+        {"precision": "fp16"},
+        {"precision": "fp16", "optimizer": "adamw", "grad_clip": 1.0},
         # Token units (per-window counts summed on the device), AdamW, clipping.
         {
             "precision": "bf16",
