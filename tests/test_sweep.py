@@ -607,6 +607,34 @@ def test_bad_meter_environment_stops_the_sweep_before_any_trial(tmp_path, var, v
     assert not results.exists() and not log.exists()
 
 
+def test_a_sweep_that_could_not_start_leaves_nothing_and_the_corrected_spec_runs(tmp_path):
+    # A memory cap below a worker's baseline: no worker starts, nothing runs. The study
+    # it created must not stay behind, or its spec hash refuses the corrected spec.
+    spec, log = counted_spec(tmp_path, "capfix", 2, extra='memory_cap = "100MiB"')
+    results = tmp_path / "r"
+    p = _cli(str(spec), "--results", str(results))
+    assert p.returncode == 2 and "could not start" in p.stderr, p.stderr
+    assert "nothing ran" in p.stderr and "Traceback" not in p.stderr
+    assert not (results / "capfix").exists() and not log.exists()
+    spec.write_text(spec.read_text().replace('"100MiB"', '"3GiB"'))
+    p = _cli(str(spec), "--results", str(results))
+    assert p.returncode == 0, p.stderr
+    assert runs_per_tag(log) == Counter({0: 1, 1: 1})
+
+
+def test_file_coordination_knows_when_another_coordinator_is_alive(tmp_path):
+    from bench.sweep.storage import FileCoordination
+
+    a, b = FileCoordination(tmp_path, "s"), FileCoordination(tmp_path, "s")
+    a.start()
+    assert not a.others_alive()
+    b.start()
+    assert a.others_alive() and b.others_alive()
+    b.close()
+    assert not a.others_alive()
+    a.close()
+
+
 def test_all_trials_invalid_exits_1_and_says_so(tmp_path):
     """Search mode where every sampled point is invalid (b > N): nothing trains, and the
     sweep must not look like a success."""

@@ -39,9 +39,11 @@ mode either: a slot that samples that configuration runs it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -211,6 +213,7 @@ class SweepRunner:
         self._n_train_cache: dict = {}
         self._pending: list[tuple] = []
         self._last_status = ""
+        self._created_study = False  # this run made the study (see _discard_if_unused)
 
     # -- public ----------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class SweepRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.monotonic()
         spec = self.spec
+        folder_existed = self.folder.exists()
         self.handle = open_storage(self.storage_url, self.folder, spec.name)
         coord = self.handle.coordination
         try:
@@ -229,6 +233,7 @@ class SweepRunner:
             raise ConfigError(
                 f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
             ) from None
+        discard = False
         try:
             with coord.mutex():
                 self.study = self._open_study()
@@ -240,12 +245,20 @@ class SweepRunner:
         except KeyboardInterrupt:
             self.progress.log(f"{spec.name}: interrupted; re-run the same command to resume")
             raise
+        except BenchError:
+            discard = True  # e.g. no worker could start: see _discard_if_unused
+            raise
         finally:
+            discarded = False
             try:
                 self._flush()  # finished trials are results, whatever stopped the loop
             finally:
                 self._stop_workers()
+                with contextlib.suppress(Exception):
+                    discarded = discard and self._discard_if_unused()
                 coord.close()
+            if discarded and not folder_existed:
+                shutil.rmtree(self.folder, ignore_errors=True)
             self.progress.close()
         wall = time.monotonic() - t0
         summary = Summary(
@@ -302,6 +315,7 @@ class SweepRunner:
                 study_name=spec.name, storage=self.handle.storage, sampler=self._sampler()
             )
         except KeyError:
+            self._created_study = True
             study = optuna.create_study(
                 study_name=spec.name,
                 storage=self.handle.storage,
@@ -335,6 +349,33 @@ class SweepRunner:
                 f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}"
             )
         return study
+
+    def _discard_if_unused(self) -> bool:
+        """Remove the study this run created when the run failed before anything ran (a
+        worker could not start: a memory cap below its baseline, say). Kept, its spec
+        hash would refuse the corrected spec under the same name. Only where no other
+        coordinator is alive on it (known for the file-locked journal; with PostgreSQL
+        there is no list of coordinators, so the study stays)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        coord = self.handle.coordination
+        if not self._created_study or self._ran_here or self.study is None:
+            return False
+        with coord.mutex():
+            if coord.others_alive():
+                return False
+            trials = self.study.get_trials(deepcopy=False)
+            if any(t.state != TrialState.WAITING for t in trials):
+                return False
+            if any((self.folder / "trials").glob("*.parquet")):
+                return False
+            optuna.delete_study(study_name=self.spec.name, storage=self.handle.storage)
+        self.progress.log(
+            f"{self.spec.name}: nothing ran; the sweep was not kept, so a corrected spec "
+            "can start under the same name"
+        )
+        return True
 
     def _ident(self, trial: Any) -> Any:
         attrs = trial.user_attrs

@@ -67,6 +67,10 @@ class Coordination:
     def is_alive(self, owner: str) -> bool:
         raise NotImplementedError
 
+    def others_alive(self) -> bool:
+        """Whether another coordinator may be working on this sweep (True if unknown)."""
+        return True
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -117,6 +121,13 @@ class FileCoordination(Coordination):
             return False
         finally:
             os.close(fd)
+
+    def others_alive(self) -> bool:
+        return any(
+            self.is_alive(path.name.removesuffix(".alive"))
+            for path in self.owners.glob("*.alive")
+            if path.name != f"{self.owner}.alive"
+        )
 
     def close(self) -> None:
         if self._alive_fd is not None:
