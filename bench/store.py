@@ -54,6 +54,7 @@ TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "micro_batches": pa.int64(),
     "samples_seen": pa.int64(),
     "tokens_seen": pa.int64(),
+    "data_sha256": pa.string(),  # the workload's data (bench.workloads.base.data_sha256)
     "final_loss": pa.float64(),  # the last optimizer step's loss
     "tail_loss": pa.float64(),  # mean loss over the last TAIL_FRACTION of samples (tail_loss())
     "best_val_loss": pa.float64(),

@@ -18,7 +18,7 @@ from bench.failures import describe, is_oom
 from bench.plan import Plan
 from bench.train import TrainOutcome, train
 from bench.workloads import build_workload
-from bench.workloads.base import Workload
+from bench.workloads.base import Workload, data_sha256
 
 
 @dataclass
@@ -175,6 +175,7 @@ def run_trial(
         micro_batches=outcome.micro_batches,
         samples_seen=outcome.samples_seen,
         tokens_seen=outcome.tokens_seen,
+        data_sha256=data_sha256(workload),
         final_loss=outcome.final_loss,
         tail_loss=store.tail_loss(
             [r["loss"] for r in outcome.rows],

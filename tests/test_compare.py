@@ -420,3 +420,32 @@ def test_an_int_and_a_float_of_one_setting_match():
     assert config_id_of(old) == config_id_of(new)
     flag = matching_config({"workload": "seed-mlp", "drop_last": 1}, defaults)
     assert flag["drop_last"] == 1  # not a float field: left alone
+
+
+def set_trial_column(folder: Path, name: str, value_of) -> Path:
+    """Rewrite each trial row's ``name`` to ``value_of(seed, config_json)``."""
+    for path in sorted((folder / "trials").glob("*.parquet")):
+        t = pq.read_table(path)
+        value = value_of(t["seed"][0].as_py(), t["config_json"][0].as_py())
+        i = t.schema.get_field_index(name)
+        t = t.set_column(i, name, pa.array([value], t.schema.field(name).type))
+        write_atomic(t, path)
+    return folder
+
+
+def test_data_fingerprints_that_differ_are_a_warning(tmp_path):
+    b = set_trial_column(make(tmp_path / "b", rng_seed=1), "data_sha256", lambda s, c: "d0")
+    same = set_trial_column(make(tmp_path / "s", rng_seed=2), "data_sha256", lambda s, c: "d0")
+    res = C.compare(b, same, metrics=[METRICS["samples_per_s"]])
+    assert not [w for w in res.warnings if "training data differ" in w]
+    # Seeds 3 and 4 of every configuration trained on other data.
+    other = set_trial_column(
+        make(tmp_path / "o", rng_seed=2), "data_sha256", lambda s, c: "d1" if s >= 3 else "d0"
+    )
+    res = C.compare(b, other, metrics=[METRICS["samples_per_s"]])
+    (warning,) = [w for w in res.warnings if "training data differ" in w]
+    assert f"for {2 * len(SHAPES)} of {len(FIVE) * len(SHAPES)} trials" in warning
+    assert "training data differ" in C.markdown(res)
+    # Results written before the column existed are not compared: no warning.
+    res = C.compare(make(tmp_path / "old", rng_seed=1), other, metrics=[METRICS["samples_per_s"]])
+    assert not [w for w in res.warnings if "training data differ" in w]

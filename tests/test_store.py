@@ -96,3 +96,29 @@ def test_older_results_get_it_from_their_steps(tmp_path):
     )
     assert store.load_results(tmp_path).trials["tail_loss"].iloc[0] == 123.0
     assert np.isfinite(loaded.trials["final_loss"].iloc[0])
+
+
+def test_data_fingerprint_follows_the_data_not_the_trial_seed():
+    from bench.workloads import build_workload
+    from bench.workloads.base import data_sha256
+
+    rows = {
+        (seed, data_seed): run_trial(
+            TrialConfig(
+                workload="seed-mlp",
+                samples=64,
+                batch_size=32,
+                epochs=1,
+                seed=seed,
+                workload_options={"data_seed": data_seed, "val_samples": 16},
+            )
+        ).trial["data_sha256"]
+        for seed, data_seed in ((0, 0), (1, 0), (0, 1))
+    }
+    assert rows[(0, 0)] == rows[(1, 0)] != rows[(0, 1)]
+    assert len(rows[(0, 0)]) == 16
+    # Every tensor counts: one changed label changes it.
+    w = build_workload("seed-mlp", samples=64, options={"val_samples": 16})
+    before = data_sha256(w)
+    w.train[1][5] += 1
+    assert data_sha256(w) != before

@@ -259,6 +259,17 @@ _ENV_FIELDS = {
 }
 
 
+def _data_changed(b: pd.DataFrame, c: pd.DataFrame) -> tuple[int, int]:
+    """(trials whose data_sha256 differs, trials compared): matched on configuration and
+    seed; results written before the column existed are not compared."""
+    cols = ["config_id", "seed", "data_sha256"]
+    if "data_sha256" not in b.columns or "data_sha256" not in c.columns:
+        return 0, 0
+    sides = [t[cols].dropna().drop_duplicates(["config_id", "seed"], keep="last") for t in (b, c)]
+    m = sides[0].merge(sides[1], on=["config_id", "seed"], suffixes=("_b", "_c"))
+    return int((m["data_sha256_b"] != m["data_sha256_c"]).sum()), len(m)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     out = {}
     for k, v in d.items():
@@ -329,6 +340,13 @@ def compare(
                 f"environments differ — {name} differs: baseline "
                 f"{', '.join(sorted(env_b[name]))} vs candidate {', '.join(sorted(env_c[name]))}"
             )
+    changed, common = _data_changed(base.trials, cand.trials)
+    if changed:
+        warnings.append(
+            f"training data differ for {changed} of {common} trials in common "
+            "(data_sha256: same configuration and seed, other data, e.g. a workload's data "
+            "generation changed): their losses are not like for like"
+        )
     if not set(base.trials["trial_key"]) & set(cand.trials["trial_key"]):
         seeds_b, seeds_c = set(base.trials["seed"].dropna()), set(cand.trials["seed"].dropna())
         reasons = ["different seeds"] if not seeds_b & seeds_c else []

@@ -48,6 +48,26 @@ class Workload:
         return None
 
 
+# Bytes of each tensor that data_sha256 reads: all of a benchmark-sized dataset, and a
+# bounded cost (~50 ms) for a large one, whose first 64 MiB then stand for it.
+FINGERPRINT_LIMIT_BYTES = 64 * 2**20
+
+
+def data_sha256(workload: Workload) -> str:
+    """16 hex digits identifying the training and validation data (dtype, shape and
+    contents of every tensor). trial_key hashes the configuration, not the data a
+    workload builds from it: when a workload's data generation changes, results before
+    and after share keys, and this is what tells them apart (bench compare warns)."""
+    h = hashlib.sha256()
+    for part, batch in (("train", workload.train), ("val", workload.val)):
+        for t in batch:
+            t = t.detach()
+            h.update(f"{part}:{t.dtype}:{tuple(t.shape)}:".encode())
+            flat = t.reshape(-1)[: FINGERPRINT_LIMIT_BYTES // max(1, t.element_size())]
+            h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class ClassificationWorkload(Workload):
     """(x, y) pairs, cross-entropy over classes; the unit is the sample."""
