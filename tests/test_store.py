@@ -122,3 +122,25 @@ def test_data_fingerprint_follows_the_data_not_the_trial_seed():
     before = data_sha256(w)
     w.train[1][5] += 1
     assert data_sha256(w) != before
+
+
+def test_filling_reads_no_steps_when_every_trial_has_it():
+    # Every load of new results goes through here: with nothing to fill, the steps table
+    # (10 M rows at scale: a set of its keys alone took ~5 s) must not be touched.
+    import pandas as pd
+
+    trials = pd.DataFrame({"trial_key": ["a", "b"], "tail_loss": [1.0, 2.0]})
+    assert store._fill_tail_loss(trials, pd.DataFrame()) is trials
+    # One to fill: only its steps are read, and a trial without steps stays null.
+    steps = pd.DataFrame(
+        {
+            "trial_key": ["c", "c", "a"],
+            "step": [2, 1, 1],
+            "loss": [4.0, 9.0, 7.0],
+            "samples": [1, 1, 1],
+            "tokens": [None, None, None],
+        }
+    )
+    trials = pd.DataFrame({"trial_key": ["a", "c", "d"], "tail_loss": [1.0, None, None]})
+    filled = store._fill_tail_loss(trials, steps)
+    assert filled["tail_loss"].tolist()[:2] == [1.0, 4.0] and math.isnan(filled["tail_loss"][2])
