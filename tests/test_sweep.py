@@ -615,7 +615,8 @@ def test_a_sweep_that_could_not_start_leaves_nothing_and_the_corrected_spec_runs
     p = _cli(str(spec), "--results", str(results))
     assert p.returncode == 2 and "could not start" in p.stderr, p.stderr
     assert "nothing ran" in p.stderr and "Traceback" not in p.stderr
-    assert not (results / "capfix").exists() and not log.exists()
+    assert not log.exists() and not list((results / "capfix").glob("trials/*"))
+    assert list((results / "capfix" / "logs").glob("*.log"))  # kept: they say why
     spec.write_text(spec.read_text().replace('"100MiB"', '"3GiB"'))
     p = _cli(str(spec), "--results", str(results))
     assert p.returncode == 0, p.stderr

@@ -43,7 +43,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -223,7 +222,6 @@ class SweepRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.monotonic()
         spec = self.spec
-        folder_existed = self.folder.exists()
         self.handle = open_storage(self.storage_url, self.folder, spec.name)
         coord = self.handle.coordination
         try:
@@ -249,16 +247,14 @@ class SweepRunner:
             discard = True  # e.g. no worker could start: see _discard_if_unused
             raise
         finally:
-            discarded = False
             try:
                 self._flush()  # finished trials are results, whatever stopped the loop
             finally:
                 self._stop_workers()
-                with contextlib.suppress(Exception):
-                    discarded = discard and self._discard_if_unused()
+                if discard:
+                    with contextlib.suppress(Exception):
+                        self._discard_if_unused()
                 coord.close()
-            if discarded and not folder_existed:
-                shutil.rmtree(self.folder, ignore_errors=True)
             self.progress.close()
         wall = time.monotonic() - t0
         summary = Summary(
@@ -351,11 +347,13 @@ class SweepRunner:
         return study
 
     def _discard_if_unused(self) -> bool:
-        """Remove the study this run created when the run failed before anything ran (a
+        """Delete the study this run created when the run failed before anything ran (a
         worker could not start: a memory cap below its baseline, say). Kept, its spec
         hash would refuse the corrected spec under the same name. Only where no other
         coordinator is alive on it (known for the file-locked journal; with PostgreSQL
-        there is no list of coordinators, so the study stays)."""
+        there is no list of coordinators, so the study stays). The folder stays: its
+        worker logs say why the start failed, and its lock file is the sweep's mutex,
+        which a coordinator starting now may already hold."""
         import optuna
         from optuna.trial import TrialState
 
@@ -372,7 +370,7 @@ class SweepRunner:
                 return False
             optuna.delete_study(study_name=self.spec.name, storage=self.handle.storage)
         self.progress.log(
-            f"{self.spec.name}: nothing ran; the sweep was not kept, so a corrected spec "
+            f"{self.spec.name}: nothing ran; its study was dropped, so a corrected spec "
             "can start under the same name"
         )
         return True
