@@ -18,7 +18,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.report import curves, scaling, tables
 from bench.report.prepare import STATUSES, Prepared, prepare
-from bench.store import load_results, write_bytes_atomic
+from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
 
 FIGURE_CAPTIONS = {
     "loss_curves": "Training loss against optimizer steps, samples seen and wall time. One line "
@@ -247,8 +247,10 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
         (
             "Configurations",
             "One row per configuration (seeds grouped): median over ok seeds, (min–max) where seeds "
-            "differ. Steps/time to target: median over seeds that ran, a seed that never reached "
-            "counts as never; (r/n) = seeds that reached.",
+            f"differ. Tail loss: the training loss averaged over the last {TAIL_FRACTION:.0%} of samples seen "
+            "(the last step's loss is one batch's, noise at small B). Steps/time to target: "
+            "median over seeds that ran, a seed that never reached counts as never; (r/n) = "
+            "seeds that reached.",
             tables.CONFIG_HEADERS,
             tables.config_rows(s),
             tables.CONFIG_ALIGN,
