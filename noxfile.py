@@ -57,26 +57,14 @@ def report(session: nox.Session) -> None:
 
 @nox.session
 def compare(session: nox.Session) -> None:
-    """The stored baseline against a fresh smoke sweep (exit 1 on a regression)."""
+    """The smoke sweep by a base commit's code and by this tree's, seed by seed in
+    alternating order on this machine, compared (exit 1 on a regression).
+
+    `nox -s compare` (base: main), `-- --base REF --rounds 6`, `-- -- --threshold 10%`
+    (after a second `--`, arguments for bench compare). See scripts/compare_ab.py.
+    """
     install(session)
-    session.run(
-        "python",
-        "-m",
-        "bench",
-        "sweep",
-        "experiments/smoke.toml",
-        "--results",
-        "results/compare-candidate",
-    )
-    session.run(
-        "python",
-        "-m",
-        "bench",
-        "compare",
-        "docs/baseline/smoke",
-        "results/compare-candidate/smoke",
-        *session.posargs,
-    )
+    session.run("python", "scripts/compare_ab.py", *session.posargs)
 
 
 @nox.session
