@@ -217,9 +217,11 @@ def tail_loss(loss, samples, units=None, *, fraction: float = TAIL_FRACTION) -> 
 
 def _fill_tail_loss(trials: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """Results written before tail_loss existed: derive it from their steps."""
-    # Only the trials' column first: on every load of new results nothing is missing, and
-    # a set of a 10 M-row steps table's keys is 10 M Python strings (~5 s).
-    missing = trials["tail_loss"].isna()
+    # Only the trials' columns first: on every load of new results nothing is missing, and
+    # a set of a 10 M-row steps table's keys is 10 M Python strings (~5 s). A trial with no
+    # finite last loss (an OOM before any step, a divergence) has no tail under any code:
+    # an OOM frontier's rows must not send every load through the steps table.
+    missing = trials["tail_loss"].isna() & pd.to_numeric(trials["final_loss"]).notna()
     if not missing.any():
         return trials
     wanted = set(trials.loc[missing, "trial_key"].dropna())
@@ -232,11 +234,9 @@ def _fill_tail_loss(trials: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     missing &= trials["trial_key"].isin(set(values))
     if not missing.any():
         return trials
-    trials = trials.copy()
-    trials["tail_loss"] = trials["tail_loss"].astype(object)
-    trials.loc[missing, "tail_loss"] = trials.loc[missing, "trial_key"].map(values)
-    trials["tail_loss"] = pd.to_numeric(trials["tail_loss"], errors="coerce")
-    return trials
+    filled = pd.to_numeric(trials["tail_loss"], errors="coerce")
+    filled[missing] = trials.loc[missing, "trial_key"].map(values).astype(float)
+    return trials.assign(tail_loss=filled)
 
 
 @dataclass(frozen=True)

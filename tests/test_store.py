@@ -129,8 +129,15 @@ def test_filling_reads_no_steps_when_every_trial_has_it():
     # (10 M rows at scale: a set of its keys alone took ~5 s) must not be touched.
     import pandas as pd
 
-    trials = pd.DataFrame({"trial_key": ["a", "b"], "tail_loss": [1.0, 2.0]})
+    trials = pd.DataFrame(
+        {"trial_key": ["a", "b"], "tail_loss": [1.0, 2.0], "final_loss": [1.0, 2.0]}
+    )
     assert store._fill_tail_loss(trials, pd.DataFrame()) is trials
+    # Nor for a trial that never had a finite last loss (an OOM before its first step).
+    oom = pd.DataFrame(
+        {"trial_key": ["a", "o"], "tail_loss": [1.0, None], "final_loss": [1.0, None]}
+    )
+    assert store._fill_tail_loss(oom, pd.DataFrame()) is oom
     # One to fill: only its steps are read, and a trial without steps stays null.
     steps = pd.DataFrame(
         {
@@ -141,6 +148,12 @@ def test_filling_reads_no_steps_when_every_trial_has_it():
             "tokens": [None, None, None],
         }
     )
-    trials = pd.DataFrame({"trial_key": ["a", "c", "d"], "tail_loss": [1.0, None, None]})
+    trials = pd.DataFrame(
+        {
+            "trial_key": ["a", "c", "d"],
+            "tail_loss": [1.0, None, None],
+            "final_loss": [1.0, 4.0, 5.0],
+        }
+    )
     filled = store._fill_tail_loss(trials, steps)
     assert filled["tail_loss"].tolist()[:2] == [1.0, 4.0] and math.isnan(filled["tail_loss"][2])
