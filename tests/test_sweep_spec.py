@@ -460,3 +460,18 @@ def test_unsupported_storage_is_one_clear_error(url, match):
 
     with pytest.raises(ConfigError, match=match):
         parse_storage(url, Path("SWEEP"))
+
+
+def test_postgres_storage_without_a_driver_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    from bench.sweep.storage import parse_storage
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("psycopg", "psycopg2") else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r"pip install 'bench\[postgres\]'"):
+        parse_storage("postgresql://u@h/db", tmp_path)

@@ -230,11 +230,18 @@ def parse_storage(url: str | None, sweep_dir: Path) -> tuple[str, str]:
 
 def _with_driver(url: str) -> str:
     """Name the DB driver when the URL does not: SQLAlchemy 2.1 picks psycopg (3) for a
-    bare postgresql://, but this project ships psycopg2-binary; use whichever exists."""
-    if not url.startswith("postgresql://"):
+    bare postgresql://, but the `postgres` extra installs psycopg2-binary; use whichever
+    exists, and name the extra when neither does."""
+    if not url.startswith("postgresql"):
         return url
     import importlib.util
 
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is None:
+        raise ConfigError(
+            "--storage postgresql:// needs a PostgreSQL driver: pip install 'bench[postgres]'"
+        )
+    if not url.startswith("postgresql://"):
+        return url
     if (
         importlib.util.find_spec("psycopg") is None
         and importlib.util.find_spec("psycopg2") is not None
