@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from bench.meters.nvml import NvmlDeviceMonitor, _describe
+from bench.meters.nvml import NvmlDeviceMonitor, describe_nvml_error
 
 # Windows shorter than this many counter update periods get a coarseness note: the
 # counter's quantisation error is up to one period's energy at each end.
@@ -51,13 +51,13 @@ class EnergyMeter:
                 self.monitor.power_watts()
             except Exception as exc2:  # noqa: BLE001
                 self.notes.append(
-                    f"energy: neither energy counter ({_describe(exc)}) nor power ({_describe(exc2)}) readable"
+                    f"energy: neither energy counter ({describe_nvml_error(exc)}) nor power ({describe_nvml_error(exc2)}) readable"
                 )
                 return
             self.method = "power-integral"
             self.monitor.record_power = True
             self.notes.append(
-                f"energy: counter unsupported ({_describe(exc)}); integrated power samples "
+                f"energy: counter unsupported ({describe_nvml_error(exc)}); integrated power samples "
                 "(NVML power is a ~1 s average on recent GPUs: approximate)"
             )
             return
@@ -119,7 +119,7 @@ class EnergyMeter:
                 )
 
     def _fail(self, exc: BaseException) -> None:
-        self.notes.append(f"energy: {self.method} read failed: {_describe(exc)}")
+        self.notes.append(f"energy: {self.method} read failed: {describe_nvml_error(exc)}")
         self.method = None
 
     def fields(self) -> dict:

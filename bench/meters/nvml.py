@@ -54,7 +54,7 @@ def load_nvml():
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        raise NvmlUnavailable(f"nvml: init failed: {_describe(exc)}") from None
+        raise NvmlUnavailable(f"nvml: init failed: {describe_nvml_error(exc)}") from None
     return nvml
 
 
@@ -63,7 +63,7 @@ def shutdown_nvml(nvml) -> None:
         nvml.nvmlShutdown()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_nvml_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
 
@@ -113,7 +113,7 @@ def resolve_handle(nvml, index: int, *, uuid: str | None = None, env: dict | Non
     try:
         count = int(nvml.nvmlDeviceGetCount())
     except Exception as exc:  # noqa: BLE001
-        raise NvmlUnavailable(f"nvml: cannot count devices: {_describe(exc)}") from None
+        raise NvmlUnavailable(f"nvml: cannot count devices: {describe_nvml_error(exc)}") from None
     if uuid:
         for prefix in ("GPU-", "MIG-"):
             try:
@@ -263,7 +263,7 @@ class NvmlDeviceMonitor:
         try:
             return self.used_bytes()
         except Exception as exc:  # noqa: BLE001
-            self.memory_query_failed = _describe(exc)
+            self.memory_query_failed = describe_nvml_error(exc)
             return _FAILED
 
     def _read_own(self):
@@ -271,7 +271,7 @@ class NvmlDeviceMonitor:
         try:
             own = self.process_bytes()
         except Exception as exc:  # noqa: BLE001
-            self.process_query_failed = _describe(exc)
+            self.process_query_failed = describe_nvml_error(exc)
             return _FAILED
         if own is not None:
             self.process_seen = True
@@ -329,7 +329,7 @@ class NvmlDeviceMonitor:
             try:
                 self.power.add(now, self.power_watts())
             except Exception as exc:  # noqa: BLE001
-                self.power_failed = _describe(exc)
+                self.power_failed = describe_nvml_error(exc)
         if self.watch_energy:
             try:
                 e = self.energy_mj()
