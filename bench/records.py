@@ -26,7 +26,6 @@ import dataclasses
 import datetime as dt
 import functools
 import json
-import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -440,11 +439,3 @@ def unreported_trial_row(config, *, status: str, error: str, sweep: str | None) 
 def now() -> dt.datetime:
     """The current time as ``started_at`` holds it: UTC, whole microseconds."""
     return dt.datetime.now(dt.UTC)
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A float measurement, null when it is not a finite number."""
-    if _is_null(value):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None

@@ -78,16 +78,18 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
 
 
 def write_trial(folder: str | Path, trial: dict, steps: pd.DataFrame, *, per_key: bool) -> None:
-    """Store one trial. Steps first, then the trial row: a trial row on disk means its
-    steps are complete (readers may rely on it)."""
+    """Store one trial. Both tables are built (and checked against the contract) before
+    anything is written; then steps first, then the trial row: a trial row on disk means
+    its steps are complete (readers may rely on it)."""
     folder = Path(folder)
+    steps_part, trial_part = steps_table(steps), trials_table([trial])
     if per_key:
         key = trial["trial_key"]
-        write_atomic(steps_table(steps), folder / "steps" / f"{key}.parquet")
-        write_atomic(trials_table([trial]), folder / "trials" / f"{key}.parquet")
+        write_atomic(steps_part, folder / "steps" / f"{key}.parquet")
+        write_atomic(trial_part, folder / "trials" / f"{key}.parquet")
     else:
-        write_atomic(steps_table(steps), folder / "steps.parquet")
-        write_atomic(trials_table([trial]), folder / "trial.parquet")
+        write_atomic(steps_part, folder / "steps.parquet")
+        write_atomic(trial_part, folder / "trial.parquet")
 
 
 def tail_loss(loss, samples, units=None, *, fraction: float = TAIL_FRACTION) -> float | None:
