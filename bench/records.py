@@ -14,10 +14,11 @@ of an older ``SCHEMA_VERSION`` to the current schema (missing columns null, ISO 
 strings to timestamps). Measurement detail that is not a contract column goes in the
 one ``extra`` column (a JSON object, :func:`extra_json`), never in a column of its own.
 
-Adding, renaming or changing a column bumps ``SCHEMA_VERSION``. Version 2 declared the
-columns version 1 wrote outside its list (``flops_per_sample``, ``attempt``,
-``optuna_trial``), made ``started_at`` a UTC timestamp, added ``extra`` and gave the
-probes table a ``schema_version``.
+Adding, renaming or changing a column bumps ``SCHEMA_VERSION``. How version 1 files
+differ from version 2 (``upgrade`` reads both): ``started_at`` is ISO 8601 text;
+``flops_per_sample``, ``attempt`` and ``optuna_trial`` are undeclared columns whose type
+varies between files (null-typed where a trial failed); ``extra`` is absent; probes
+files have no ``schema_version``.
 """
 
 from __future__ import annotations

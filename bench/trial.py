@@ -22,7 +22,7 @@ from bench.workloads.base import Workload, data_sha256
 
 @dataclass
 class TrialResult:
-    trial: dict  # one row of the trials table
+    trial: dict  # one row of the trials table (bench.records.trial_row: every column)
     steps: pd.DataFrame  # the steps table of this trial
 
     @property
