@@ -44,44 +44,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench import records
 from bench.errors import BenchError, ConfigError
 
-PROBE_COLUMNS = {
-    # identity
-    "probe_key": "string",  # hash of probe config + capacity + device: what reuse matches on
-    "search_key": "string",  # the same without b and k: one search's probes
-    "kind": "string",  # "boundary" (N steps at k=1) or "throughput" (planner, k = B / b)
-    "trial_key": "string",
-    "workload": "string",
-    "precision": "string",
-    "device": "string",
-    "micro_batch_size": "int64",
-    "accumulation_steps": "int64",
-    "steps": "int64",
-    "capacity_bytes": "int64",
-    "cap_method": "string",
-    "cap_limit_bytes": "int64",
-    "baseline_bytes": "int64",  # CPU: VmData of the idle child; CUDA: context, outside the fraction
-    # what happened
-    "outcome": "string",  # ok / oom / failed / diverged
-    "error": "string",
-    "peak_allocated_bytes": "int64",
-    "peak_reserved_bytes": "int64",
-    "nvml_peak_used_bytes": "int64",
-    "nvml_process_peak_bytes": "int64",
-    "cpu_peak_rss_bytes": "int64",
-    "child_rss_hwm_bytes": "int64",  # the probe process's VmHWM (also when it was killed)
-    "child_max_allocated_bytes": "int64",  # CUDA allocator lifetime peaks, read in the child
-    "child_max_reserved_bytes": "int64",
-    "samples_per_s": "float64",
-    "tokens_per_s": "float64",
-    "optimizer_steps": "int64",
-    "wall_s": "float64",
-    "started_at": "string",
-    "config_json": "string",
-    "identity_json": "string",  # machine + software the probe ran on (part of probe_key)
-    "killed": "bool",  # died by SIGKILL (twice under a cap): never reused
-}
+# Name -> arrow type of probes.parquet's columns (bench.records.ProbeRecord).
+PROBE_COLUMNS = records.columns(records.ProbeRecord)
 
 DEFAULT_MARGIN_PCT = 10.0
 
@@ -192,20 +159,19 @@ def probe_identity(info: dict, workload: str) -> str:
 
 
 class ProbeStore:
-    """``probes.parquet`` of one OOM run: read once, rewritten atomically per probe."""
+    """``probes.parquet`` of one OOM run: read once, rewritten atomically per probe.
+    Rows are dicts of ProbeRecord's columns; a file of an older schema version reads as
+    the current one."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / "probes.parquet"
-        self.rows: list[dict] = []
-        if self.path.exists():
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        self.rows: list[dict] = self._read() if self.path.exists() else []
 
-            try:
-                self.rows = pq.read_table(self.path).to_pylist()
-            except (OSError, pa.ArrowException) as exc:
-                raise BenchError(f"corrupted probe file {self.path}: {exc}") from None
+    def _read(self) -> list[dict]:
+        from bench.store import read_table
+
+        return read_table(self.path, records.ProbeRecord).to_pylist()
 
     def find(self, key: str) -> dict | None:
         """The latest finished (ok / oom) probe with this key, or None. A probe killed
@@ -228,20 +194,15 @@ class ProbeStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, row: dict) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        """Append one probe row (an undeclared key raises records.RecordError)."""
         from bench.store import write_atomic
 
+        table = records.probes_table([row])  # checked before the lock and the re-read
         with self._locked():
             # Re-read under the lock: another run may have added probes since we read.
-            merged = pq.read_table(self.path).to_pylist() if self.path.exists() else []
-            merged.append(row)
-            schema = pa.schema([(name, pa.type_for_alias(t)) for name, t in PROBE_COLUMNS.items()])
-            table = pa.Table.from_pylist(
-                [{c: r.get(c) for c in PROBE_COLUMNS} for r in merged], schema=schema
-            )
-            write_atomic(table, self.path)
+            merged = self._read() if self.path.exists() else []
+            merged.append(table.to_pylist()[0])
+            write_atomic(records.probes_table(merged), self.path)
             self.rows = merged
 
 
@@ -363,59 +324,64 @@ def _killed(run) -> bool:
     return not getattr(run, "reported", True) and getattr(run, "exitcode", None) == -signal.SIGKILL
 
 
+# The child's own numbers (bench.isolation's stats) that are ProbeRecord columns; any
+# other entry (a traceback) goes in the row's ``extra``.
+_STAT_COLUMNS = ("child_rss_hwm_bytes", "child_max_allocated_bytes", "child_max_reserved_bytes")
+_PEAK_COLUMNS = (
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "nvml_peak_used_bytes",
+    "nvml_process_peak_bytes",
+    "cpu_peak_rss_bytes",
+)
+
+
 def probe_row(run, config, *, key: str, kind: str, capacity: int, device: str, steps: int) -> dict:
-    """One probes.parquet row from an IsolatedRun."""
+    """One probes.parquet row (bench.records.ProbeRecord) from an IsolatedRun."""
+    import datetime as dt
+
     trial = run.result.trial
     cap = run.cap
-    stats = run.stats or {}
-    row = {
-        "probe_key": key,
-        "kind": kind,
-        "trial_key": config.trial_key,
-        "workload": config.workload,
-        "precision": config.precision,
-        "device": device,
-        "micro_batch_size": config.batch_size,
-        "accumulation_steps": config.accumulation_steps,
-        "steps": steps,
-        "capacity_bytes": capacity,
-        "cap_method": None if cap is None else cap.method,
-        "cap_limit_bytes": None if cap is None else cap.limit_bytes,
-        "baseline_bytes": None if cap is None else cap.baseline_bytes,
-        "outcome": trial.get("status"),
-        "error": trial.get("error"),
-        "optimizer_steps": trial.get("optimizer_steps"),
-        "samples_per_s": trial.get("samples_per_s"),
-        "tokens_per_s": trial.get("tokens_per_s"),
-        "wall_s": run.wall_s,
-        "started_at": trial.get("started_at"),
-        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
-    }
-    for col in (
-        "peak_allocated_bytes",
-        "peak_reserved_bytes",
-        "nvml_peak_used_bytes",
-        "nvml_process_peak_bytes",
-        "cpu_peak_rss_bytes",
-    ):
-        value = trial.get(col)
-        row[col] = (
-            None
-            if value is None or (isinstance(value, float) and math.isnan(value))
-            else int(value)
-        )
-    for col in ("child_rss_hwm_bytes", "child_max_allocated_bytes", "child_max_reserved_bytes"):
-        row[col] = stats.get(col)
-    if (
-        row["outcome"] == "ok"
-        and row["optimizer_steps"] is not None
-        and row["optimizer_steps"] < steps
-    ):
+    stats = dict(run.stats or {})
+    outcome, error = trial.get("status"), trial.get("error")
+    done = trial.get("optimizer_steps")
+    if outcome == "ok" and done is not None and done < steps:
         # It ended early without an error (time limit, early stop): it did not show
         # that b completes N steps, so it cannot count as a fit.
-        row["outcome"] = "failed"
-        row["error"] = f"completed {row['optimizer_steps']} of {steps} optimizer steps"
-    return row
+        outcome, error = "failed", f"completed {done} of {steps} optimizer steps"
+    return records.probe_row(
+        probe_key=key,
+        kind=kind,
+        trial_key=config.trial_key,
+        workload=config.workload,
+        precision=config.precision,
+        device=device,
+        micro_batch_size=config.batch_size,
+        accumulation_steps=config.accumulation_steps,
+        steps=steps,
+        capacity_bytes=capacity,
+        cap_method=None if cap is None else cap.method,
+        cap_limit_bytes=None if cap is None else cap.limit_bytes,
+        baseline_bytes=None if cap is None else cap.baseline_bytes,
+        outcome=outcome,
+        error=error,
+        optimizer_steps=done,
+        samples_per_s=trial.get("samples_per_s"),
+        tokens_per_s=trial.get("tokens_per_s"),
+        wall_s=run.wall_s,
+        # The parent's clock: a probe killed before it reported has a start time too.
+        started_at=records.now() - dt.timedelta(seconds=run.wall_s),
+        config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
+        **{col: _whole_bytes(trial.get(col)) for col in _PEAK_COLUMNS},
+        **{col: stats.pop(col, None) for col in _STAT_COLUMNS},
+        extra=records.extra_json(stats),
+    )
+
+
+def _whole_bytes(value) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
 
 
 # -- the search --------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The results contract: two long tables, units in column names, atomic parquet I/O.
+"""Results on disk: atomic parquet I/O for the tables :mod:`bench.records` declares.
 
-``trials``: one row per trial. ``steps``: one row per optimizer step. Columns may be
-added freely; renaming one or changing its meaning bumps SCHEMA_VERSION. A value that
-does not apply (NVML on a CPU run) is null, never 0.
+``trials``: one row per trial. ``steps``: one row per optimizer step. Every file of a
+kind has its record's schema exactly (``bench.records``: columns, types, order), so
+pandas, polars and DuckDB read a folder as one table. Files of older schema versions
+load as the current schema (:func:`read_table`).
 
 On disk a results folder holds either one run (``trial.parquet`` + ``steps.parquet``,
 from ``bench run``) or a sweep (``trials/<trial_key>.parquet`` + ``steps/<trial_key>.parquet``,
@@ -21,126 +22,26 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import records
 from bench.errors import BenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = records.SCHEMA_VERSION
 
 # The share of a run's samples whose steps tail_loss averages over.
 TAIL_FRACTION = 0.05
 
-TRIAL_COLUMNS: dict[str, pa.DataType] = {
-    "trial_key": pa.string(),
-    "sweep": pa.string(),
-    "workload": pa.string(),
-    "mode": pa.string(),
-    "samples": pa.int64(),
-    "micro_batch_size": pa.int64(),
-    "accumulation_steps": pa.int64(),
-    "effective_batch_size": pa.int64(),
-    "normalize": pa.string(),
-    "partial_window": pa.string(),
-    "drop_last": pa.bool_(),
-    "optimizer": pa.string(),
-    "lr": pa.float64(),
-    "scheduler": pa.string(),
-    "precision": pa.string(),
-    "data_path": pa.string(),
-    "seed": pa.int64(),
-    "status": pa.string(),  # ok / oom / diverged / failed
-    "error": pa.string(),
-    "stopped_early": pa.bool_(),
-    "epochs_run": pa.int64(),
-    "optimizer_steps": pa.int64(),
-    "micro_batches": pa.int64(),
-    "samples_seen": pa.int64(),
-    "tokens_seen": pa.int64(),
-    "data_sha256": pa.string(),  # the workload's data (bench.workloads.base.data_sha256)
-    "final_loss": pa.float64(),  # the last optimizer step's loss
-    "tail_loss": pa.float64(),  # mean loss over the last TAIL_FRACTION of samples (tail_loss())
-    "best_val_loss": pa.float64(),
-    "train_time_s": pa.float64(),
-    "timed_steps": pa.int64(),
-    "samples_per_s": pa.float64(),
-    "steps_per_s": pa.float64(),
-    "tokens_per_s": pa.float64(),
-    "step_time_ms_median": pa.float64(),
-    "step_time_ms_iqr": pa.float64(),
-    "timing_noisy": pa.bool_(),
-    "peak_allocated_bytes": pa.int64(),
-    "peak_reserved_bytes": pa.int64(),
-    "nvml_peak_used_bytes": pa.int64(),
-    "nvml_process_peak_bytes": pa.int64(),
-    "cpu_peak_rss_bytes": pa.int64(),
-    "energy_j": pa.float64(),
-    "flops_per_step": pa.float64(),
-    "mfu": pa.float64(),
-    "device": pa.string(),
-    "env_id": pa.string(),
-    # measurement detail (bench.meters): how a figure was obtained, baselines, counts
-    "planned_steps": pa.int64(),
-    "alloc_retries": pa.int64(),
-    "cuda_ooms": pa.int64(),
-    "nvml_baseline_used_bytes": pa.int64(),
-    "nvml_baseline_process_bytes": pa.int64(),
-    "nvml_memory_info": pa.string(),
-    "nvml_samples": pa.int64(),
-    "cpu_baseline_rss_bytes": pa.int64(),
-    "cpu_rss_method": pa.string(),
-    "energy_method": pa.string(),
-    "energy_window_s": pa.float64(),
-    "energy_j_per_sample": pa.float64(),
-    "meter_interval_ms": pa.float64(),
-    "window_wall_s": pa.float64(),
-    "flops_per_unit": pa.float64(),
-    "peak_flops_per_s": pa.float64(),
-    "config_json": pa.string(),
-    "notes": pa.string(),
-    "started_at": pa.string(),  # ISO 8601, UTC
-    "schema_version": pa.int64(),
-}
-
-STEP_COLUMNS: dict[str, pa.DataType] = {
-    "trial_key": pa.string(),
-    "epoch": pa.int64(),
-    "step": pa.int64(),  # global, from 1
-    "step_in_epoch": pa.int64(),
-    "micro_batches": pa.int64(),
-    "samples": pa.int64(),
-    "samples_seen": pa.int64(),
-    "tokens": pa.int64(),  # target tokens in the step (token workloads; null otherwise)
-    "loss": pa.float64(),  # the window's mean loss per sample (or per target token)
-    "lr": pa.float64(),
-    "grad_norm": pa.float64(),
-    "time_s": pa.float64(),  # training wall time at the end of this step
-    "val_loss": pa.float64(),
-}
-
-
-def _conform(df: pd.DataFrame, columns: dict[str, pa.DataType]) -> pa.Table:
-    """Contract columns first with their types (missing ones null), extra columns after."""
-    fields, arrays = [], []
-    n = len(df)
-    for name, typ in columns.items():
-        fields.append(pa.field(name, typ))
-        if name in df.columns:
-            arrays.append(pa.array(df[name].astype(object).where(df[name].notna(), None), typ))
-        else:
-            arrays.append(pa.nulls(n, typ))
-    extra = pa.Table.from_pandas(
-        df[[c for c in df.columns if c not in columns]], preserve_index=False
-    )
-    for f, col in zip(extra.schema, extra.columns, strict=True):
-        fields.append(f)
-        arrays.append(col)
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+# Name -> arrow type of each table's columns, derived from bench.records.
+TRIAL_COLUMNS: dict[str, pa.DataType] = records.columns(records.TrialRecord)
+STEP_COLUMNS: dict[str, pa.DataType] = records.columns(records.StepRecord)
 
 
 def trials_table(rows: list[dict]) -> pa.Table:
-    return _conform(pd.DataFrame(rows), TRIAL_COLUMNS)
+    """Rows (dicts) as a trials table; an undeclared key raises records.RecordError."""
+    return records.trials_table(rows)
 
 
 def steps_table(df: pd.DataFrame) -> pa.Table:
-    return _conform(df, STEP_COLUMNS)
+    return records.steps_table(df)
 
 
 def write_atomic(table: pa.Table, path: str | Path) -> None:
@@ -177,16 +78,18 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
 
 
 def write_trial(folder: str | Path, trial: dict, steps: pd.DataFrame, *, per_key: bool) -> None:
-    """Store one trial. Steps first, then the trial row: a trial row on disk means its
-    steps are complete (readers may rely on it)."""
+    """Store one trial. Both tables are built (and checked against the contract) before
+    anything is written; then steps first, then the trial row: a trial row on disk means
+    its steps are complete (readers may rely on it)."""
     folder = Path(folder)
+    steps_part, trial_part = steps_table(steps), trials_table([trial])
     if per_key:
         key = trial["trial_key"]
-        write_atomic(steps_table(steps), folder / "steps" / f"{key}.parquet")
-        write_atomic(trials_table([trial]), folder / "trials" / f"{key}.parquet")
+        write_atomic(steps_part, folder / "steps" / f"{key}.parquet")
+        write_atomic(trial_part, folder / "trials" / f"{key}.parquet")
     else:
-        write_atomic(steps_table(steps), folder / "steps.parquet")
-        write_atomic(trials_table([trial]), folder / "trial.parquet")
+        write_atomic(steps_part, folder / "steps.parquet")
+        write_atomic(trial_part, folder / "trial.parquet")
 
 
 def tail_loss(loss, samples, units=None, *, fraction: float = TAIL_FRACTION) -> float | None:
@@ -245,21 +148,37 @@ class Results:
     steps: pd.DataFrame
 
 
-def _read_many(paths: list[Path], columns: dict[str, pa.DataType]) -> pd.DataFrame:
-    frames = []
+def _read_raw(path: str | Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise BenchError(f"corrupted parquet file {path}: {exc}") from None
+
+
+def _upgrade(raw: pa.Table, path: str | Path, record: records.Record, keep_extra: bool):
+    try:
+        return records.upgrade(raw, record, keep_extra=keep_extra)
+    except records.RecordError as exc:
+        raise BenchError(f"parquet file {path} does not fit the results contract: {exc}") from None
+
+
+def read_table(path: str | Path, record: records.Record, *, keep_extra: bool = False) -> pa.Table:
+    """One parquet file of ``record``'s table, written by any schema version, as the
+    current schema (bench.records.upgrade). An unreadable file is a BenchError."""
+    return _upgrade(_read_raw(path), path, record, keep_extra)
+
+
+def _read_many(paths: list[Path], record: records.Record) -> pd.DataFrame:
+    # Columns an older folder wrote outside the contract are kept (after the declared
+    # ones): loading shows what is on disk; only writing is strict.
+    tables = []
     for p in paths:
-        try:
-            frames.append(pq.read_table(p).to_pandas())
-        except (OSError, pa.ArrowException) as exc:
-            raise BenchError(f"corrupted parquet file {p}: {exc}") from None
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    for name in columns:  # older schema versions: missing contract columns read as null
-        if name not in df.columns:
-            df[name] = None
-    return df
+        raw = _read_raw(p)
+        if raw.num_columns:  # a file without columns holds no rows
+            tables.append(_upgrade(raw, p, record, keep_extra=True))
+    if not tables:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in records.columns(record)})
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 def load_results(folder: str | Path) -> Results:
@@ -277,8 +196,8 @@ def load_results(folder: str | Path) -> Results:
         trial_files.append(folder / "trial.parquet")
     if (folder / "steps.parquet").exists():
         step_files.append(folder / "steps.parquet")
-    trials = _read_many(trial_files, TRIAL_COLUMNS)
-    steps = _read_many(step_files, STEP_COLUMNS)
+    trials = _read_many(trial_files, records.TrialRecord)
+    steps = _read_many(step_files, records.StepRecord)
     if len(steps) and len(trials):
         steps = steps[steps["trial_key"].isin(set(trials["trial_key"]))].reset_index(drop=True)
         trials = _fill_tail_loss(trials, steps)

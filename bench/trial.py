@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import statistics
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench import store
+from bench import records, store
 from bench.config import TrialConfig
 from bench.errors import ConfigError
 from bench.failures import describe, is_oom
@@ -23,7 +22,7 @@ from bench.workloads.base import Workload, data_sha256
 
 @dataclass
 class TrialResult:
-    trial: dict  # one row of the trials table
+    trial: dict  # one row of the trials table (bench.records.trial_row: every column)
     steps: pd.DataFrame  # the steps table of this trial
 
     @property
@@ -98,14 +97,54 @@ def run_trial(
     """Run one configuration. Raises ConfigError only for invalid input, before any work;
     OOM, divergence and other errors during the run are recorded in the row's status."""
     workload, plan, device = prepared if prepared is not None else prepare(config)
+    started_at = records.now()
+    run = _measured_run(config, workload, plan, device)
+    notes = run.notes
+    row = {
+        **_config_fields(config, plan, workload, sweep),
+        **_outcome_fields(run),
+        **_throughput(run.outcome, plan),
+        "device": _device_name(device),
+        "started_at": started_at,
+    }
+    if row["timed_steps"] == 0 and run.outcome.rows:
+        notes.append("no steps after the timing warm-up: rates are null")
+    fields = run.meter_fields
+    notes.extend(fields.pop("notes", []))
+    row.update(fields)
+    row.update(_energy_per_sample(row, run.outcome, notes))
+    row.update(_flops_fields(run, config, device, row["samples_per_s"]))
+    row["env_id"] = _environment_id(results_dir)
+    notes.extend(run.outcome.notes)
+    row["notes"] = "; ".join(notes) if notes else None
+
+    steps = pd.DataFrame(run.outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
+    steps.insert(0, "trial_key", config.trial_key)
+    return TrialResult(trial=records.trial_row(**row), steps=steps)
+
+
+@dataclass
+class _Run:
+    """What one measured training run left: the outcome, its status and the meters."""
+
+    outcome: TrainOutcome
+    status: str
+    error: str | None
+    meter_fields: dict
+    flops_per_sample: float | None
+    notes: list[str]
+
+
+def _measured_run(
+    config: TrialConfig, workload: Workload, plan: Plan, device: torch.device
+) -> _Run:
+    """Build the model, count its FLOPs, train it under the meters. An exception during
+    the run (OOM included) becomes the run's status, not a traceback."""
     from bench import meters as meters_mod
-    from bench.meters import env as env_mod
     from bench.meters import flops as flops_mod
 
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     notes: list[str] = []
     outcome = TrainOutcome()
-    row: dict = {}
     flops_per_sample = None
     if device.type == "cuda" and device.index is not None:
         # Events, synchronize() and new tensors use the current device: make it this one.
@@ -148,91 +187,106 @@ def run_trial(
     del model
     if device.type == "cuda" and status == "oom":
         torch.cuda.empty_cache()
+    return _Run(outcome, status, error, meters.fields(), flops_per_sample, notes)
 
-    row.update(
-        trial_key=config.trial_key,
-        sweep=sweep,
-        workload=config.workload,
-        mode=plan.mode,
-        samples=plan.samples,
-        micro_batch_size=plan.micro_batch_size,
-        accumulation_steps=plan.accumulation_steps,
-        effective_batch_size=plan.effective_batch_size,
-        normalize=config.normalize,
-        partial_window=plan.partial_window,
-        drop_last=plan.drop_last,
-        optimizer=config.optimizer,
-        lr=config.lr,
-        scheduler=config.scheduler,
-        precision=config.precision,
-        data_path=config.data_path,
-        seed=config.seed,
-        status=status,
-        error=error,
-        stopped_early=outcome.stopped_early,
-        epochs_run=outcome.epochs_run,
-        optimizer_steps=outcome.optimizer_steps,
-        micro_batches=outcome.micro_batches,
-        samples_seen=outcome.samples_seen,
-        tokens_seen=outcome.tokens_seen,
-        data_sha256=data_sha256(workload),
-        final_loss=outcome.final_loss,
-        tail_loss=store.tail_loss(
+
+def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: str | None) -> dict:
+    """What was asked for: the configuration as the plan resolved it."""
+    return {
+        "trial_key": config.trial_key,
+        "sweep": sweep,
+        "workload": config.workload,
+        "mode": plan.mode,
+        "samples": plan.samples,
+        "micro_batch_size": plan.micro_batch_size,
+        "accumulation_steps": plan.accumulation_steps,
+        "effective_batch_size": plan.effective_batch_size,
+        "normalize": config.normalize,
+        "partial_window": plan.partial_window,
+        "drop_last": plan.drop_last,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "scheduler": config.scheduler,
+        "precision": config.precision,
+        "data_path": config.data_path,
+        "seed": config.seed,
+        "data_sha256": data_sha256(workload),
+        "planned_steps": plan.total_steps,
+        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
+    }
+
+
+def _outcome_fields(run: _Run) -> dict:
+    """How the run ended and how far it got."""
+    outcome = run.outcome
+    return {
+        "status": run.status,
+        "error": run.error,
+        "stopped_early": outcome.stopped_early,
+        "epochs_run": outcome.epochs_run,
+        "optimizer_steps": outcome.optimizer_steps,
+        "micro_batches": outcome.micro_batches,
+        "samples_seen": outcome.samples_seen,
+        "tokens_seen": outcome.tokens_seen,
+        "final_loss": outcome.final_loss,
+        "tail_loss": store.tail_loss(
             [r["loss"] for r in outcome.rows],
             [r["samples"] for r in outcome.rows],
             [r["tokens"] for r in outcome.rows],
         ),
-        best_val_loss=outcome.best_val_loss,
-        planned_steps=plan.total_steps,
-        device=_device_name(device),
-        config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
-        started_at=started_at,
-        schema_version=store.SCHEMA_VERSION,
-    )
-    row.update(_throughput(outcome, plan))
-    if row["timed_steps"] == 0 and outcome.rows:
-        notes.append("no steps after the timing warm-up: rates are null")
-    fields = meters.fields()
-    notes.extend(fields.pop("notes", []))
-    row.update(fields)
-    if row.get("energy_j") is not None and row["samples_per_s"]:
-        timed = outcome.rows[outcome.timing_warmup_steps :]
-        evaluations = sum(r["val_loss"] is not None for r in timed)
-        if evaluations:  # the energy window is wall time: it holds the evaluations too
-            notes.append(
-                f"energy_j includes {evaluations} evaluation pass(es); energy_j_per_sample "
-                "is left null (eval_every = 0 measures training alone)"
-            )
-        else:
-            row["energy_j_per_sample"] = row["energy_j"] / sum(r["samples"] for r in timed)
-    row["flops_per_sample"] = flops_per_sample
-    steps_done, samples_done = outcome.optimizer_steps, outcome.samples_seen
-    row["flops_per_step"] = (
-        flops_per_sample * samples_done / steps_done if flops_per_sample and steps_done else None
-    )
+        "best_val_loss": outcome.best_val_loss,
+    }
+
+
+def _energy_per_sample(row: dict, outcome: TrainOutcome, notes: list[str]) -> dict:
+    """energy_j_per_sample, when the energy window held training alone."""
+    if row.get("energy_j") is None or not row["samples_per_s"]:
+        return {}
+    timed = outcome.rows[outcome.timing_warmup_steps :]
+    evaluations = sum(r["val_loss"] is not None for r in timed)
+    if evaluations:  # the energy window is wall time: it holds the evaluations too
+        notes.append(
+            f"energy_j includes {evaluations} evaluation pass(es); energy_j_per_sample "
+            "is left null (eval_every = 0 measures training alone)"
+        )
+        return {}
+    return {"energy_j_per_sample": row["energy_j"] / sum(r["samples"] for r in timed)}
+
+
+def _flops_fields(
+    run: _Run, config: TrialConfig, device: torch.device, samples_per_s: float | None
+) -> dict:
+    """FLOPs per sample, step and loss unit, the device's peak, and MFU."""
+    from bench.meters import flops as flops_mod
+
+    per_sample = run.flops_per_sample
+    steps_done, samples_done = run.outcome.optimizer_steps, run.outcome.samples_seen
     # Per unit of the loss (target token for char-lm, padding's share included).
-    units_done = outcome.tokens_seen if outcome.tokens_seen is not None else samples_done
-    row["flops_per_unit"] = (
-        flops_per_sample * samples_done / units_done if flops_per_sample and units_done else None
-    )
+    tokens = run.outcome.tokens_seen
+    units_done = tokens if tokens is not None else samples_done
     peak = flops_mod.peak_flops_per_s(device, config.precision, override_tflops=config.peak_tflops)
-    row["peak_flops_per_s"] = peak
-    achieved = (
-        flops_per_sample * row["samples_per_s"]
-        if flops_per_sample and row["samples_per_s"]
-        else None
-    )
-    row["mfu"] = flops_mod.mfu(achieved, peak)
+    achieved = per_sample * samples_per_s if per_sample and samples_per_s else None
+    return {
+        "flops_per_sample": per_sample,
+        "flops_per_step": (
+            per_sample * samples_done / steps_done if per_sample and steps_done else None
+        ),
+        "flops_per_unit": (
+            per_sample * samples_done / units_done if per_sample and units_done else None
+        ),
+        "peak_flops_per_s": peak,
+        "mfu": flops_mod.mfu(achieved, peak),
+    }
+
+
+def _environment_id(results_dir: str | Path | None) -> str:
+    """The machine + software fingerprint; written next to the results when there are."""
+    from bench.meters import env as env_mod
+
     environment = env_mod.environment()
-    row["env_id"] = env_mod.env_id(environment)
     if results_dir is not None:
         env_mod.write_environment(results_dir, environment)
-    notes.extend(outcome.notes)
-    row["notes"] = "; ".join(notes) if notes else None
-
-    steps = pd.DataFrame(outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
-    steps.insert(0, "trial_key", config.trial_key)
-    return TrialResult(trial=row, steps=steps)
+    return env_mod.env_id(environment)
 
 
 def _device_name(device: torch.device) -> str:

@@ -557,6 +557,53 @@ def test_oom_probes_of_different_searches_are_kept_apart(tmp_path):
     assert sorted(lines["first_bad"]) == [101, 201]
 
 
+def test_probes_are_read_by_probe_record_names_not_guessed(tmp_path):
+    """A file whose columns are not ProbeRecord's (``b``, ``fits``) is skipped with a
+    note; a file of an older version (started_at as text, columns missing) still reads."""
+    import pyarrow as pa
+
+    from bench.report.figures import load_oom_probes
+
+    guessed = pa.table({"b": [8, 16], "fits": ["passed", "oom"]})
+    write_atomic(guessed, tmp_path / "probes.parquet")
+    notes: list[str] = []
+    assert load_oom_probes(tmp_path, notes) is None
+    assert any("no probe with a micro-batch and an outcome" in n for n in notes)
+
+    older = pa.table(
+        {
+            "probe_key": ["a", "b", "a"],  # "a" measured again: its newer row wins
+            "micro_batch_size": [8, 16, 8],
+            "outcome": ["oom", "oom", "ok"],
+            "capacity_bytes": [2**30] * 3,
+            "started_at": ["2026-11-29T00:00:00+00:00"] * 3,
+        }
+    )
+    write_atomic(older, tmp_path / "probes.parquet")
+    p = load_oom_probes(tmp_path, notes)
+    assert sorted(zip(p["micro_batch_size"], p["outcome"], strict=True)) == [
+        (8, "ok"),
+        (16, "oom"),
+    ]
+
+
+def test_the_report_reads_only_declared_columns():
+    from bench import records
+    from bench.report import figures
+    from bench.report import prepare as prep
+
+    trial_columns = records.columns(records.TrialRecord)
+    step_columns = records.columns(records.StepRecord)
+    for names in (
+        prep.CONFIG_COLUMNS,
+        prep.TRIAL_NUMERIC,
+        prep.PEAK_MEMORY_SOURCES,
+        figures.MEMORY_SERIES,
+    ):
+        assert set(names) <= set(trial_columns), set(names) - set(trial_columns)
+    assert set(prep.STEP_KEEP) <= set(step_columns)
+
+
 # -- any results folder ------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
-"""bench.store.tail_loss: the end-of-run training loss reports and compares use, and its
-fill-in for results written before the column existed."""
+"""bench.store: tail_loss (the end-of-run training loss reports and compare use, filled in
+for results written before the column existed) and loading folders of any schema version."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bench import store
 from bench.config import TrialConfig
+from bench.errors import BenchError
 from bench.trial import run_trial
 
 
@@ -157,3 +158,82 @@ def test_filling_reads_no_steps_when_every_trial_has_it():
     )
     filled = store._fill_tail_loss(trials, steps)
     assert filled["tail_loss"].tolist()[:2] == [1.0, 4.0] and math.isnan(filled["tail_loss"][2])
+
+
+def _v1_folder(folder, result) -> dict:
+    """A sweep folder as schema version 1 wrote it: started_at as ISO text, no
+    tail_loss, flops_per_sample outside the declared columns (null-typed in a trial that
+    failed), sweep bookkeeping in ad-hoc columns, and no extra column."""
+    import pyarrow as pa
+
+    ok = {k: v for k, v in result.trial.items() if k not in ("tail_loss", "extra")}
+    ok.update(started_at="2026-11-29T10:00:00+00:00", schema_version=1, attempt=1)
+    failed = {
+        "trial_key": "f" * 16,
+        "workload": "seed-mlp",
+        "status": "failed",
+        "error": "RuntimeError: boom",
+        "flops_per_sample": None,
+        "started_at": "2026-11-29T11:00:00+00:00",
+        "schema_version": 1,
+    }
+    for row in (ok, failed):
+        table = pa.Table.from_pylist([row])  # types as inferred, as ad-hoc columns were
+        store.write_atomic(table, folder / "trials" / f"{row['trial_key']}.parquet")
+    steps = pa.Table.from_pandas(result.steps, preserve_index=False)
+    store.write_atomic(steps, folder / "steps" / f"{ok['trial_key']}.parquet")
+    return ok
+
+
+def test_a_version_1_folder_loads_as_the_current_schema(tmp_path):
+    import pandas as pd
+
+    config = TrialConfig(workload="seed-mlp", samples=100, batch_size=10, epochs=2, seed=1)
+    result = run_trial(config)
+    ok = _v1_folder(tmp_path, result)
+    assert pd.api.types.is_string_dtype(
+        pd.read_parquet(tmp_path / "trials" / f"{ok['trial_key']}.parquet")["started_at"]
+    )
+    loaded = store.load_results(tmp_path)
+    trials = loaded.trials.set_index("status")
+    # Declared columns first, in order; the ad-hoc ones the folder holds follow.
+    assert list(loaded.trials.columns[: len(store.TRIAL_COLUMNS)]) == list(store.TRIAL_COLUMNS)
+    assert str(loaded.trials["started_at"].dtype) == "datetime64[us, UTC]"
+    assert trials.loc["ok", "started_at"] == pd.Timestamp("2026-11-29T10:00:00Z")
+    assert trials.loc["failed", "started_at"] == pd.Timestamp("2026-11-29T11:00:00Z")
+    assert list(loaded.trials["schema_version"]) == [1, 1]
+    # Missing columns read as null; tail_loss filled from the steps, as before.
+    assert trials["extra"].isna().all() and pd.isna(trials.loc["failed", "final_loss"])
+    assert trials.loc["ok", "tail_loss"] == pytest.approx(result.trial["tail_loss"], rel=1e-12)
+    assert pd.isna(trials.loc["failed", "tail_loss"])
+    assert trials.loc["ok", "flops_per_sample"] > 0 and pd.isna(
+        trials.loc["failed", "flops_per_sample"]
+    )
+    assert list(loaded.steps["step"]) == list(range(1, 21))
+
+
+def test_a_folder_of_both_versions_loads_and_new_rows_are_written_as_version_2(tmp_path):
+    import pyarrow.parquet as pq
+
+    from bench import records
+
+    config = TrialConfig(workload="seed-mlp", samples=64, batch_size=16, epochs=1, seed=2)
+    old = run_trial(config)
+    _v1_folder(tmp_path, old)
+    new = run_trial(config.replace(seed=3))
+    store.write_trial(tmp_path, new.trial, new.steps, per_key=True)
+    written = pq.read_table(tmp_path / "trials" / f"{new.trial['trial_key']}.parquet")
+    assert written.schema.equals(records.trial_schema())
+    loaded = store.load_results(tmp_path).trials.set_index("trial_key")
+    assert sorted(loaded["schema_version"]) == [1, 1, records.SCHEMA_VERSION]
+    assert loaded.loc[new.trial["trial_key"], "started_at"] == new.trial["started_at"]
+    assert loaded["started_at"].notna().all()
+
+
+def test_a_file_that_breaks_the_contract_is_named(tmp_path):
+    import pyarrow as pa
+
+    table = pa.table({"trial_key": ["k"], "samples_seen": ["many"]})
+    store.write_atomic(table, tmp_path / "trials" / "k.parquet")
+    with pytest.raises(BenchError, match=r"k\.parquet.*'samples_seen'"):
+        store.load_results(tmp_path)

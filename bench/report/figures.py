@@ -9,6 +9,7 @@ appended to ``notes`` when the results hold nothing it could show.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.records import ProbeRecord
 from bench.report import curves
 from bench.report.scaling import CriticalBatchFit, format_targets
 
@@ -354,7 +356,7 @@ def memory(prep, probes: pd.DataFrame | None, notes: list[str]):
 
 def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
     """Per search (one ``bench oom`` search: same configuration, capacity, machine; see
-    ``_normalise_probes``): its label, capacity, the smallest micro-batch that did not
+    ``_probe_frame``): its label, capacity, the smallest micro-batch that did not
     fit (``first_bad``, NaN if none), whether that was an OOM or a kill from outside
     (``bad_outcome``), and the largest ok micro-batch below it (``last_ok``)."""
     cols = ["search", "label", "capacity_bytes", "first_bad", "bad_outcome", "last_ok"]
@@ -431,18 +433,14 @@ def _draw_probes(ax, p: pd.DataFrame, trans) -> None:
 
 
 def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
-    """Probes written by ``bench oom``: ``<folder>/probes.parquet``, ``<folder>/oom/*/``
-    and ``<folder>/../oom/*/probes.parquet``. Read tolerantly (see docs/notes/report.md):
-    micro-batch from ``micro_batch_size``/``b``/``batch_size``; outcome from
-    ``outcome``/``status``/``result`` ("ok"/"oom") or a boolean ``oom``, "killed" where
-    ``killed`` is true; capacity from ``capacity_bytes`` (0 = no cap); peak as
-    ``bench.oom.peak_bytes`` for bench oom's rows (they have ``device``), else the first
-    present of ``peak_reserved_bytes``, ``peak_bytes``, ``peak_allocated_bytes``,
-    ``nvml_peak_used_bytes``, ``cpu_peak_rss_bytes``, ``child_rss_hwm_bytes``; one line
-    per ``search_key`` (else per workload, precision and capacity); ``workload`` when
-    present picks the figure row. A probes file that cannot be read is a note in the
-    report, not an error: it is optional."""
-    import pyarrow.parquet as pq
+    """Probes written by ``bench oom`` (rows of ``bench.records.ProbeRecord``):
+    ``<folder>/probes.parquet``, ``<folder>/oom/*/probes.parquet`` and
+    ``<folder>/../oom/*/probes.parquet``, each read as the current schema (older versions
+    upgraded, absent columns null). The newest row per ``probe_key`` wins, as in bench
+    oom's own reuse; rows without a micro-batch or an outcome are left out. A probes file
+    that cannot be read is a note in the report, not an error: it is optional input."""
+    from bench.errors import BenchError
+    from bench.store import read_table
 
     paths = [
         folder / "probes.parquet",
@@ -452,17 +450,13 @@ def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
     frames = []
     for path in dict.fromkeys(p for p in paths if p.is_file()):
         try:
-            raw = pq.read_table(path).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - optional input: note it, go on
-            notes.append(f"OOM probes {path}: unreadable ({type(exc).__name__})")
+            rows = read_table(path, ProbeRecord).to_pylist()
+        except BenchError:
+            notes.append(f"OOM probes {path}: unreadable, skipped")
             continue
-        if "probe_key" in raw.columns:
-            # A probe measured again (--fresh, or after a kill) supersedes its older rows,
-            # as bench oom's own reuse does: the newest row per key is the answer.
-            raw = raw.drop_duplicates("probe_key", keep="last")
-        df = _normalise_probes(raw)
-        if df is None:
-            notes.append(f"OOM probes {path}: no micro-batch/outcome columns, skipped")
+        df = _probe_frame(_newest_per_key([ProbeRecord(**r) for r in rows]))
+        if not len(df):
+            notes.append(f"OOM probes {path}: no probe with a micro-batch and an outcome")
             continue
         df["source"] = str(path)
         frames.append(df)
@@ -471,94 +465,69 @@ def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True)
 
 
-def _first(raw: pd.DataFrame, names: tuple[str, ...]):
-    for n in names:
-        if n in raw.columns and raw[n].notna().any():
-            return raw[n]
-    return None
+def _newest_per_key(probes: list[ProbeRecord]) -> list[ProbeRecord]:
+    """A probe measured again (--fresh, or after a kill) supersedes its older rows."""
+    last = {p.probe_key: i for i, p in enumerate(probes) if p.probe_key is not None}
+    return [p for i, p in enumerate(probes) if p.probe_key is None or last[p.probe_key] == i]
 
 
-def _normalise_probes(raw: pd.DataFrame) -> pd.DataFrame | None:
-    b = _first(raw, ("micro_batch_size", "b", "batch_size"))
-    outcome = _first(raw, ("outcome", "status", "result"))
-    if outcome is not None:
-        outcome = (
-            outcome.astype(str)
-            .str.lower()
-            .map(
-                lambda s: (
-                    "oom"
-                    if "oom" in s or "out of memory" in s
-                    else ("ok" if s in ("ok", "fits", "pass", "passed", "true") else s)
-                )
-            )
+def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
+    """One row per drawable probe: micro-batch, outcome ("killed" where SIGKILL from
+    outside the cap ended it), capacity (0 = no cap), peak, and the search it belongs to
+    (``search_key``, else workload + precision + capacity)."""
+    cols = ["micro_batch_size", "outcome", "capacity_bytes", "peak_bytes"]
+    cols += ["workload", "precision", "optimizer", "search"]
+    rows = []
+    for p in probes:
+        if not p.micro_batch_size or p.micro_batch_size <= 0 or p.outcome is None:
+            continue
+        precision = p.precision or _config_value(p, "precision")
+        cap = p.capacity_bytes
+        rows.append(
+            {
+                "micro_batch_size": p.micro_batch_size,
+                "outcome": "killed" if p.killed else p.outcome,
+                "capacity_bytes": np.nan if cap is None else cap,
+                "peak_bytes": _probe_peak(p),
+                "workload": p.workload,
+                "precision": precision,
+                "optimizer": _config_value(p, "optimizer"),
+                "search": p.search_key or f"{p.workload}|{precision}|{cap or 0}",
+            }
         )
-    elif "oom" in raw.columns:
-        outcome = raw["oom"].map(lambda v: "oom" if bool(v) else "ok")
-    if b is None or outcome is None:
-        return None
-    if "killed" in raw.columns:  # died by SIGKILL: pressure from outside, not the cap
-        outcome = outcome.where(~raw["killed"].fillna(False).astype(bool), "killed")
-    cap = _first(raw, ("capacity_bytes", "memory_capacity_bytes", "limit_bytes"))
-    cap = pd.to_numeric(cap, errors="coerce") if cap is not None else pd.Series(np.nan, raw.index)
-    if "device" in raw.columns:
-        # bench oom's own rows: its peak, the one it compares with the capacity (on CUDA
-        # the context is added to the allocator's reserved peak, as the cap includes it).
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("micro_batch_size", "capacity_bytes", "peak_bytes"):
+        df[c] = pd.to_numeric(df[c]).astype(float)
+    return df
+
+
+def _probe_peak(p: ProbeRecord) -> float:
+    """bench oom's own peak, the one its search compares with the capacity (on CUDA the
+    context is added to the allocator's reserved peak, as the capacity includes it);
+    for a row without a device, the first measured of its peaks."""
+    if p.device is not None:
         from bench.oom import peak_bytes
 
-        records = raw.astype(object).where(raw.notna(), None).to_dict("records")
-        peak = pd.Series([peak_bytes(r) for r in records], index=raw.index, dtype=float)
+        value = peak_bytes(dataclasses.asdict(p))
     else:
-        peak = _first(
-            raw,
-            (
-                "peak_reserved_bytes",
-                "peak_bytes",
-                "peak_allocated_bytes",
-                "nvml_peak_used_bytes",
-                "cpu_peak_rss_bytes",
-                "child_rss_hwm_bytes",
-            ),
+        candidates = (
+            p.peak_reserved_bytes,
+            p.peak_allocated_bytes,
+            p.nvml_peak_used_bytes,
+            p.cpu_peak_rss_bytes,
+            p.child_rss_hwm_bytes,
         )
-        peak = pd.to_numeric(peak, errors="coerce") if peak is not None else np.nan
-    workload = raw["workload"] if "workload" in raw.columns else pd.Series(None, raw.index)
-    precision = _column_or_config(raw, "precision")
-    # One search's probes share a search_key; files without it are grouped by what a
-    # search is at least made of (probes of one workload, precision and capacity).
-    fallback = pd.Series(
-        [f"{w}|{p}|{c}" for w, p, c in zip(workload, precision, cap.fillna(0), strict=True)],
-        index=raw.index,
-    )
-    search = fallback
-    if "search_key" in raw.columns:
-        search = raw["search_key"].where(raw["search_key"].notna(), fallback)
-    out = pd.DataFrame(
-        {
-            "micro_batch_size": pd.to_numeric(b, errors="coerce"),
-            "outcome": outcome,
-            "capacity_bytes": cap,
-            "peak_bytes": peak,
-            "workload": workload,
-            "precision": precision,
-            "optimizer": _column_or_config(raw, "optimizer"),
-            "search": search,
-        }
-    )
-    return out[out["micro_batch_size"] > 0]
+        value = next((v for v in candidates if v is not None), None)
+    return np.nan if value is None else float(value)
 
 
-def _column_or_config(raw: pd.DataFrame, key: str) -> pd.Series:
-    """``key`` from its column, else from each row's ``config_json`` (None if neither)."""
-    if key in raw.columns and raw[key].notna().any():
-        return raw[key].astype(object).where(raw[key].notna(), None)
-    values = []
-    for blob in raw["config_json"] if "config_json" in raw.columns else [None] * len(raw):
-        try:
-            config = json.loads(blob) if isinstance(blob, str) else None
-        except json.JSONDecodeError:
-            config = None
-        values.append(config.get(key) if isinstance(config, dict) else None)
-    return pd.Series(values, index=raw.index, dtype=object)
+def _config_value(p: ProbeRecord, key: str):
+    """``key`` of the probe's ``config_json`` (None when absent or unreadable)."""
+    try:
+        config = json.loads(p.config_json) if p.config_json else None
+    except json.JSONDecodeError:
+        return None
+    return config.get(key) if isinstance(config, dict) else None
 
 
 # -- 4. steps to target --------------------------------------------------------------------

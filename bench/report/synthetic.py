@@ -14,17 +14,20 @@ Used by the report/compare tests (known B_crit, known throughput change) and by
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
+from bench import records
 from bench.config import TrialConfig
-from bench.store import SCHEMA_VERSION, STEP_COLUMNS, tail_loss, trials_table, write_atomic
+from bench.store import tail_loss, write_atomic
+
+STARTED_AT = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,122 +87,16 @@ def write_synthetic(folder: str | Path, spec: Synthetic = Synthetic()) -> dict:
     """Write a sweep-shaped results folder; returns the planted truth."""
     folder = Path(folder)
     rng = np.random.default_rng(spec.rng_seed)
-    step_schema = pa.schema([pa.field(n, t) for n, t in STEP_COLUMNS.items()])
-    ln_ratio = math.log((spec.loss0 - spec.loss_inf) / (spec.target_loss - spec.loss_inf))
     written = 0
     for b, k in spec.shapes:
-        big_b = b * k
-        s_target = spec.steps_to_target(big_b)
-        tau = s_target / ln_ratio
         for lr in spec.lrs:
             for precision in spec.precisions:
                 for seed in spec.seeds:
                     cfg = _config(spec, b, k, lr, precision, seed)
-                    key = cfg.trial_key
-                    oom = spec.oom_above is not None and b > spec.oom_above
-                    if spec.fixed_steps is not None:
-                        n = spec.fixed_steps
-                    else:
-                        n = math.ceil(spec.overshoot * s_target)
-                        if spec.max_steps is not None:
-                            n = min(n, spec.max_steps)
-                    thr = (
-                        spec.peak_samples_per_s
-                        * b
-                        / (b + spec.b_half)
-                        * spec.throughput_factor
-                        * (1.0 + spec.throughput_jitter * rng.standard_normal())
-                    )
-                    step_s = big_b / thr
-                    mem = (
-                        spec.memory_base_bytes + spec.memory_per_sample_bytes * b
-                    ) * spec.memory_factor
-                    row = {
-                        "trial_key": key,
-                        "sweep": spec.sweep,
-                        "workload": spec.workload,
-                        "mode": cfg.mode,
-                        "samples": spec.samples,
-                        "micro_batch_size": b,
-                        "accumulation_steps": k,
-                        "effective_batch_size": big_b,
-                        "normalize": cfg.normalize,
-                        "partial_window": cfg.partial_window,
-                        "drop_last": cfg.drop_last,
-                        "optimizer": cfg.optimizer,
-                        "lr": lr,
-                        "scheduler": cfg.scheduler,
-                        "precision": precision,
-                        "data_path": cfg.data_path,
-                        "seed": seed,
-                        "device": spec.device,
-                        "env_id": "synthetic-env",
-                        "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
-                        "started_at": "2026-11-29T00:00:00+00:00",
-                        "schema_version": SCHEMA_VERSION,
-                    }
-                    if oom:
-                        row.update(status="oom", error="CUDA out of memory (synthetic)")
-                        steps = pd.DataFrame({c: [] for c in STEP_COLUMNS})
-                        table = pa.Table.from_pandas(
-                            steps, schema=step_schema, preserve_index=False
-                        )
-                    else:
-                        t = np.arange(1, n + 1, dtype=np.float64)
-                        clean = spec.loss_inf + (spec.loss0 - spec.loss_inf) * np.exp(-t / tau)
-                        loss = clean * (
-                            1.0 + spec.noise / math.sqrt(big_b) * rng.standard_normal(n)
-                        )
-                        dt = step_s * (1.0 + 0.05 * rng.standard_normal(n)).clip(0.5, None)
-                        time_s = np.cumsum(dt)
-                        samples_seen = (t * big_b).astype(np.int64)
-                        values = {
-                            "trial_key": np.full(n, key),
-                            "epoch": (samples_seen - 1) // spec.samples + 1,
-                            "step": t.astype(np.int64),
-                            "step_in_epoch": t.astype(np.int64),
-                            "micro_batches": np.full(n, k, dtype=np.int64),
-                            "samples": np.full(n, big_b, dtype=np.int64),
-                            "samples_seen": samples_seen,
-                            "loss": loss,
-                            "lr": np.full(n, lr),
-                            "grad_norm": np.abs(rng.standard_normal(n)),
-                            "time_s": time_s,
-                        }
-                        # By name, so columns the contract adds later read as null.
-                        table = pa.Table.from_arrays(
-                            [
-                                pa.array(values[f.name], f.type)
-                                if f.name in values
-                                else pa.nulls(n, f.type)
-                                for f in step_schema
-                            ],
-                            schema=step_schema,
-                        )
-                        timed = max(n - 3, 1)
-                        row.update(
-                            status="ok",
-                            optimizer_steps=n,
-                            micro_batches=n * k,
-                            samples_seen=int(samples_seen[-1]),
-                            final_loss=float(loss[-1]),
-                            tail_loss=tail_loss(loss, values["samples"]),
-                            best_val_loss=float(clean[-1]),
-                            train_time_s=float(time_s[-1]),
-                            timed_steps=timed,
-                            samples_per_s=thr,
-                            steps_per_s=thr / big_b,
-                            step_time_ms_median=1000.0 * step_s,
-                            step_time_ms_iqr=1000.0 * step_s * 0.07,
-                            timing_noisy=False,
-                            peak_allocated_bytes=int(mem * 0.8) if spec.gpu else None,
-                            peak_reserved_bytes=int(mem) if spec.gpu else None,
-                            nvml_peak_used_bytes=int(mem + 500 * 2**20) if spec.gpu else None,
-                            nvml_process_peak_bytes=int(mem + 400 * 2**20) if spec.gpu else None,
-                            cpu_peak_rss_bytes=int(mem * 1.5),
-                        )
-                    write_atomic(table, folder / "steps" / f"{key}.parquet")
-                    write_atomic(trials_table([row]), folder / "trials" / f"{key}.parquet")
+                    row, steps = _trial(spec, cfg, rng)
+                    write_atomic(steps, folder / "steps" / f"{cfg.trial_key}.parquet")
+                    trials = records.trials_table([row])
+                    write_atomic(trials, folder / "trials" / f"{cfg.trial_key}.parquet")
                     written += 1
     return {
         "trials": written,
@@ -207,3 +104,107 @@ def write_synthetic(folder: str | Path, spec: Synthetic = Synthetic()) -> dict:
         "s_min": spec.s_min,
         "target_loss": spec.target_loss,
     }
+
+
+def _trial(spec: Synthetic, cfg: TrialConfig, rng: np.random.Generator) -> tuple[dict, pa.Table]:
+    """One trial's row and steps table, drawn from the planted laws."""
+    b, k = cfg.batch_size, cfg.accumulation_steps
+    big_b = b * k
+    thr = (
+        spec.peak_samples_per_s
+        * b
+        / (b + spec.b_half)
+        * spec.throughput_factor
+        * (1.0 + spec.throughput_jitter * rng.standard_normal())
+    )
+    row = _identity(spec, cfg)
+    if spec.oom_above is not None and b > spec.oom_above:
+        row.update(status="oom", error="CUDA out of memory (synthetic)")
+        return row, records.steps_table({})
+    step_s = big_b / thr
+    values, clean = _curve(spec, cfg, step_s, rng)
+    n, loss = len(values["loss"]), values["loss"]
+    mem = (spec.memory_base_bytes + spec.memory_per_sample_bytes * b) * spec.memory_factor
+    row.update(
+        status="ok",
+        optimizer_steps=n,
+        micro_batches=n * k,
+        samples_seen=int(values["samples_seen"][-1]),
+        final_loss=float(loss[-1]),
+        tail_loss=tail_loss(loss, values["samples"]),
+        best_val_loss=float(clean[-1]),
+        train_time_s=float(values["time_s"][-1]),
+        timed_steps=max(n - 3, 1),
+        samples_per_s=thr,
+        steps_per_s=thr / big_b,
+        step_time_ms_median=1000.0 * step_s,
+        step_time_ms_iqr=1000.0 * step_s * 0.07,
+        timing_noisy=False,
+        peak_allocated_bytes=int(mem * 0.8) if spec.gpu else None,
+        peak_reserved_bytes=int(mem) if spec.gpu else None,
+        nvml_peak_used_bytes=int(mem + 500 * 2**20) if spec.gpu else None,
+        nvml_process_peak_bytes=int(mem + 400 * 2**20) if spec.gpu else None,
+        cpu_peak_rss_bytes=int(mem * 1.5),
+    )
+    return row, records.steps_table(values)
+
+
+def _identity(spec: Synthetic, cfg: TrialConfig) -> dict:
+    return {
+        "trial_key": cfg.trial_key,
+        "sweep": spec.sweep,
+        "workload": spec.workload,
+        "mode": cfg.mode,
+        "samples": spec.samples,
+        "micro_batch_size": cfg.batch_size,
+        "accumulation_steps": cfg.accumulation_steps,
+        "effective_batch_size": cfg.batch_size * cfg.accumulation_steps,
+        "normalize": cfg.normalize,
+        "partial_window": cfg.partial_window,
+        "drop_last": cfg.drop_last,
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "scheduler": cfg.scheduler,
+        "precision": cfg.precision,
+        "data_path": cfg.data_path,
+        "seed": cfg.seed,
+        "device": spec.device,
+        "env_id": "synthetic-env",
+        "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
+        "started_at": STARTED_AT,
+    }
+
+
+def _curve(
+    spec: Synthetic, cfg: TrialConfig, step_s: float, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The steps columns of an ok trial, and its noise-free loss curve."""
+    big_b = cfg.batch_size * cfg.accumulation_steps
+    s_target = spec.steps_to_target(big_b)
+    ln_ratio = math.log((spec.loss0 - spec.loss_inf) / (spec.target_loss - spec.loss_inf))
+    tau = s_target / ln_ratio
+    if spec.fixed_steps is not None:
+        n = spec.fixed_steps
+    else:
+        n = math.ceil(spec.overshoot * s_target)
+        if spec.max_steps is not None:
+            n = min(n, spec.max_steps)
+    t = np.arange(1, n + 1, dtype=np.float64)
+    clean = spec.loss_inf + (spec.loss0 - spec.loss_inf) * np.exp(-t / tau)
+    loss = clean * (1.0 + spec.noise / math.sqrt(big_b) * rng.standard_normal(n))
+    step_times = step_s * (1.0 + 0.05 * rng.standard_normal(n)).clip(0.5, None)
+    samples_seen = (t * big_b).astype(np.int64)
+    values = {
+        "trial_key": np.full(n, cfg.trial_key),
+        "epoch": (samples_seen - 1) // spec.samples + 1,
+        "step": t.astype(np.int64),
+        "step_in_epoch": t.astype(np.int64),
+        "micro_batches": np.full(n, cfg.accumulation_steps, dtype=np.int64),
+        "samples": np.full(n, big_b, dtype=np.int64),
+        "samples_seen": samples_seen,
+        "loss": loss,
+        "lr": np.full(n, cfg.lr),
+        "grad_norm": np.abs(rng.standard_normal(n)),
+        "time_s": np.cumsum(step_times),
+    }
+    return values, clean
