@@ -69,7 +69,7 @@ def compare(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """The benchmark scripts whose figures the README quotes."""
+    """The benchmark scripts whose figures docs/benchmarks.md quotes."""
     install(session)
     for script in sorted(os.listdir("scripts")):
         if script.startswith("bench_") and script.endswith(".py"):

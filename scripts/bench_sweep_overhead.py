@@ -14,7 +14,7 @@ machine load hits both alike, it reports medians and spread of:
   the workload, FLOP count, meters, pickling the result);
 - worker startup (forkserver + first worker ready) and total wall time.
 
-The target (issue 4): overhead per trial under 150 ms on CPU for smoke.toml.
+The target: overhead per trial under 150 ms on CPU for smoke.toml.
 """
 
 from __future__ import annotations

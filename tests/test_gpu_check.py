@@ -1,5 +1,5 @@
-"""scripts/gpu-check on the CPU: the script a GPU session runs first must not fail on its
-own code (its trial loop and its table) in the few minutes that session has."""
+"""scripts/gpu-check on the CPU: a check meant for scarce GPU minutes must not fail on its
+own code (its trial loop and its table), so that code runs here wherever CUDA is absent."""
 
 from __future__ import annotations
 

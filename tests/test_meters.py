@@ -582,7 +582,7 @@ def test_fp32_uses_the_tf32_column_only_when_torch_allows_tf32():
 )
 def test_matmul_precision_reads_torchs_new_tf32_api_without_raising(setting, expected):
     # Once the new API is used, torch's legacy getters raise ("mix of the legacy and
-    # new APIs"); on CUDA that used to crash run_trial after training. A fresh process:
+    # new APIs"); on CUDA run_trial reads them after training, so it must not. A fresh process:
     # these switches are process-wide and do not all reset.
     code = f"import torch; {setting}; from bench.meters import flops; print(flops.matmul_precision('fp32'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,7 +13,7 @@ resident-set high-water mark (``VmHWM`` in ``/proc/self/status``) to the current
 (proc(5), "clear_refs"). The kernel raises the mark whenever it unmaps memory (munmap,
 madvise(DONTNEED), exit) and reading it also takes the current RSS, so a peak is caught
 however short it was, at no cost to us and with no thread. Its only error is the RSS
-counter's per-CPU batching (up to 32 pages per CPU: 0.25 MiB on this 2-core machine;
+counter's per-CPU batching (up to 32 pages per CPU: 0.25 MiB on a 2-core machine;
 scripts/bench_overhead.py --rss-miss: 8 MiB and larger spikes of a few ms were all caught).
 Where that is not available (other systems, restricted /proc), a :class:`PeriodicSampler`
 reads the current RSS every few milliseconds; such a sampler misses peaks shorter than
