@@ -1,4 +1,4 @@
-"""Imported first by the forkserver (see ``bench.isolation._PRELOAD``), and by nothing else.
+"""Imported first by the forkserver (see ``bench.procs.context.PRELOAD``), and by nothing else.
 
 Ctrl-C goes to the whole foreground process group, the forkserver included. CPython's
 forkserver ignores SIGINT only once its preload imports are done, and importing torch

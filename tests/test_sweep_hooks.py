@@ -123,7 +123,7 @@ def grower(*, samples: int | None = None):
     memory in a global would. The worker cannot put its cap back afterwards."""
     import resource
 
-    from bench.isolation import _proc_status_bytes, lift_cpu_cap
+    from bench.procs import lift_cpu_cap, proc_status_bytes
 
     w = seed_mlp(samples=samples, val_samples=50)
     inner = w.make_model
@@ -133,7 +133,7 @@ def grower(*, samples: int | None = None):
             limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
             if limit != resource.RLIM_INFINITY:
                 lift_cpu_cap()
-                used = _proc_status_bytes("VmData") or 0
+                used = proc_status_bytes("VmData") or 0
                 _KEPT.append(bytearray(max(0, limit - used) + 64 * 2**20))
         return inner()
 

@@ -161,9 +161,9 @@ def _available_cpus() -> int:
 
 
 def _proc_hwm(pid: int) -> int | None:
-    from bench.isolation import _proc_status_bytes
+    from bench.procs import proc_status_bytes
 
-    return _proc_status_bytes("VmHWM", pid)
+    return proc_status_bytes("VmHWM", pid)
 
 
 def _pinned_envs(n: int) -> list[dict[str, str]]:
@@ -641,14 +641,14 @@ class SweepRunner:
         return n, envs, threads
 
     def _context(self) -> Any:
-        """The one process-wide forkserver context of :func:`bench.isolation._context`.
+        """The one process-wide forkserver context of :func:`bench.procs.forkserver_context`.
 
         Workers fork from a server that has imported torch once: a replacement worker
         (after an OOM) starts in ~0.1 s instead of a spawn's ~2 s, and it inherits none
         of this process's descriptors (locks, DB connections). The forkserver is global
         to the process (the first start fixes its preload list), so there is one list:
-        isolation's ``_PRELOAD`` plus this worker module. If the server was already
-        started (say, by ``bench.isolation`` earlier in this process), the worker module
+        ``bench.procs.PRELOAD`` plus this worker module. If the server was already
+        started (say, by ``bench.procs`` earlier in this process), the worker module
         is simply imported on first use.
         """
         # OpenMP's default spin-waiting is pathological when cores are shared (other
@@ -657,17 +657,17 @@ class SweepRunner:
         # 0.3-0.5 s either way. libgomp reads it when torch loads, i.e. in the
         # forkserver, which inherits this environment. A user's own setting wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        from bench.isolation import _PRELOAD, _context
+        from bench.procs import PRELOAD, forkserver_context
 
-        ctx = _context()
+        ctx = forkserver_context()
         if hasattr(ctx, "set_forkserver_preload"):
-            ctx.set_forkserver_preload([*_PRELOAD, "bench.sweep.worker"])
+            ctx.set_forkserver_preload([*PRELOAD, "bench.sweep.worker"])
         return ctx
 
     def _start_workers(self, *, remaining: int) -> None:
         # Results arrive as pickled DataFrames and leave as parquet: load pandas and
         # pyarrow here while the workers start, not on the first result.
-        import bench.isolation  # noqa: F401 - synthetic_result for dead workers
+        import bench.procs  # noqa: F401 - unreported_trial_result for dead workers
         import bench.store  # noqa: F401
 
         n, envs, threads = self._worker_plan(remaining)
@@ -893,7 +893,7 @@ class SweepRunner:
 
     def _died(self, w: Worker) -> bool:
         from bench.failures import status_for_exit
-        from bench.isolation import _exit_text
+        from bench.procs import exit_text as _exit_text
 
         w.process.join(timeout=5)
         code = w.process.exitcode
@@ -930,9 +930,9 @@ class SweepRunner:
     # -- recording -------------------------------------------------------------------
 
     def _record_failure(self, job: Job, status: str, error: str, busy: float) -> None:
-        from bench.isolation import synthetic_result
+        from bench.procs import unreported_trial_result
 
-        result = synthetic_result(job.config, status=status, error=error, sweep=self.spec.name)
+        result = unreported_trial_result(job.config, status=status, error=error, sweep=self.spec.name)
         result.trial["cpu_peak_rss_bytes"] = job.peak_rss
         self._record(job, result.trial, result.steps, busy)
 

@@ -101,7 +101,7 @@ def worker_main(
         cap_info = None
         cap_device = None
         if cap_bytes:
-            from bench.isolation import (
+            from bench.procs import (
                 apply_memory_cap,
                 lift_cpu_cap,
                 reapply_cpu_cap,
