@@ -506,12 +506,15 @@ def _fake_cuda(monkeypatch, count: int) -> None:
 
 
 def _plan(tmp_path, device: str, workers: int):
-    from bench.sweep.runner import SweepRunner
+    from bench.sweep.pool import worker_plan
 
     path, _ = counted_spec(tmp_path, "plan", 4)
     path.write_text(path.read_text().replace('device = "cpu"', f'device = "{device}"'))
-    runner = SweepRunner(load_spec(path), workers=workers, stream=io.StringIO(), tty=False)
-    return runner._worker_plan(remaining=4), runner.stream.getvalue()
+    lines: list[str] = []
+    plan = worker_plan(
+        load_spec(path), requested=workers, remaining=4, threads=None, log=lines.append
+    )
+    return plan, "\n".join(lines)
 
 
 def test_gpu_workers_are_pinned_to_the_parents_visible_devices(tmp_path, monkeypatch):
@@ -541,23 +544,29 @@ def test_one_worker_for_a_named_gpu(tmp_path, monkeypatch):
 def test_dispatch_to_a_vanished_worker_replaces_it_and_keeps_the_job(tmp_path):
     from types import SimpleNamespace
 
-    from bench.sweep.runner import Job, SweepRunner, Worker
+    from bench.sweep.pool import Worker, WorkerPool
+    from bench.sweep.tickets import Job
 
     path, _ = counted_spec(tmp_path, "gone", 1)
-    runner = SweepRunner(load_spec(path), stream=io.StringIO(), tty=False)
+    spec = load_spec(path)
+    lines: list[str] = []
+    pool = WorkerPool(spec, folder=tmp_path, owner="me", log=lines.append)
 
     class Gone:
         def send(self, _obj):
             raise BrokenPipeError(32, "Broken pipe")
 
+        def peak_rss(self):
+            return None
+
     replaced = []
-    runner._replace = replaced.append
-    w = Worker(index=0, env={}, conn=Gone(), pid=None, ready=True)
-    point = runner.spec.points[0]
+    pool.replace = replaced.append
+    w = Worker(index=0, env={}, child=Gone(), ready=True)
+    point = spec.points[0]
     job = Job(SimpleNamespace(number=7), point.config, point.key, 1)
-    assert runner._dispatch(w, job) is False
-    assert replaced == [w] and w.job is None and runner._backlog == [job]
-    assert "worker 0 was gone before trial 7 could start" in runner.stream.getvalue()
+    assert pool.dispatch(w, job) is False
+    assert replaced == [w] and w.job is None and pool.backlog == [job]
+    assert "worker 0 was gone before trial 7 could start" in "\n".join(lines)
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -140,16 +140,18 @@ def grower(*, samples: int | None = None):
     return _with_model(w, make_model)
 
 
-def test_stopping_workers_interrupted_while_starting_does_not_raise():
-    # Ctrl-C during Process.start(): the worker has a process object that never started
-    # (and no pipe yet); stopping must skip it, not fail with "can only join a started
-    # process" and a traceback instead of 'bench: interrupted'.
-    import multiprocessing
+def test_stopping_workers_interrupted_while_starting_does_not_raise(tmp_path):
+    # Ctrl-C during Process.start(): the worker has a child whose process never started
+    # (no pid); stopping must skip it, not fail with "can only join a started process"
+    # and a traceback instead of 'bench: interrupted'.
+    from types import SimpleNamespace
 
-    from bench.sweep.runner import SweepRunner, Worker
+    from bench.procs import ChildProcess, ChildSetup
+    from bench.sweep.pool import Worker, WorkerPool
 
-    runner = SweepRunner.__new__(SweepRunner)
-    never_started = Worker(index=0, env={}, process=multiprocessing.get_context("spawn").Process())
-    runner.workers = [never_started]
-    runner._stop_workers()
-    assert never_started.process is None
+    spec = SimpleNamespace(name="s", device="cpu", memory_cap_bytes=None)
+    pool = WorkerPool(spec, folder=tmp_path, owner="me", log=print)
+    never_started = Worker(index=0, env={}, child=ChildProcess(ChildSetup(), name="never"))
+    pool.workers = [never_started]
+    pool.stop()
+    assert never_started.child is None
