@@ -684,3 +684,34 @@ def test_sigint_is_exit_130_without_a_traceback(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "re-run the same command to resume" in err
+
+
+def test_a_trial_past_its_hard_deadline_is_killed_and_its_worker_replaced(tmp_path):
+    """time_limit_s: run_trial stops itself; a trial that hangs past the hard deadline
+    (here: made to pass at once) is killed, recorded as failed, and its worker replaced."""
+    from types import SimpleNamespace
+
+    from bench.sweep.pool import WorkerPool
+    from bench.sweep.tickets import Job
+
+    path, log = counted_spec(tmp_path, "hang", 1, delay=120.0)
+    spec = load_spec(path)
+    pool = WorkerPool(spec, folder=tmp_path / "r", owner="me", log=print)
+    pool.start([{"CUDA_VISIBLE_DEVICES": ""}], threads=1)
+    try:
+        deadline = time.monotonic() + 120
+        while not pool.idle():
+            assert pool.wait(0.1) == [] and time.monotonic() < deadline, "no worker ready"
+        (w,) = pool.idle()
+        first_pid = w.child.pid
+        point = spec.points[0]
+        job = Job(SimpleNamespace(number=0), point.config.replace(time_limit_s=1.0), point.key, 1)
+        assert pool.dispatch(w, job)
+        _wait_for(log.exists, 60)  # the trial has begun (and sleeps in make_model)
+        job.deadline = time.monotonic()
+        (end,) = pool.wait(0.1)
+        assert end.job is job and end.status == "failed" and end.trial is None
+        assert "time_limit_s of 1 s: worker killed" in end.error
+        assert w.job is None and w.child.pid != first_pid  # a fresh worker in its place
+    finally:
+        pool.stop()
