@@ -1,7 +1,7 @@
 """How a trial ended badly: out of memory, diverged, or failed.
 
-Shared by the trial runner, the sweep's worker isolation and the OOM search, so that
-all three call the same thing an OOM. Order: exception type first, then the message
+Shared by the trial runner, the process layer (:mod:`bench.procs`: sweep workers and
+oom probes) and the OOM search, so that all three call the same thing an OOM. Order: exception type first, then the message
 forms the backends and libraries use, then (for a dead worker) death by SIGKILL, which is
 what the Linux OOM killer and most cgroup limits send. Anything else is a failure.
 """

@@ -255,7 +255,7 @@ class Prober:
             return found
         runner = self.runner
         if runner is None:
-            from bench.isolation import run_isolated
+            from bench.procs import run_isolated
 
             runner = run_isolated
         run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
@@ -716,15 +716,15 @@ def _validate_args(args: argparse.Namespace) -> None:
 def _dataset_size(config) -> tuple[int, str]:
     """Training-set size and resolved device, found in a child (so this process never
     imports torch or creates a CUDA context); any ConfigError surfaces here."""
-    from bench.isolation import inspect_config
+    from bench.procs import inspect_config
 
     return inspect_config(config)
 
 
 def main(args: argparse.Namespace, *, runner=None) -> int:
     from bench.config import format_bytes, parse_size
-    from bench.isolation import measure_baseline
     from bench.meters import check_environment
+    from bench.procs import measure_baseline
 
     t_start = time.perf_counter()
     _validate_args(args)

@@ -106,6 +106,6 @@ def test_importing_the_guard_elsewhere_changes_nothing():
 
 
 def test_bench_preloads_the_guard_first():
-    from bench.isolation import _PRELOAD
+    from bench.procs import PRELOAD
 
-    assert _PRELOAD[0] == "bench.forkserver_init"
+    assert PRELOAD[0] == "bench.forkserver_init"

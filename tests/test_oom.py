@@ -20,7 +20,7 @@ import torch
 from bench import oom
 from bench.config import TrialConfig
 from bench.errors import BenchError, ConfigError
-from bench.isolation import run_isolated
+from bench.procs import run_isolated
 
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[1]
@@ -138,14 +138,14 @@ class FakeRunner:
 
 @pytest.fixture
 def fake_machine(monkeypatch):
-    import bench.isolation as iso
+    from bench import procs
 
     monkeypatch.setattr(
-        iso,
+        procs,
         "measure_baseline",
         lambda device: {"total_bytes": 8 * 2**30, "baseline_bytes": 250 * MiB, "name": "cpu"},
     )
-    monkeypatch.setattr(iso, "inspect_config", lambda config: (100_000, "cpu"))
+    monkeypatch.setattr(procs, "inspect_config", lambda config: (100_000, "cpu"))
 
 
 def test_fake_boundaries_exact_monotone_and_reused(fake_machine, tmp_path, capsys, monkeypatch):
@@ -287,8 +287,8 @@ def _boundary(args, runner, capsys) -> tuple[int, int]:
 def test_stored_probes_are_not_reused_on_other_hardware_software_or_code(
     fake_machine, monkeypatch, tmp_path, capsys, change
 ):
-    import bench.isolation as iso
     import bench.meters.env as env
+    from bench import procs
 
     args = parse(
         "--workload", "teacher-mlp", "--margin", "0", "--results", str(tmp_path), "--json"
@@ -301,7 +301,7 @@ def test_stored_probes_are_not_reused_on_other_hardware_software_or_code(
     else:
         info.update({"total": {"total_bytes": 16 * 2**30}, "name": {"name": "other-cpu"},
                      "torch": {"torch": "9.9"}}[change])  # fmt: skip
-    monkeypatch.setattr(iso, "measure_baseline", lambda device: info)
+    monkeypatch.setattr(procs, "measure_baseline", lambda device: info)
     runner = FakeRunner()
     assert _boundary(args, runner, capsys)[1] == len(runner.calls) > 0
     assert _boundary(args, FakeRunner(), capsys)[1] == 0
@@ -422,12 +422,12 @@ def test_oom_at_b1_is_bad_input(fake_machine, tmp_path):
     ],
 )
 def test_bad_input_names_the_problem(fake_machine, monkeypatch, tmp_path, argv, match):
-    import bench.isolation as iso
+    from bench import procs
     from bench.workloads import build_workload
 
     # Real option validation happens in the inspect child; emulate it in-process here.
     monkeypatch.setattr(
-        iso,
+        procs,
         "inspect_config",
         lambda config: (
             config.samples
@@ -652,7 +652,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def cpu_baseline() -> int:
-    from bench.isolation import measure_baseline
+    from bench.procs import measure_baseline
 
     return int(measure_baseline("cpu")["baseline_bytes"])
 

@@ -506,12 +506,15 @@ def _fake_cuda(monkeypatch, count: int) -> None:
 
 
 def _plan(tmp_path, device: str, workers: int):
-    from bench.sweep.runner import SweepRunner
+    from bench.sweep.pool import worker_plan
 
     path, _ = counted_spec(tmp_path, "plan", 4)
     path.write_text(path.read_text().replace('device = "cpu"', f'device = "{device}"'))
-    runner = SweepRunner(load_spec(path), workers=workers, stream=io.StringIO(), tty=False)
-    return runner._worker_plan(remaining=4), runner.stream.getvalue()
+    lines: list[str] = []
+    plan = worker_plan(
+        load_spec(path), requested=workers, remaining=4, threads=None, log=lines.append
+    )
+    return plan, "\n".join(lines)
 
 
 def test_gpu_workers_are_pinned_to_the_parents_visible_devices(tmp_path, monkeypatch):
@@ -541,23 +544,29 @@ def test_one_worker_for_a_named_gpu(tmp_path, monkeypatch):
 def test_dispatch_to_a_vanished_worker_replaces_it_and_keeps_the_job(tmp_path):
     from types import SimpleNamespace
 
-    from bench.sweep.runner import Job, SweepRunner, Worker
+    from bench.sweep.pool import Worker, WorkerPool
+    from bench.sweep.tickets import Job
 
     path, _ = counted_spec(tmp_path, "gone", 1)
-    runner = SweepRunner(load_spec(path), stream=io.StringIO(), tty=False)
+    spec = load_spec(path)
+    lines: list[str] = []
+    pool = WorkerPool(spec, folder=tmp_path, owner="me", log=lines.append)
 
     class Gone:
         def send(self, _obj):
             raise BrokenPipeError(32, "Broken pipe")
 
+        def peak_rss(self):
+            return None
+
     replaced = []
-    runner._replace = replaced.append
-    w = Worker(index=0, env={}, conn=Gone(), pid=None, ready=True)
-    point = runner.spec.points[0]
+    pool.replace = replaced.append
+    w = Worker(index=0, env={}, child=Gone(), ready=True)
+    point = spec.points[0]
     job = Job(SimpleNamespace(number=7), point.config, point.key, 1)
-    assert runner._dispatch(w, job) is False
-    assert replaced == [w] and w.job is None and runner._backlog == [job]
-    assert "worker 0 was gone before trial 7 could start" in runner.stream.getvalue()
+    assert pool.dispatch(w, job) is False
+    assert replaced == [w] and w.job is None and pool.backlog == [job]
+    assert "worker 0 was gone before trial 7 could start" in "\n".join(lines)
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -675,3 +684,34 @@ def test_sigint_is_exit_130_without_a_traceback(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "re-run the same command to resume" in err
+
+
+def test_a_trial_past_its_hard_deadline_is_killed_and_its_worker_replaced(tmp_path):
+    """time_limit_s: run_trial stops itself; a trial that hangs past the hard deadline
+    (here: made to pass at once) is killed, recorded as failed, and its worker replaced."""
+    from types import SimpleNamespace
+
+    from bench.sweep.pool import WorkerPool
+    from bench.sweep.tickets import Job
+
+    path, log = counted_spec(tmp_path, "hang", 1, delay=120.0)
+    spec = load_spec(path)
+    pool = WorkerPool(spec, folder=tmp_path / "r", owner="me", log=print)
+    pool.start([{"CUDA_VISIBLE_DEVICES": ""}], threads=1)
+    try:
+        deadline = time.monotonic() + 120
+        while not pool.idle():
+            assert pool.wait(0.1) == [] and time.monotonic() < deadline, "no worker ready"
+        (w,) = pool.idle()
+        first_pid = w.child.pid
+        point = spec.points[0]
+        job = Job(SimpleNamespace(number=0), point.config.replace(time_limit_s=1.0), point.key, 1)
+        assert pool.dispatch(w, job)
+        _wait_for(log.exists, 60)  # the trial has begun (and sleeps in make_model)
+        job.deadline = time.monotonic()
+        (end,) = pool.wait(0.1)
+        assert end.job is job and end.status == "failed" and end.trial is None
+        assert "time_limit_s of 1 s: worker killed" in end.error
+        assert w.job is None and w.child.pid != first_pid  # a fresh worker in its place
+    finally:
+        pool.stop()

@@ -123,7 +123,7 @@ def grower(*, samples: int | None = None):
     memory in a global would. The worker cannot put its cap back afterwards."""
     import resource
 
-    from bench.isolation import _proc_status_bytes, lift_cpu_cap
+    from bench.procs import lift_cpu_cap, proc_status_bytes
 
     w = seed_mlp(samples=samples, val_samples=50)
     inner = w.make_model
@@ -133,23 +133,25 @@ def grower(*, samples: int | None = None):
             limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
             if limit != resource.RLIM_INFINITY:
                 lift_cpu_cap()
-                used = _proc_status_bytes("VmData") or 0
+                used = proc_status_bytes("VmData") or 0
                 _KEPT.append(bytearray(max(0, limit - used) + 64 * 2**20))
         return inner()
 
     return _with_model(w, make_model)
 
 
-def test_stopping_workers_interrupted_while_starting_does_not_raise():
-    # Ctrl-C during Process.start(): the worker has a process object that never started
-    # (and no pipe yet); stopping must skip it, not fail with "can only join a started
-    # process" and a traceback instead of 'bench: interrupted'.
-    import multiprocessing
+def test_stopping_workers_interrupted_while_starting_does_not_raise(tmp_path):
+    # Ctrl-C during Process.start(): the worker has a child whose process never started
+    # (no pid); stopping must skip it, not fail with "can only join a started process"
+    # and a traceback instead of 'bench: interrupted'.
+    from types import SimpleNamespace
 
-    from bench.sweep.runner import SweepRunner, Worker
+    from bench.procs import ChildProcess, ChildSetup
+    from bench.sweep.pool import Worker, WorkerPool
 
-    runner = SweepRunner.__new__(SweepRunner)
-    never_started = Worker(index=0, env={}, process=multiprocessing.get_context("spawn").Process())
-    runner.workers = [never_started]
-    runner._stop_workers()
-    assert never_started.process is None
+    spec = SimpleNamespace(name="s", device="cpu", memory_cap_bytes=None)
+    pool = WorkerPool(spec, folder=tmp_path, owner="me", log=print)
+    never_started = Worker(index=0, env={}, child=ChildProcess(ChildSetup(), name="never"))
+    pool.workers = [never_started]
+    pool.stop()
+    assert never_started.child is None

@@ -1,4 +1,4 @@
-"""bench.isolation: a trial in a fresh process, under a memory cap that really bites."""
+"""bench.procs: a trial in a fresh process, under a memory cap that really bites."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from bench.config import TrialConfig
 from bench.errors import BenchError
-from bench.isolation import CPU_METHOD, measure_baseline, run_in_subprocess, run_isolated
+from bench.procs import CPU_METHOD, measure_baseline, run_in_subprocess, run_isolated
 
 MiB = 2**20
 
@@ -86,8 +86,8 @@ def test_timeout_kills_the_child_and_fails():
 
 
 def test_a_result_that_arrives_after_the_timeout_is_not_accepted():
-    # A 2-step trial takes ~0.5 s in its fresh process: far past a 0.02 s timeout. It used
-    # to get 5 s of grace in which its result was taken as if in time.
+    # A 2-step trial takes ~0.5 s in its fresh process: far past a 0.02 s timeout. No
+    # grace period after the deadline: a result that comes later is no result.
     run = run_isolated(_config(), timeout_s=0.02)
     assert run.result.trial["status"] == "failed", run.result.trial
     assert "timed out after 0.02 s" in run.result.trial["error"]
@@ -129,18 +129,18 @@ def test_nvml_used_reads_our_process_and_the_device(monkeypatch):
 
     from test_meters import FakeNvml
 
-    from bench import isolation
+    from bench.procs import caps
 
     fake = FakeNvml()
     fake.proc_used = {1: 600 * MiB}
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # torch's cuda:0 is NVML's device 1
-    assert isolation._nvml_used(0, by_uuid=False) == (600 * MiB, 2000 * MiB)
+    assert caps.nvml_used(0, by_uuid=False) == (600 * MiB, 2000 * MiB)
     assert fake.inits == 0, "every init is paired with a shutdown"
     fake.proc_used = {}  # our PID not listed (a container): the device figure still comes
-    assert isolation._nvml_used(0, by_uuid=False) == (None, 2000 * MiB)
+    assert caps.nvml_used(0, by_uuid=False) == (None, 2000 * MiB)
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
-    assert isolation._nvml_used(0, by_uuid=False) == (None, None)
+    assert caps.nvml_used(0, by_uuid=False) == (None, None)
 
 
 @pytest.mark.parametrize(
@@ -154,9 +154,49 @@ def test_nvml_used_reads_our_process_and_the_device(monkeypatch):
     ],
 )
 def test_cuda_context_bytes_prefers_our_own_figure(monkeypatch, nvml_now, before, expected_mib):
-    from bench import isolation
+    from bench.procs import caps
 
-    monkeypatch.setattr(isolation, "_nvml_used", lambda index, by_uuid=True: nvml_now)
+    monkeypatch.setattr(caps, "nvml_used", lambda index, by_uuid=True: nvml_now)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 100 * MiB)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (71000 * MiB, 80000 * MiB))
-    assert isolation._cuda_context_bytes(0, before) == expected_mib * MiB
+    assert caps.cuda_context_bytes(0, before) == expected_mib * MiB
+
+
+# -- the child loop, as a sweep's warm worker runs it --------------------------------------
+
+
+def _next(child, timeout: float = 120.0):
+    assert child.conn.poll(timeout), "the child sent nothing"
+    return child.conn.recv()
+
+
+def test_a_warm_child_answers_each_job_with_a_typed_reply_until_stopped(tmp_path):
+    import os
+
+    from bench.procs import ChildProcess, ChildSetup
+    from bench.procs import messages as msg
+
+    setup = ChildSetup(log_path=str(tmp_path / "child.log"), device="cpu")
+    child = ChildProcess(setup, name="bench-test-child")
+    child.start()
+    try:
+        ready = _next(child)
+        assert isinstance(ready, msg.Ready) and ready.pid == child.pid and ready.cap is None
+        child.send(msg.RunTrial(1, _config().to_dict()))
+        done = _next(child)
+        assert isinstance(done, msg.TrialDone) and done.job_id == 1 and done.retire is None
+        assert done.trial["status"] == "ok" and len(done.steps) == 2
+        assert done.stats["child_rss_hwm_bytes"] > 0
+        child.send(msg.RunTrial(2, {**_config().to_dict(), "batch_size": 0}))
+        invalid = _next(child)  # bad input: refused, and the child stays for the next job
+        assert isinstance(invalid, msg.Invalid) and invalid.job_id == 2
+        assert "batch_size" in invalid.message
+        child.send(msg.Query(3, os.getpid))
+        answer = _next(child)
+        assert isinstance(answer, msg.Answer) and answer.value == child.pid
+        child.send(msg.Stop())
+        child.join(30)
+        assert child.exitcode == 0
+    finally:
+        child.kill()
+        child.close()

@@ -1,0 +1,59 @@
+"""The forkserver every bench child process is forked from.
+
+Why a forkserver: an OOM leaves a process's allocator fragmented and its caches full,
+so the next trial in the same process would see less memory than a clean run does (the
+complaint users have about in-process batch-size finders). Children forked from a
+server that has imported torch and bench but never run anything all start from the
+same clean state, pay ~0.1 s to start instead of the ~1.5 s a spawned interpreter needs
+to import torch, and inherit none of the parent's descriptors (locks, DB connections).
+
+The server is global to the process: the first start fixes its preload list, so there
+is one list, here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+# Modules the forkserver imports once, so children start with them loaded.
+PRELOAD = (
+    "bench.forkserver_init",  # first: no Ctrl-C traceback from the imports below
+    "torch",
+    "pandas",
+    "pyarrow.parquet",
+    # What a trial imports lazily on its first run (the optimizer pulls in torch._dynamo,
+    # the FLOP counter sympy): ~3-5 s per child otherwise, and, under a cap, memory
+    # that would be charged to the probe and could fail an import half-way.
+    "torch._dynamo",
+    "sympy",
+    "torch.utils.flop_counter",
+    "bench.config",
+    "bench.failures",
+    "bench.trial",
+    "bench.meters",
+    "bench.meters.env",
+    "bench.meters.flops",
+    "bench.meters.nvml",
+    "bench.workloads.seed_mlp",
+    "bench.workloads.teacher_mlp",
+    "bench.workloads.char_lm",
+    "bench.procs.child",
+)
+
+_CTX: multiprocessing.context.BaseContext | None = None
+_CTX_LOCK = threading.Lock()
+
+
+def forkserver_context() -> multiprocessing.context.BaseContext:
+    """The forkserver context (spawn where fork is unavailable), created once."""
+    global _CTX
+    with _CTX_LOCK:
+        if _CTX is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(list(PRELOAD))
+            else:  # pragma: no cover - not Linux
+                ctx = multiprocessing.get_context("spawn")
+            _CTX = ctx
+        return _CTX

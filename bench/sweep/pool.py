@@ -1,0 +1,306 @@
+"""The sweep's warm workers: spawn, dispatch, receive, notice deaths and hangs, replace.
+
+A worker is the one child loop of :mod:`bench.procs` kept running: it warms up once,
+then runs one trial at a time and replies with a typed message. A worker that dies
+mid-trial (SIGKILL from the OOM killer, a segfault) ends its trial with
+:func:`bench.failures.status_for_exit`; after any ``oom`` or ``failed`` trial the worker
+is replaced, so the next trial starts clean, and so is a worker whose reply says it
+must retire (its CPU memory cap could not be put back). The pool records nothing: it
+hands each ended trial (:class:`Ended`) to its caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_any
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.procs import ChildProcess, ChildSetup
+from bench.procs import messages as msg
+from bench.sweep.tickets import Job
+
+RESTART_AFTER = ("oom", "failed")
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Worker:
+    index: int
+    env: dict[str, str]
+    child: ChildProcess | None = None
+    ready: bool = False
+    job: Job | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A trial that ended on a worker, one way or another."""
+
+    job: Job
+    busy_s: float  # dispatch to end
+    status: str
+    error: str | None = None
+    trial: dict | None = None  # the worker's row; None: it sent none (a row is made for it)
+    steps: Any = None  # the worker's steps (pandas.DataFrame), with ``trial``
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def pinned_envs(n: int) -> list[dict[str, str]]:
+    """CUDA_VISIBLE_DEVICES for n workers, one GPU each: the parent's own i-th visible
+    entry when it has CUDA_VISIBLE_DEVICES ("2,3", MIG UUIDs), else the ordinal i."""
+    from bench.meters.nvml import visible_device_entry
+
+    envs = []
+    for i in range(n):
+        entry = visible_device_entry(i)
+        envs.append({"CUDA_VISIBLE_DEVICES": entry if entry is not None else str(i)})
+    return envs
+
+
+def worker_plan(
+    spec: Any, *, requested: int, remaining: int, threads: int | None, log: Callable[[str], None]
+) -> tuple[int, list[dict[str, str]], int]:
+    """(count, per-worker environment, torch threads each): one per GPU, or CPU shares."""
+    n = max(1, min(requested, remaining))  # no idle workers to start
+    gpus = 0
+    device = spec.device
+    if device in ("auto", "cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.startswith("cuda:"):
+        # One named GPU: one worker. Its environment is left as it is (the trial
+        # configs say cuda:N, which must keep meaning the same device in the worker).
+        if requested > 1:
+            log(f"{spec.name}: {requested} workers asked, device {device}: one worker per GPU")
+        n = 1
+        envs: list[dict[str, str]] = [{}]
+    elif gpus:
+        if requested > gpus:
+            log(f"{spec.name}: {requested} workers asked, {gpus} GPU(s): one worker per GPU")
+        n = min(n, gpus)
+        envs = pinned_envs(n)
+    else:
+        envs = [{"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {} for _ in range(n)]
+    threads = threads or max(1, available_cpus() // n)
+    for env in envs:
+        env.update(
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            BENCH_SWEEP_DEVICE=device,
+        )
+    return n, envs, threads
+
+
+class WorkerPool:
+    def __init__(self, spec: Any, *, folder: Path, owner: str, log: Callable[[str], None]) -> None:
+        self.spec = spec
+        self.folder = folder
+        self.owner = owner  # the coordinator's id: names the worker logs
+        self.log = log
+        self.workers: list[Worker] = []
+        self.backlog: list[Job] = []  # claimed jobs whose dispatch failed: run them first
+        self.threads = 1
+        self.first_ready: float | None = None  # time.monotonic() of the first Ready
+
+    # -- starting and stopping -------------------------------------------------------
+
+    def start(self, envs: list[dict[str, str]], threads: int) -> None:
+        # OpenMP's default spin-waiting is pathological when cores are shared (other
+        # workers, other jobs): on a 2-core machine under load a small-batch trial took
+        # 32-188 s with 2 threads and 0.3 s with 1; with OMP_WAIT_POLICY=PASSIVE,
+        # 0.3-0.5 s either way. libgomp reads it when torch loads, i.e. in the
+        # forkserver, which inherits this environment. A user's own setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.threads = threads
+        self.workers = [Worker(index=i, env=env) for i, env in enumerate(envs)]
+        for w in self.workers:
+            self.spawn(w)
+
+    def spawn(self, w: Worker) -> None:
+        logs = self.folder / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        setup = ChildSetup(
+            log_path=str(logs / f"worker-{self.owner}-{w.index}.log"),
+            env=w.env,
+            threads=self.threads,
+            device=self.spec.device,
+            cap_bytes=self.spec.memory_cap_bytes,
+            warm_up=True,
+            watch_pid=os.getpid(),
+            sweep=self.spec.name,
+            results_dir=str(self.folder),
+        )
+        # Held before start(): an interrupt during it leaves a child that stop() skips.
+        w.child, w.ready, w.job = (
+            ChildProcess(setup, name=f"bench-sweep-worker-{w.index}"),
+            False,
+            None,
+        )
+        w.child.start()
+
+    def replace(self, w: Worker) -> None:
+        if w.child is not None:
+            w.child.kill()
+            w.child.close()
+        self.spawn(w)
+
+    def stop(self) -> None:
+        """Ask idle workers to exit, give every worker 2 s, then kill what is left."""
+        for w in self.workers:
+            if w.child is not None and w.job is None and w.ready:
+                with contextlib.suppress(OSError):  # it exited meanwhile
+                    w.child.send(msg.Stop())
+        deadline = time.monotonic() + 2.0
+        for w in self.workers:
+            if w.child is not None:
+                w.child.stop(deadline=deadline)
+                w.child = None
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers if w.ready and w.job is None]
+
+    def busy(self) -> bool:
+        return any(w.job for w in self.workers)
+
+    def dispatch(self, w: Worker, job: Job) -> bool:
+        """Send a job; False (worker replaced, job kept in the backlog for the next idle
+        worker) when the worker's pipe is gone: it exited between trials, so the trial
+        never began."""
+        job.started = time.monotonic()
+        limit = job.config.time_limit_s
+        # run_trial stops itself at time_limit_s; this hard deadline catches a hang.
+        job.deadline = None if limit is None else job.started + 1.5 * limit + 60.0
+        w.job = job
+        # A first reading before the job is sent (the idle worker's high-water mark was
+        # reset after its last trial, so this is its RSS as the trial starts): a worker
+        # killed within milliseconds still leaves a lower-bound peak, where a reading after
+        # the send could find it already dead. Polling in wait() raises it as it runs.
+        job.peak_rss = w.child.peak_rss()
+        try:
+            w.child.send(msg.RunTrial(job.trial.number, job.config.to_dict()))
+        except OSError as exc:  # BrokenPipeError among them
+            w.job = None
+            self.backlog.append(job)
+            self.log(
+                f"{self.spec.name}: worker {w.index} was gone before trial {job.trial.number} "
+                f"could start ({exc.__class__.__name__}); starting a fresh worker"
+            )
+            self.replace(w)
+            return False
+        return True
+
+    def dispatch_backlog(self, idle: list[Worker]) -> list[Worker]:
+        """Give backlogged jobs to idle workers first; returns the workers still idle."""
+        idle = list(idle)
+        while idle and self.backlog:
+            self.dispatch(idle.pop(0), self.backlog.pop(0))
+        return idle
+
+    def wait(self, timeout: float) -> list[Ended]:
+        """Wait up to ``timeout`` for replies and deaths; poll peaks and deadlines. Returns
+        the trials that ended (their workers already replaced where needed)."""
+        live = [w for w in self.workers if w.child is not None]
+        ready = wait_any(
+            [h for w in live for h in (w.child.conn, w.child.sentinel)], timeout=timeout
+        )
+        ended: list[Ended] = []
+        for w in live:
+            if w.child.conn in ready:
+                ended += self._receive(w)
+            elif w.child.sentinel in ready and not w.child.conn.poll(0):
+                ended += self._died(w)
+        for w in self.workers:
+            if w.job is not None:
+                hwm = w.child.peak_rss()
+                if hwm is not None:
+                    w.job.peak_rss = max(w.job.peak_rss or 0, hwm)
+                if w.job.deadline is not None and time.monotonic() > w.job.deadline:
+                    ended.append(self._timed_out(w))
+            elif not w.ready and time.monotonic() - w.child.started > STARTUP_TIMEOUT_S:
+                raise BenchError(f"worker {w.index} did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        return ended
+
+    def _receive(self, w: Worker) -> list[Ended]:
+        try:
+            message = w.child.conn.recv()
+        except (EOFError, OSError):
+            return self._died(w)
+        if isinstance(message, msg.Ready):
+            w.ready = True
+            if self.first_ready is None:
+                self.first_ready = time.monotonic()
+            if message.cap is not None:
+                self.log(f"{self.spec.name}: worker {w.index}: {message.cap.describe()}")
+            return []
+        if isinstance(message, msg.StartupError):
+            raise BenchError(f"worker {w.index} could not start: {message.error}")
+        job, w.job = w.job, None
+        if job is None:
+            return []
+        end = _ended(job, message, time.monotonic() - job.started)
+        if message.retire:
+            self.log(
+                f"{self.spec.name}: worker {w.index} retired after trial {job.trial.number} "
+                f"({message.retire}); starting a fresh worker"
+            )
+        if end.status in RESTART_AFTER or message.retire:
+            self.replace(w)
+        return [end]
+
+    def _died(self, w: Worker) -> list[Ended]:
+        from bench.failures import status_for_exit
+
+        w.child.join(timeout=5)
+        job, w.job = w.job, None
+        if job is None:
+            if not w.ready:
+                raise BenchError(
+                    f"worker {w.index} died while starting ({w.child.exit_text()}); "
+                    f"see {self.folder / 'logs'}"
+                )
+            self.replace(w)
+            return []
+        status = status_for_exit(w.child.exitcode)
+        error = f"worker process {w.child.exit_text()} during the trial"
+        if status == "oom":
+            error += " (SIGKILL: counted as out of memory, as the kernel OOM killer sends it)"
+        self.replace(w)
+        return [Ended(job, time.monotonic() - job.started, status, error)]
+
+    def _timed_out(self, w: Worker) -> Ended:
+        job, w.job = w.job, None
+        w.child.kill()
+        busy = time.monotonic() - job.started
+        error = (
+            f"no result {busy:.0f} s after a time_limit_s of {job.config.time_limit_s:g} s: "
+            "worker killed"
+        )
+        self.replace(w)
+        return Ended(job, busy, "failed", error)
+
+
+def _ended(job: Job, reply: Any, busy: float) -> Ended:
+    """A worker's reply to ``job`` as an Ended trial."""
+    if isinstance(reply, msg.TrialDone):
+        status = reply.trial.get("status", "failed")
+        return Ended(job, busy, status, trial=reply.trial, steps=reply.steps)
+    if isinstance(reply, msg.Invalid):
+        return Ended(job, busy, "failed", f"invalid configuration: {reply.message}")
+    if isinstance(reply, msg.TrialError):  # an exception escaped run_trial
+        return Ended(job, busy, "oom" if reply.oom else "failed", reply.error)
+    return Ended(job, busy, "failed", f"worker sent {type(reply).__name__} for a trial")

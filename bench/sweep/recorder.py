@@ -1,0 +1,133 @@
+"""Records each ended trial: its parquet rows first (atomic, one file per key, so a
+re-run replaces, never duplicates), then its row and status on the Optuna trial, then
+``tell``. Dying in between only makes the ticket lost (see :mod:`bench.sweep.tickets`).
+
+Writing is queued: a finished trial is written after its worker has the next trial, so
+the writing (parquet, study) overlaps training instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.sweep.pool import Ended
+from bench.sweep.progress import Progress
+from bench.sweep.tickets import Job, Tickets
+
+
+def json_safe(value: Any) -> Any:
+    """A value Optuna's storage can hold as JSON: NaN and infinities become None,
+    numpy scalars plain numbers."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        f = float(value)  # numpy scalars
+    except (TypeError, ValueError):
+        return str(value)
+    if f.is_integer() and "int" in type(value).__name__:
+        return int(f)
+    return f if math.isfinite(f) else None
+
+
+class Recorder:
+    def __init__(
+        self,
+        spec: Any,
+        folder: Path,
+        tickets: Tickets,
+        progress: Progress,
+        *,
+        show: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.folder = folder
+        self.tickets = tickets
+        self.progress = progress
+        self.show = show  # redraw the progress counts after a trial is written
+        self.pending: list[tuple[Job, dict, Any, float]] = []
+        self.ran_here = 0  # trials this coordinator recorded
+        self.busy_here_s = 0.0  # dispatch-to-end time of those trials, summed
+        self.train_here_s = 0.0  # their train_time_s, summed
+
+    def add(self, end: Ended) -> None:
+        """Queue an ended trial. One that sent no row gets one now, with the peak RSS
+        its worker reached as polled while it ran."""
+        job = end.job
+        if end.trial is None:
+            from bench.procs import unreported_trial_result
+
+            result = unreported_trial_result(
+                job.config, status=end.status, error=end.error or "", sweep=self.spec.name
+            )
+            result.trial["cpu_peak_rss_bytes"] = job.peak_rss
+            self.pending.append((job, result.trial, result.steps, end.busy_s))
+        else:
+            self.pending.append((job, end.trial, end.steps, end.busy_s))
+
+    def flush(self) -> None:
+        while self.pending:
+            self._write(*self.pending.pop(0))
+
+    def _write(self, job: Job, row: dict, steps: Any, busy: float) -> None:
+        from bench.store import write_trial
+
+        row = dict(row)
+        row["sweep"] = self.spec.name
+        row["attempt"] = job.attempt
+        row["optuna_trial"] = job.trial.number
+        if row.get("cpu_peak_rss_bytes") is None and job.peak_rss:
+            row["cpu_peak_rss_bytes"] = job.peak_rss
+        if row.get("trial_key") != job.key:
+            raise BenchError(
+                f"worker returned key {row.get('trial_key')} for {job.key}: config round trip broke"
+            )
+        write_trial(self.folder, row, steps, per_key=True)  # first: see the module docstring
+        self._tell(job, row)
+        self.ran_here += 1
+        self.busy_here_s += busy
+        self.train_here_s += float(row.get("train_time_s") or 0.0)
+        self.show()
+        self.progress.trial_line(_trial_line(self.spec, job, row, busy))
+
+    def _tell(self, job: Job, row: dict) -> None:
+        from optuna.trial import TrialState
+
+        status = row.get("status", "failed")
+        writer = self.tickets.writer
+        writer.set_user_attr(job.trial, "bench_row", {k: json_safe(v) for k, v in row.items()})
+        writer.set_user_attr(job.trial, "bench_status", status)
+        self.tickets.set_constraints(job.trial, row)
+        values = [row.get(o.column) for o in self.spec.objectives]
+        ok = status == "ok" and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        study = self.tickets.study
+        try:
+            if ok:
+                study.tell(job.trial, [float(v) for v in values])
+            else:
+                study.tell(job.trial, state=TrialState.FAIL)
+        except Exception as exc:  # noqa: BLE001 - the rows are safe; say why the study is not
+            self.progress.log(
+                f"{self.spec.name}: could not finish Optuna trial {job.trial.number}: {exc}"
+            )
+
+
+def _trial_line(spec: Any, job: Job, row: dict, busy: float) -> str:
+    status = row.get("status", "failed")
+    point = spec.points_by_key.get(job.key)
+    params = point.label if point is not None else _config_label(job.config)
+    loss = row.get("final_loss")
+    loss_text = f" final_loss={loss:.4g}" if isinstance(loss, float) and math.isfinite(loss) else ""
+    err = f" ({row.get('error')})" if row.get("error") and status != "ok" else ""
+    return f"{status:<8} {job.key} {params}{loss_text} [{busy:.1f} s]{err}"
+
+
+def _config_label(config: Any) -> str:
+    """Search trials: the sampled values that differ from the defaults, briefly."""
+    c = config
+    return f"{c.workload} {c.mode} b={c.batch_size} k={c.accumulation_steps} lr={c.lr:g} {c.precision} seed={c.seed}"

@@ -1,0 +1,111 @@
+"""The sweep's Optuna study: opened or created, checked against the spec that made it,
+and dropped again when a run that created it could not start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.sweep.spec import SweepSpec
+from bench.sweep.storage import StorageHandle
+from bench.sweep.tickets import ticket_ident
+
+
+def sampler_for(spec: SweepSpec) -> Any:
+    import optuna
+
+    s = spec.search
+    if s is None:
+        return optuna.samplers.RandomSampler(seed=0)  # every trial's params are fixed
+    # Constraints reach the samplers through trial.set_constraint (optuna 5.0
+    # deprecates constraints_func); see Tickets.set_constraints.
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed)
+    return optuna.samplers.NSGAIISampler(seed=s.seed)
+
+
+def open_study(spec: SweepSpec, handle: StorageHandle, folder: Path) -> tuple[Any, bool]:
+    """(the study, whether this call created it). Under the sweep mutex. Raises
+    BenchError for a study of the same name that another spec (or not bench) made."""
+    import optuna
+
+    created = False
+    try:
+        study = optuna.load_study(
+            study_name=spec.name, storage=handle.storage, sampler=sampler_for(spec)
+        )
+    except KeyError:
+        created = True
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=handle.storage,
+            sampler=sampler_for(spec),
+            directions=spec.directions,
+        )
+    attrs = study.user_attrs
+    found = attrs.get("bench_spec_hash")
+    if found is None:
+        _claim_study(spec, study, handle)
+    elif found != spec.spec_hash:
+        raise BenchError(
+            f"sweep {spec.name!r} in {handle.description} was started from a different spec "
+            f"(spec hash {found} there, {spec.spec_hash} now; first from {attrs.get('bench_spec_file')}); "
+            f"refusing to mix them: give the changed spec a new name, or delete {folder} to start over"
+        )
+    if [d.name.lower() for d in study.directions] != spec.directions:
+        raise BenchError(
+            f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}"
+        )
+    return study, created
+
+
+def _claim_study(spec: SweepSpec, study: Any, handle: StorageHandle) -> None:
+    """Mark a study without bench's attributes as this spec's, unless it has trials that
+    are not bench's."""
+    search = spec.search is not None
+    if any(
+        ticket_ident(t.user_attrs, search=search) is None for t in study.get_trials(deepcopy=False)
+    ):
+        raise BenchError(
+            f"study {spec.name!r} in {handle.description} exists and was not made by "
+            "bench sweep; choose another sweep name"
+        )
+    study.set_user_attr("bench_spec_hash", spec.spec_hash)
+    study.set_user_attr("bench_question", spec.question)
+    study.set_user_attr("bench_spec_file", str(spec.path))
+    study.set_user_attr("bench_total", spec.total)
+    study.set_user_attr("bench_objectives", [[o.column, o.direction] for o in spec.objectives])
+
+
+def discard_if_unused(
+    spec: SweepSpec, study: Any, handle: StorageHandle, folder: Path, log: Callable[[str], None]
+) -> bool:
+    """Delete a study that a run created and that failed before anything ran (a worker
+    could not start: a memory cap below its baseline, say). Kept, its spec hash would
+    refuse the corrected spec under the same name. Only where no other coordinator is
+    alive on it (known for the file-locked journal; with PostgreSQL there is no list of
+    coordinators, so the study stays). The folder stays: its worker logs say why the
+    start failed, and its lock file is the sweep's mutex, which a coordinator starting
+    now may already hold. The caller checks that this run created the study and ran
+    nothing."""
+    import optuna
+    from optuna.trial import TrialState
+
+    coord = handle.coordination
+    with coord.mutex():
+        if coord.others_alive():
+            return False
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state != TrialState.WAITING for t in trials):
+            return False
+        if any((folder / "trials").glob("*.parquet")):
+            return False
+        optuna.delete_study(study_name=spec.name, storage=handle.storage)
+    log(
+        f"{spec.name}: nothing ran; its study was dropped, so a corrected spec can start under the same name"
+    )
+    return True

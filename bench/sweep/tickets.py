@@ -1,0 +1,340 @@
+"""Optuna ticket bookkeeping: which keys need a run, who claims one, which runs were lost.
+
+How "every key exactly once" holds, with any number of coordinators on one or many
+hosts (each ``python -m bench sweep SPEC`` is one coordinator with N workers):
+
+1. **Tickets.** Each grid key (or each of a search's ``n_trials`` slots) is an Optuna
+   trial enqueued as WAITING (``study.enqueue_trial``, user attrs ``bench_key`` /
+   ``bench_slot`` and ``bench_attempt``). Tickets are created only by
+   :meth:`Tickets.reconcile`, which runs under the sweep mutex
+   (:mod:`bench.sweep.storage`) and reads the study first: a key gets a ticket only
+   when it has neither a live ticket nor a result. So no key ever has two live tickets,
+   however many coordinators start at once (Optuna's own ``GridSampler`` documents
+   duplicates with parallel workers; ``enqueue_trial``'s ``skip_if_exists`` is a
+   read-then-write race; both are avoided here).
+2. **Claims.** A coordinator pops a ticket with ``study.ask()`` (WAITING -> RUNNING is
+   atomic in both storages: a row lock in RDB, log order in the journal) and records
+   itself as owner, both inside the mutex, so a RUNNING ticket always has an owner
+   unless its coordinator died mid-claim.
+3. **Lost trials.** A RUNNING ticket whose owner is dead (its liveness lock is free,
+   which the kernel / the database guarantee at the moment of death) is marked FAIL
+   with ``bench_status = "lost"`` and its key gets a new ticket: keys that were running
+   when a sweep was killed run again on resume. A lost ticket is not a result.
+4. **Results** are written by :mod:`bench.sweep.recorder`: parquet first, then the
+   study. Dying in between only makes the ticket lost: the key re-runs and its file is
+   replaced.
+
+Every method that reads and then writes the study runs under the caller's
+``coordination.mutex()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.sweep.spec import SweepSpec, _display
+from bench.sweep.trial_writer import TrialWriter
+
+RESULT_STATUSES = ("ok", "oom", "diverged", "failed")
+CONSUMED = RESULT_STATUSES + ("invalid", "duplicate")  # search slots that are used up
+
+
+@dataclass
+class Job:
+    """A claimed ticket: the Optuna trial, the config to run, and its run on a worker."""
+
+    trial: Any  # optuna.trial.Trial
+    config: Any  # TrialConfig
+    key: str
+    attempt: int
+    started: float = 0.0  # time.monotonic() at dispatch
+    deadline: float | None = None  # hard kill after this (time.monotonic())
+    peak_rss: int | None = None  # the worker's VmHWM, polled while it runs
+
+
+@dataclass
+class Counts:
+    total: int
+    done: int = 0
+    failed: int = 0  # done, status not ok
+    running: int = 0
+    waiting: int = 0
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+def ticket_ident(attrs: dict, *, search: bool) -> Any:
+    """The key (grid) or slot (search) a trial's user attrs make it a ticket for; None
+    for a trial that is not bench's."""
+    return attrs.get("bench_slot") if search else attrs.get("bench_key")
+
+
+def failed(trial: Any) -> bool:
+    """A finished slot whose result is a failure: its own, or, for a duplicate, the
+    failure it copied (so --retry-failed re-runs that too, and it then finds the retry)."""
+    status = trial.user_attrs.get("bench_status")
+    if status == "duplicate":
+        return (trial.user_attrs.get("bench_row") or {}).get("status") == "failed"
+    return status == "failed"
+
+
+class Tickets:
+    """The tickets of one sweep's study (in ``storage``, an Optuna storage), seen by one
+    coordinator: ``coordination`` (bench.sweep.storage.Coordination) names this
+    coordinator (``owner``) and says whether another one is alive."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        study: Any,
+        storage: Any,
+        coordination: Any,
+        *,
+        retry_failed: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.spec = spec
+        self.study = study
+        self.coordination = coordination
+        self.retry_failed = retry_failed
+        self.log = log
+        self.writer = TrialWriter(storage)
+        self._before_start = -1  # the highest Optuna trial number when this run began
+        self._n_train_cache: dict = {}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _ident(self, trial: Any) -> Any:
+        return ticket_ident(trial.user_attrs, search=self.spec.search is not None)
+
+    def _groups(self) -> dict[Any, list[Any]]:
+        groups: dict[Any, list[Any]] = defaultdict(list)
+        for t in self.study.get_trials(deepcopy=False):
+            ident = self._ident(t)
+            if ident is not None:
+                groups[ident].append(t)
+        return groups
+
+    def _expected(self) -> list[Any]:
+        if self.spec.search:
+            return list(range(self.spec.search.n_trials))
+        return [p.key for p in self.spec.points]
+
+    def counts(self) -> Counts:
+        """Where every expected key stands: done (and how), running, waiting."""
+        from optuna.trial import TrialState
+
+        counts = Counts(total=self.spec.total)
+        groups = self._groups()
+        for ident in self._expected():
+            group = groups.get(ident, [])
+            live = [t for t in group if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+            counts.running += sum(t.state == TrialState.RUNNING for t in live)
+            counts.waiting += sum(t.state == TrialState.WAITING for t in live)
+            if live:
+                continue
+            finished = [t for t in group if t.user_attrs.get("bench_status") in CONSUMED]
+            if finished:
+                status = max(finished, key=lambda t: t.number).user_attrs["bench_status"]
+                counts.done += 1
+                counts.statuses[status] += 1
+                counts.failed += status not in ("ok", "duplicate")
+        return counts
+
+    # -- reconcile -------------------------------------------------------------------
+
+    def reconcile(self, *, startup: bool) -> Counts:
+        """Under the mutex: fail lost trials, give a ticket to every key that needs one."""
+        from optuna.trial import TrialState
+
+        if startup:
+            numbers = [t.number for t in self.study.get_trials(deepcopy=False)]
+            self._before_start = max(numbers, default=-1)
+        lost = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if self._ident(t) is None:
+                continue
+            owner = t.system_attrs.get("bench_owner")
+            if owner is None or not self.coordination.is_alive(owner):
+                self._mark_lost(t, owner)
+                lost += 1
+        if lost:
+            self.log(f"{self.spec.name}: {lost} trial(s) whose coordinator died will run again")
+        groups = self._groups()
+        for ident in self._expected():
+            self._ticket_if_needed(ident, groups.get(ident, []), startup=startup)
+        return self.counts()
+
+    def _ticket_if_needed(self, ident: Any, group: list[Any], *, startup: bool) -> None:
+        from optuna.trial import TrialState
+
+        if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in group):
+            return
+        finished = [t for t in group if t.user_attrs.get("bench_status") in CONSUMED]
+        latest = max(finished, key=lambda t: t.number) if finished else None
+        retry = startup and self.retry_failed and latest is not None and failed(latest)
+        if latest is not None and not retry:
+            return
+        attempt = 1 + max((t.user_attrs.get("bench_attempt", 0) for t in group), default=0)
+        if self.spec.search:
+            # A lost or retried slot keeps the configuration it had sampled.
+            previous = max(group, key=lambda t: t.number) if group else None
+            params = dict(previous.params) if previous is not None else {}
+            attrs = {"bench_slot": ident, "bench_attempt": attempt}
+        else:
+            params = dict(self.spec.points_by_key[ident].params)
+            attrs = {"bench_key": ident, "bench_attempt": attempt}
+        self.study.enqueue_trial(params, user_attrs=attrs)
+
+    def _mark_lost(self, t: Any, owner: str | None) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self.writer.set_user_attr(t, "bench_status", "lost")
+            self.writer.set_user_attr(
+                t, "bench_error", f"coordinator {owner or '(unknown)'} died while this trial ran"
+            )
+            self.writer.fail(t)
+        except UpdateFinishedTrialError:
+            pass  # it finished after all
+
+    # -- claims ----------------------------------------------------------------------
+
+    def claim(self, n: int) -> list[Job]:
+        """Under the mutex: pop up to n tickets and own them."""
+        from optuna.trial import TrialState
+
+        waiting = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if self._ident(t) is not None
+        ]
+        jobs: list[Job] = []
+        for _ in range(min(n, len(waiting))):
+            trial = self.study.ask()
+            self.writer.set_system_attr(trial, "bench_owner", self.coordination.owner)
+            attrs = trial.user_attrs
+            if ticket_ident(attrs, search=self.spec.search is not None) is None:
+                # Not a ticket (someone else's ask() on this study): give it back as failed.
+                self.writer.set_user_attr(trial, "bench_status", "stray")
+                self.study.tell(trial, state=TrialState.FAIL)
+                break
+            attempt = int(attrs.get("bench_attempt", 1))
+            if self.spec.search:
+                job = self._sample(trial, attempt)
+            else:
+                point = self.spec.points_by_key[attrs["bench_key"]]
+                self._suggest_fixed(trial, point.params)
+                job = Job(trial, point.config, point.key, attempt)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def set_constraints(self, trial: Any, row: dict) -> None:
+        """The spec's constraints, evaluated on a result row, for the samplers.
+        (Through trial.set_constraint: optuna 5.0 deprecates constraints_func.)"""
+        for c in self.spec.constraints:
+            trial.set_constraint(c.text, c.violation(row.get(c.column)))
+
+    def _choices(self) -> dict[str, list[Any]]:
+        spec = self.spec
+        choices: dict[str, list[Any]] = {}
+        if len(spec.cases) > 1:
+            choices["case"] = list(range(len(spec.cases)))
+        for axis, values in spec.axes.items():
+            choices[axis] = [_display(v) for v in values]
+        if len(spec.seeds) > 1:
+            choices["seed"] = list(spec.seeds)
+        return choices
+
+    def _suggest_fixed(self, trial: Any, params: dict) -> None:
+        # The full choice list, not [value]: RDB storage refuses a categorical parameter
+        # whose choices differ between trials of one study.
+        choices = self._choices()
+        for name in params:
+            trial.suggest_categorical(name, choices[name])
+
+    # -- search mode -----------------------------------------------------------------
+
+    def _sample(self, trial: Any, attempt: int) -> Job | None:
+        """Search mode: let the sampler choose, then make sure the key runs only once."""
+        from optuna.trial import TrialState
+
+        from bench.sweep.spec import validate_point
+
+        try:
+            config = self._suggest(trial)
+            validate_point(config, self._n_train_cache)
+        except ConfigError as exc:
+            self.writer.set_user_attr(trial, "bench_status", "invalid")
+            self.writer.set_user_attr(trial, "bench_error", str(exc))
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.log(f"{self.spec.name}: trial {trial.number} sampled an invalid point: {exc}")
+            return None
+        key = config.trial_key
+        self.writer.set_user_attr(trial, "bench_key", key)
+        original = self._ran_before(trial, key)
+        if original is None:
+            return Job(trial, config, key, attempt)
+        # Same configuration already ran (or is running): record, do not rerun.
+        self.writer.set_user_attr(trial, "bench_status", "duplicate")
+        self.writer.set_user_attr(trial, "bench_duplicate_of", original.number)
+        if "bench_row" in original.user_attrs:
+            self.writer.set_user_attr(trial, "bench_row", original.user_attrs["bench_row"])
+            self.set_constraints(trial, original.user_attrs["bench_row"])
+        if original.state == TrialState.COMPLETE:
+            self.study.tell(trial, original.values)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        return None
+
+    def _suggest(self, trial: Any) -> Any:
+        """The sampler's configuration for ``trial``, as a TrialConfig."""
+        spec = self.spec
+        choices = self._choices()
+        values: dict[str, Any] = {}
+        case = trial.suggest_categorical("case", choices["case"]) if "case" in choices else 0
+        for axis, raw in spec.axes.items():
+            picked = trial.suggest_categorical(axis, choices[axis])
+            values[axis] = raw[choices[axis].index(picked)]
+        seed = (
+            trial.suggest_categorical("seed", choices["seed"])
+            if "seed" in choices
+            else spec.seeds[0]
+        )
+        for r in spec.search.ranges:
+            if r.integer:
+                values[r.name] = trial.suggest_int(
+                    r.name, int(r.low), int(r.high), step=int(r.step or 1), log=r.log
+                )
+            else:
+                values[r.name] = trial.suggest_float(r.name, r.low, r.high, step=r.step, log=r.log)
+        return spec.config_for(case, values, seed)
+
+    def _ran_before(self, trial: Any, key: str) -> Any:
+        """Another trial that ran (or runs) ``key`` and stands as its result, or None."""
+        from optuna.trial import TrialState
+
+        slot = trial.user_attrs.get("bench_slot")
+        for other in self.study.get_trials(deepcopy=False):
+            if other.number == trial.number or other.user_attrs.get("bench_key") != key:
+                continue
+            status = other.user_attrs.get("bench_status")
+            if status == "failed" and (
+                other.user_attrs.get("bench_slot") == slot
+                or (self.retry_failed and other.number <= self._before_start)
+            ):
+                # A failure this sweep was asked to retry (--retry-failed: the ones
+                # recorded before this run), or this slot's own earlier attempt, is not a
+                # result: run the configuration again instead of copying the failure.
+                continue
+            if other.state == TrialState.RUNNING or status in RESULT_STATUSES:
+                return other
+        return None
