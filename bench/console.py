@@ -100,7 +100,7 @@ class Progress:
         width = 30
         filled = int(width * self.done / self.total) if self.total else width
         return Text.assemble(
-            plain(self.sweep), " [", ("#" * filled, "green"), "-" * (width - filled), "] ",
+            plain(self.sweep), " [", "#" * filled, "-" * (width - filled), "] ",
             self.line(),
         )  # fmt: skip
 
@@ -119,9 +119,8 @@ class Progress:
     def _clear(self) -> None:
         if self._bar_shown:
             # Back to column 0 and erase the line (ANSI EL 2): the bar is one line.
-            self._console.control(
-                Control.move_to_column(0), Control((ControlType.ERASE_IN_LINE, 2))
-            )
+            self.stream.write("\r")
+            self._console.control(Control((ControlType.ERASE_IN_LINE, 2)))
             self._bar_shown = False
 
     def log(self, message: str) -> None:

@@ -23,7 +23,7 @@ optuna = pytest.importorskip("optuna")
 
 from bench.errors import BenchError  # noqa: E402
 from bench.store import load_results  # noqa: E402
-from bench.sweep.progress import Progress  # noqa: E402
+from bench.console import Progress  # noqa: E402
 from bench.sweep.runner import run_sweep  # noqa: E402
 from bench.sweep.spec import load_spec  # noqa: E402
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.sweep.pool import Ended
-from bench.sweep.progress import Progress
+from bench.console import Progress
 from bench.sweep.tickets import Job, Tickets
 
 

@@ -4,7 +4,7 @@ ends, until every trial has a result; resume and join as the tickets allow.
 The rooms: :mod:`~bench.sweep.tickets` (Optuna ticket bookkeeping: exactly once, lost
 trials), :mod:`~bench.sweep.pool` (the warm workers, on :mod:`bench.procs`),
 :mod:`~bench.sweep.recorder` (parquet before ``tell``), :mod:`~bench.sweep.study`
-(opening the study), :mod:`~bench.sweep.progress` (the console).
+(opening the study), :mod:`~bench.console` (the console).
 
 Exit code (:attr:`Summary.exit_code`): 0 when every trial has a result and none failed;
 1 when some trial failed, or when every trial ended ``invalid`` (search mode: each
@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from bench.errors import BenchError, ConfigError
 from bench.sweep.pool import WorkerPool, worker_plan
-from bench.sweep.progress import Progress, format_duration
+from bench.console import Progress, format_duration
 from bench.sweep.recorder import Recorder
 from bench.sweep.spec import SweepSpec, describe_point
 from bench.sweep.storage import StorageHandle, open_storage
