@@ -20,6 +20,9 @@ from rich.control import Control, ControlType
 from rich.table import Table
 from rich.text import Text
 
+# A rule under the header and nothing else, in ASCII: logs and CI pages show it as is.
+_HEADER_RULE = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+
 # Characters that move the cursor or colour the terminal: shown as escapes, not obeyed.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F) if c != 0x09}
 
@@ -34,7 +37,7 @@ def text_table(
 ) -> str:
     """A plain-text table: header, a rule, one line per row; ``right`` lists the indexes
     of right-aligned columns. Never wraps: a wide table is wide rather than unreadable."""
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style=None)
+    table = Table(box=_HEADER_RULE, show_edge=False, pad_edge=False, header_style=None)
     for i, name in enumerate(header):
         table.add_column(Text(plain(name)), justify="right" if i in right else "left", no_wrap=True)
     for row in rows:
