@@ -11,9 +11,14 @@ import importlib
 import json
 import sys
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from bench.config import TrialConfig
 
 # Commands that live in their own modules: name -> (module, add_arguments, main, help).
 EXTERNAL = {
@@ -148,65 +153,64 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # -- run ---------------------------------------------------------------------------------
 
 
-def _parse_option(text: str) -> tuple[str, object]:
+def parse_option(text: str) -> tuple[str, Any]:
+    """``--option KEY=VALUE``: VALUE read as a TOML literal (3, 0.5, true, "text"),
+    anything else as a bare string."""
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ConfigError(f"--option expects key=value, got {text!r}")
-    try:  # TOML literal: 3, 0.5, true, "text"; anything else is a bare string
+    try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip(), value
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def config_from_args(
+    args: argparse.Namespace,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    required: Iterable[str] = (),
+    where: str = "",
+) -> TrialConfig:
+    """The TrialConfig of a command line, for every command that trains or probes.
+
+    Layers, later ones win: ``defaults`` < ``--config`` TOML < flags whose destination
+    is a TrialConfig key (``--batch-size`` -> batch_size) < ``--option KEY=VALUE``
+    (workload options, over the file's). A key in ``required`` must come from the file
+    or a flag. Errors name ``--config``'s file, else ``where``.
+    """
+    import dataclasses
+
     from bench.config import TrialConfig, read_toml
 
-    values: dict = {}
-    if args.config:
-        values.update(read_toml(args.config))
-    values.update(_plan_values(args))
-    for key in (
-        "workload",
-        "lr",
-        "optimizer",
-        "momentum",
-        "seed",
-        "normalize",
-        "precision",
-        "device",
-        "data_path",
-        "scheduler",
-        "scheduler_interval",
-        "warmup",
-        "eval_every",
-        "patience",
-        "min_delta",
-        "restore_best",
-        "grad_clip",
-        "weight_decay",
-        "step_size",
-        "gamma",
-        "grad_norm_every",
-        "peak_tflops",
-        "flush_every",
-        "timing_warmup_steps",
-        "time_limit_s",
-    ):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    if args.option:
+    values: dict[str, Any] = dict(defaults or {})
+    config = getattr(args, "config", None)
+    if config:
+        values.update(read_toml(config))
+    flags = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrialConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    values.update(flags)
+    for key in required:
+        if key not in values:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} is required (or a --config that names one)"
+            )
+    if getattr(args, "option", None):
         options = values.get("workload_options", {})
-        if not isinstance(options, dict):
+        if not isinstance(options, Mapping):
             raise ConfigError("workload_options must be a table of options")
-        options = dict(options)
-        options.update(_parse_option(o) for o in args.option)
-        values["workload_options"] = options
+        values["workload_options"] = {**options, **dict(parse_option(o) for o in args.option)}
     if "max_steps" in values and "epochs" not in values:
-        values["epochs"] = None  # --max-steps alone: train until it, however many epochs
-    where = str(args.config) if args.config else ""
-    config = TrialConfig.from_mapping(values, where=where)
+        values["epochs"] = None  # max_steps alone: train until it, however many epochs
+    return TrialConfig.from_mapping(values, where=str(config) if config else where)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
 
     from bench.trial import prepare, run_trial, write_result
 
@@ -302,6 +306,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
 
 
+# -- schema ------------------------------------------------------------------------------
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.what == "spec":
+        from bench.sweep.spec_schema import spec_schema as schema
+    else:
+        from bench.config import config_schema as schema
+    print(json.dumps(schema(), indent=2))
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -319,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one configuration and store its results")
     add_run_arguments(p)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("schema", help="JSON Schema of a sweep spec or a TrialConfig file")
+    p.add_argument(
+        "what",
+        choices=("spec", "config"),
+        help="spec: experiments/*.toml; config: bench run --config",
+    )
+    p.set_defaults(func=cmd_schema)
     for name, (module, add, main, help_text) in EXTERNAL.items():
         p = sub.add_parser(name, help=help_text)
         try:

@@ -1,7 +1,10 @@
 """One training configuration: frozen, keyword-only, validated when built.
 
-Every error names the key, the value and what would be accepted. ``trial_key`` is the
-content hash that identifies a configuration (seed included) across runs and machines.
+A pydantic dataclass: the field annotations are the validation (strict types, bounds,
+choices) and, through ``python -m bench schema config``, the JSON Schema. Every error
+is one line that names the key, the value and what would be accepted (see
+:func:`bench.errors.validation_error`). ``trial_key`` is the content hash that
+identifies a configuration (seed included) across runs and machines.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import re
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from bench.errors import ConfigError, did_you_mean, unknown
+from annotated_types import Ge, Gt, Lt, MinLen
+from pydantic import ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from bench.errors import Accepts, ConfigError, validation_error
 from bench.plan import MODES, PARTIAL_WINDOWS, Plan, make_plan
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -29,59 +36,115 @@ NORMALIZE = ("sample", "micro")
 DATA_PATHS = ("tensor", "dataloader")
 
 
-@dataclass(frozen=True, kw_only=True)
+def integer(minimum: int, note: str = "") -> Any:
+    """An int field (bools refused) of at least ``minimum``."""
+    return Annotated[int, Ge(minimum), Accepts(f"an integer >= {minimum}{note}")]
+
+
+def number(bound: str, *constraints: Any) -> Any:
+    """A finite float field (ints taken as floats, bools refused); ``bound`` in words."""
+    return Annotated[float, *constraints, Accepts(f"a number {bound}")]
+
+
+WorkloadName = Annotated[str, MinLen(1), Accepts("a workload name")]
+Options = Annotated[Mapping[str, Any], Accepts("a table of options")]
+Device = Annotated[
+    str,
+    StringConstraints(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$"),
+    Accepts("one of auto, cpu, cuda, cuda:N, mps"),
+]
+Flag = Annotated[bool, Accepts("true or false")]
+
+# Strict: TOML's 1.5 is not an integer, "3" not a number, true not 1. Floats must be
+# finite.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+# Attribute docstrings become the descriptions editors show from the schema (it reads
+# the class's source: only for classes written out, not those made by create_model).
+DOCUMENTED = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+
+@dataclass(frozen=True, kw_only=True, config=DOCUMENTED)
 class TrialConfig:
+    """One training configuration (``bench run --config``, a sweep's trial)."""
+
     # what is trained
-    workload: str = "seed-mlp"
-    workload_options: Mapping[str, Any] = field(default_factory=dict)
-    samples: int | None = None  # N; None = the workload's default training-set size
+    workload: WorkloadName = "seed-mlp"
+    """seed-mlp, teacher-mlp, char-lm, or module:function."""
+    workload_options: Options = field(default_factory=dict)
+    """Keyword options of the workload's factory."""
+    samples: integer(1) | None = None
+    """Training-set size N; none: the workload's default."""
     # epoch / batch / step (see bench.plan)
-    mode: str = "mbgd"
-    batch_size: int | None = 32  # the micro-batch b
-    accumulation_steps: int = 1
-    epochs: int | None = 1
-    max_steps: int | None = None
-    drop_last: bool = False
-    partial_window: str = "step"
-    normalize: str = "sample"
+    mode: Literal[MODES] = "mbgd"
+    """sgd: b = 1, bgd: b = N, mbgd: the given batch_size."""
+    batch_size: integer(1) | None = 32
+    """The micro-batch b."""
+    accumulation_steps: integer(1) = 1
+    """Micro-batches per optimizer step k."""
+    epochs: integer(1) | None = 1
+    max_steps: integer(1) | None = None
+    """Stop after this many optimizer steps (with epochs: whichever ends first)."""
+    drop_last: Flag = False
+    """Drop the last incomplete micro-batch of an epoch."""
+    partial_window: Literal[PARTIAL_WINDOWS] = "step"
+    """A short accumulation window at the end of an epoch: step it or drop it."""
+    normalize: Literal[NORMALIZE] = "sample"
+    """Loss normalisation across a window: per sample or per micro-batch."""
     # optimisation
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    scheduler: str = "constant"
-    scheduler_interval: str = "step"
-    warmup: int = 0  # scheduler intervals of linear warm-up (linear-warmup, cosine)
-    step_size: int = 1  # step decay: intervals between decays
-    gamma: float = 0.1  # step decay factor
-    grad_clip: float | None = None
-    # Global gradient norm every N optimizer steps (1: every step; 0: never). It costs one
-    # foreach norm, ~15 us on seed-mlp's ~100 us CPU step, so it is sampled by default.
-    grad_norm_every: int = 16
+    optimizer: Literal[OPTIMIZERS] = "sgd"
+    lr: number(">= 0", Ge(0)) = 0.01
+    momentum: number("in [0, 1)", Ge(0), Lt(1)) = 0.0
+    weight_decay: number(">= 0", Ge(0)) = 0.0
+    scheduler: Literal[SCHEDULERS] = "constant"
+    scheduler_interval: Literal[INTERVALS] = "step"
+    warmup: integer(0) = 0
+    """Scheduler intervals of linear warm-up (linear-warmup, cosine)."""
+    step_size: integer(1) = 1
+    """Step decay: intervals between decays."""
+    gamma: number("> 0", Gt(0)) = 0.1
+    """Step decay factor."""
+    grad_clip: number("> 0", Gt(0)) | None = None
+    # It costs one foreach norm, ~15 us on seed-mlp's ~100 us CPU step, so it is sampled.
+    grad_norm_every: integer(0, " (0: never)") = 16
+    """Global gradient norm every N optimizer steps (1: every step; 0: never)."""
     # validation and early stopping
-    eval_every: int | None = None  # optimizer steps; None = at the end of every epoch; 0 = never
-    patience: int | None = None  # evaluations without improvement; None = never stop early
-    min_delta: float = 0.0
-    restore_best: bool = False
+    eval_every: integer(0, " (0: never)") | None = None
+    """Optimizer steps between evaluations; none: at the end of every epoch; 0: never."""
+    patience: integer(1) | None = None
+    """Evaluations without improvement before stopping; none: never stop early."""
+    min_delta: number(">= 0", Ge(0)) = 0.0
+    restore_best: Flag = False
     # execution
-    precision: str = "fp32"
-    seed: int = 0
-    device: str = "auto"
-    data_path: str = "tensor"  # "dataloader": the tutorial's torch DataLoader path
+    precision: Literal[PRECISIONS] = "fp32"
+    seed: integer(0) = 0
+    device: Device = "auto"
+    data_path: Literal[DATA_PATHS] = "tensor"
+    """tensor: batches sliced from device tensors; dataloader: the tutorial's DataLoader."""
     # measurement
-    timing_warmup_steps: int = 3  # optimizer steps excluded from throughput
-    flush_every: int = 64  # optimizer steps between host syncs for losses and timings
-    time_limit_s: float | None = None
-    peak_tflops: float | None = None  # override the device table for MFU
+    timing_warmup_steps: integer(0) = 3
+    """Optimizer steps excluded from throughput."""
+    flush_every: integer(1) = 64
+    """Optimizer steps between host syncs for losses and timings."""
+    time_limit_s: number("> 0", Gt(0)) | None = None
+    peak_tflops: number("> 0", Gt(0)) | None = None
+    """The device's peak for MFU (overrides the table)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(cls, values: Any, handler: Any) -> Any:
+        # However it is built (keywords, replace, a mapping), a bad value is one line.
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise validation_error(exc, cls) from None
 
     def __post_init__(self) -> None:
-        _validate(self)
-        # TOML's ``lr = 1`` is an int, the CLI's ``--lr 1`` a float: one configuration
-        # must have one trial_key, so every float field holds a float.
-        for name in FLOAT_FIELDS:
-            value = getattr(self, name)
-            if _is_int(value):
-                object.__setattr__(self, name, float(value))
+        if self.epochs is None and self.max_steps is None:
+            raise ConfigError("give epochs or max_steps (or both: whichever ends first)")
+        if self.patience is not None and self.eval_every == 0:
+            raise ConfigError("patience needs evaluations: eval_every is 0 (never)")
+        if self.restore_best and self.eval_every == 0:
+            raise ConfigError("restore_best needs evaluations: eval_every is 0 (never)")
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -89,13 +152,9 @@ class TrialConfig:
         """Build from a plain mapping (TOML, CLI). Unknown keys get a 'did you mean'.
         ``where`` (a file name, say) prefixes every error message."""
         prefix = f"{where}: " if where else ""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in names:
-                raise ConfigError(f"{prefix}unknown key {key!r}{did_you_mean(key, names)}")
-        values = dict(values)
-        if "workload_options" in values and not isinstance(values["workload_options"], Mapping):
-            raise ConfigError(f"{prefix}workload_options must be a table of options")
+        bad = next((k for k in values if not isinstance(k, str)), None)
+        if bad is not None:
+            raise ConfigError(f"{prefix}unknown key {bad!r}")
         try:
             return cls(**values)
         except ConfigError as exc:
@@ -134,11 +193,22 @@ class TrialConfig:
 
 
 # Resolved hints, not annotation strings: "float | None", "Optional[float]" alike.
+# Strict float fields take TOML's ``lr = 1`` as 1.0, so one configuration has one key.
 FLOAT_FIELDS = tuple(
     name
     for name, hint in typing.get_type_hints(TrialConfig).items()
     if hint is float or (float in typing.get_args(hint) and int not in typing.get_args(hint))
 )
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of a TrialConfig table (``bench run --config``)."""
+    from pydantic import TypeAdapter
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **TypeAdapter(TrialConfig).json_schema(),
+    }
 
 
 def floats_as_floats(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,109 +234,6 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, int | float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _validate(c: TrialConfig) -> None:
-    def need(cond: bool, key: str, what: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key} must be {what}, got {getattr(c, key)!r}")
-
-    def choice(key: str, choices: tuple[str, ...]) -> None:
-        value = getattr(c, key)
-        if value not in choices:
-            raise unknown(key, value, choices)
-
-    need(isinstance(c.workload, str) and bool(c.workload), "workload", "a workload name")
-    need(c.samples is None or (_is_int(c.samples) and c.samples >= 1), "samples", "an integer >= 1")
-    choice("mode", MODES)
-    need(
-        c.batch_size is None or (_is_int(c.batch_size) and c.batch_size >= 1),
-        "batch_size",
-        "an integer >= 1",
-    )
-    need(
-        _is_int(c.accumulation_steps) and c.accumulation_steps >= 1,
-        "accumulation_steps",
-        "an integer >= 1",
-    )
-    need(c.epochs is None or (_is_int(c.epochs) and c.epochs >= 1), "epochs", "an integer >= 1")
-    need(
-        c.max_steps is None or (_is_int(c.max_steps) and c.max_steps >= 1),
-        "max_steps",
-        "an integer >= 1",
-    )
-    if c.epochs is None and c.max_steps is None:
-        raise ConfigError("give epochs or max_steps (or both: whichever ends first)")
-    need(isinstance(c.drop_last, bool), "drop_last", "true or false")
-    choice("partial_window", PARTIAL_WINDOWS)
-    choice("normalize", NORMALIZE)
-    choice("optimizer", OPTIMIZERS)
-    need(_is_number(c.lr) and c.lr >= 0, "lr", "a number >= 0")
-    need(_is_number(c.momentum) and 0 <= c.momentum < 1, "momentum", "a number in [0, 1)")
-    need(_is_number(c.weight_decay) and c.weight_decay >= 0, "weight_decay", "a number >= 0")
-    choice("scheduler", SCHEDULERS)
-    choice("scheduler_interval", INTERVALS)
-    need(_is_int(c.warmup) and c.warmup >= 0, "warmup", "an integer >= 0")
-    need(_is_int(c.step_size) and c.step_size >= 1, "step_size", "an integer >= 1")
-    need(_is_number(c.gamma) and c.gamma > 0, "gamma", "a number > 0")
-    need(
-        c.grad_clip is None or (_is_number(c.grad_clip) and c.grad_clip > 0),
-        "grad_clip",
-        "a number > 0",
-    )
-    need(
-        c.eval_every is None or (_is_int(c.eval_every) and c.eval_every >= 0),
-        "eval_every",
-        "an integer >= 0 (0: never)",
-    )
-    need(
-        c.patience is None or (_is_int(c.patience) and c.patience >= 1),
-        "patience",
-        "an integer >= 1",
-    )
-    if c.patience is not None and c.eval_every == 0:
-        raise ConfigError("patience needs evaluations: eval_every is 0 (never)")
-    need(_is_number(c.min_delta) and c.min_delta >= 0, "min_delta", "a number >= 0")
-    need(isinstance(c.restore_best, bool), "restore_best", "true or false")
-    if c.restore_best and c.eval_every == 0:
-        raise ConfigError("restore_best needs evaluations: eval_every is 0 (never)")
-    need(
-        _is_int(c.grad_norm_every) and c.grad_norm_every >= 0,
-        "grad_norm_every",
-        "an integer >= 0 (0: never)",
-    )
-    choice("precision", PRECISIONS)
-    need(_is_int(c.seed) and c.seed >= 0, "seed", "an integer >= 0")
-    need(
-        isinstance(c.device, str)
-        and re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", c.device) is not None,
-        "device",
-        "one of auto, cpu, cuda, cuda:N, mps",
-    )
-    choice("data_path", DATA_PATHS)
-    need(
-        _is_int(c.timing_warmup_steps) and c.timing_warmup_steps >= 0,
-        "timing_warmup_steps",
-        "an integer >= 0",
-    )
-    need(_is_int(c.flush_every) and c.flush_every >= 1, "flush_every", "an integer >= 1")
-    need(
-        c.time_limit_s is None or (_is_number(c.time_limit_s) and c.time_limit_s > 0),
-        "time_limit_s",
-        "a number > 0",
-    )
-    need(
-        c.peak_tflops is None or (_is_number(c.peak_tflops) and c.peak_tflops > 0),
-        "peak_tflops",
-        "a number > 0",
-    )
-    for key in c.workload_options:
-        if not isinstance(key, str):
-            raise ConfigError(f"workload_options keys must be strings, got {key!r}")
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)

@@ -38,7 +38,6 @@ import json
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -555,17 +554,6 @@ def probe_bound(boundary: int) -> int | None:
     return None if boundary < 1 else int(math.floor(2 * math.log2(boundary) + 2))
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--option expects key=value, got {text!r}")
-    try:  # a TOML literal: 3, 0.5, true, "text"; anything else is a bare string
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip(), value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("what is probed")
     w.add_argument("--workload", help="workload name (or module:function)")
@@ -668,29 +656,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _base_config(args: argparse.Namespace):
-    from bench.config import TrialConfig, read_toml
+    from bench.cli import config_from_args
 
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(read_toml(args.config))
-    if args.workload:
-        values["workload"] = args.workload
-    elif "workload" not in values:
-        raise ConfigError("--workload is required (or a --config that names one)")
-    if args.option:
-        options = values.get("workload_options", {})
-        if not isinstance(options, dict):
-            raise ConfigError("workload_options must be a table of options")
-        options = dict(options)
-        options.update(_parse_option(o) for o in args.option)
-        values["workload_options"] = options
-    values.setdefault("optimizer", "adamw")
-    for key in ("precision", "optimizer", "samples", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    where = str(args.config) if args.config else "oom"
-    return TrialConfig.from_mapping(values, where=where)
+    # AdamW by default: its optimizer state is part of the memory being measured.
+    return config_from_args(
+        args, defaults={"optimizer": "adamw"}, required=("workload",), where="oom"
+    )
 
 
 def _validate_args(args: argparse.Namespace) -> None:

@@ -238,3 +238,91 @@ def test_plan_bad_input():
     assert r.returncode == 2 and r.stderr.strip() == "bench: error: --samples is required"
     r = bench("plan", "--samples", "10", "--batch-size", "2", "--at-epoch", "1", "--at-batch", "6")
     assert r.returncode == 2 and "at-batch must be in 1..5" in r.stderr
+
+
+# -- one --option parser and one config-from-args for every command ------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("width=3", ("width", 3)),
+        (" width = 0.5", ("width", 0.5)),
+        ("flag=true", ("flag", True)),
+        ('name="a b"', ("name", "a b")),
+        ("name=plain text", ("name", "plain text")),
+        ("eq=a=b", ("eq", "a=b")),
+        ("empty=", ("empty", "")),
+    ],
+)
+def test_parse_option_reads_toml_literals_else_strings(text, expected):
+    from bench.cli import parse_option
+
+    assert parse_option(text) == expected
+
+
+@pytest.mark.parametrize("text", ["width", "=3", "  =3", ""])
+def test_parse_option_needs_a_key_and_a_value(text):
+    from bench.cli import parse_option
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--option expects key=value"):
+        parse_option(text)
+
+
+def _run_args(*argv):
+    from bench.cli import build_parser
+
+    return build_parser().parse_args(["run", *argv, "--out", "x"])
+
+
+def test_config_from_args_layers(tmp_path):
+    from bench.cli import config_from_args
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'workload = "teacher-mlp"\nlr = 0.5\nbatch_size = 4\n[workload_options]\nwidth = 8\ndepth = 2\n'
+    )
+    args = _run_args("--config", str(toml), "--batch-size", "16", "--option", "width=32")
+    config = config_from_args(args, defaults={"optimizer": "adamw", "lr": 0.1})
+    assert (config.workload, config.optimizer, config.lr, config.batch_size) == (
+        "teacher-mlp",
+        "adamw",  # a default nothing overrides
+        0.5,  # the file over the default
+        16,  # a flag over the file
+    )
+    assert config.workload_options == {"width": 32, "depth": 2}  # --option over the file's
+    assert config_from_args(_run_args("--max-steps", "5")).epochs is None
+    assert config_from_args(_run_args("--max-steps", "5", "--epochs", "2")).epochs == 2
+
+
+def test_config_from_args_errors_name_the_file_or_the_command(tmp_path):
+    from bench.cli import config_from_args
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^oom: batch_size must be an integer >= 1, got 0$"):
+        config_from_args(_run_args("--batch-size", "0"), where="oom")
+    toml = tmp_path / "c.toml"
+    toml.write_text("lr = -1\n")
+    with pytest.raises(ConfigError, match=rf"^{toml}: lr must be a number >= 0, got -1$"):
+        config_from_args(_run_args("--config", str(toml)), where="oom")
+    with pytest.raises(ConfigError, match=r"^--workload is required \(or a --config"):
+        config_from_args(_run_args(), required=("workload",))
+
+
+def test_oom_builds_its_config_with_the_same_parser():
+    from bench import oom
+    from bench.cli import build_parser
+    from bench.errors import ConfigError
+
+    def base(*argv):
+        return oom._base_config(build_parser().parse_args(["oom", *argv]))
+
+    config = base("--workload", "teacher-mlp", "--option", "width=16", "--precision", "bf16")
+    assert config.optimizer == "adamw"  # its state is part of the memory probed
+    assert config.workload_options == {"width": 16} and config.precision == "bf16"
+    assert base("--workload", "seed-mlp", "--optimizer", "sgd").optimizer == "sgd"
+    with pytest.raises(ConfigError, match="--workload is required"):
+        base()
+    with pytest.raises(ConfigError, match="--option expects key=value"):
+        base("--workload", "seed-mlp", "--option", " =3")

@@ -242,6 +242,14 @@ def test_shipped_experiments_load_and_say_what_they_ask(path):
     spec = load_spec(path, check_workloads=path.name != "gpu-memory.toml")
     assert spec.points
     assert spec.name == path.stem
+    assert spec.question and not spec.question.startswith(":")  # not the #:schema line
+
+
+def test_editor_directives_are_not_part_of_the_question():
+    from bench.sweep.spec import header_comment
+
+    text = "#:schema ../docs/spec.schema.json\n# What does b do?\n#\n# Measured.\nname = 'x'\n"
+    assert header_comment(text) == "What does b do?\n\nMeasured."
 
 
 # -- property test: junk in, one-line BenchError out --------------------------------------

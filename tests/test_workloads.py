@@ -68,7 +68,7 @@ def test_out_of_memory_while_building_stays_an_oom(monkeypatch):
         raise ValueError("a bug")
 
     factories = {"big": too_big, "bug": broken}
-    monkeypatch.setattr(workloads, "_resolve", factories.__getitem__)
+    monkeypatch.setattr(workloads, "resolve", factories.__getitem__)
     with pytest.raises(RuntimeError, match="can't allocate"):
         workloads.build_workload("big")
     with pytest.raises(ConfigError, match="cannot be built: ValueError: a bug"):

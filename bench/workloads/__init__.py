@@ -21,7 +21,8 @@ BUILTIN = {
 }
 
 
-def _resolve(name: str) -> Callable[..., Workload]:
+def resolve(name: str) -> Callable[..., Workload]:
+    """The factory of a built-in workload or of ``module:function``."""
     target = BUILTIN.get(name)
     if target is None:
         if ":" not in name:
@@ -44,25 +45,33 @@ def _resolve(name: str) -> Callable[..., Workload]:
 
 def workload_options(name: str) -> dict[str, Any]:
     """The options a workload accepts, with their defaults."""
-    params = inspect.signature(_resolve(name)).parameters
+    params = inspect.signature(resolve(name)).parameters
     return {p.name: p.default for p in params.values() if p.name != "samples"}
+
+
+def check_options(
+    name: str, options: Mapping[str, Any], factory: Callable[..., Workload] | None = None
+) -> None:
+    """Raise ConfigError naming an option the workload's factory does not take (any
+    option passes a factory that takes ``**options``)."""
+    params = inspect.signature(factory or resolve(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p != "samples"]
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(
+                f"workload {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
+                f"options: {', '.join(accepted) or 'none'}"
+            )
 
 
 def build_workload(
     name: str, *, samples: int | None = None, options: Mapping[str, Any] | None = None
 ) -> Workload:
-    factory = _resolve(name)
+    factory = resolve(name)
     options = dict(options or {})
-    params = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any:
-        for key in options:
-            if key not in params or key == "samples":
-                accepted = [p for p in params if p != "samples"]
-                raise ConfigError(
-                    f"workload {name!r} has no option {key!r}{did_you_mean(key, accepted)}; "
-                    f"options: {', '.join(accepted) or 'none'}"
-                )
+    check_options(name, options, factory)
     try:
         workload = factory(samples=samples, **options)
     except TypeError as exc:
