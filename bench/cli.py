@@ -9,12 +9,15 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
+import signal
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.console import text_table
 from bench.errors import BenchError, ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -139,10 +142,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    width = max(len(k) for k in out)
-    for key, value in out.items():
-        shown = "-" if value is None else value
-        print(f"{key.replace('_', ' '):<{width}}  {shown}")
+    rows = [(key.replace("_", " "), "-" if value is None else value) for key, value in out.items()]
+    print(text_table(None, rows))
     if args.at_epoch is not None and out["global_step"] is None:
         print(
             "(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)"
@@ -370,3 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`bench ... | head`): stop quietly, as tools killed by
+        # SIGPIPE do; stdout goes to /dev/null so the interpreter's final flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

@@ -33,13 +33,22 @@ def plain(value: object) -> str:
 
 
 def text_table(
-    header: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()
+    header: Sequence[str] | None,
+    rows: Sequence[Sequence[object]],
+    *,
+    right: Sequence[int] = (),
 ) -> str:
-    """A plain-text table: header, a rule, one line per row; ``right`` lists the indexes
-    of right-aligned columns. Never wraps: a wide table is wide rather than unreadable."""
-    table = Table(box=_HEADER_RULE, show_edge=False, pad_edge=False, header_style=None)
-    for i, name in enumerate(header):
-        table.add_column(Text(plain(name)), justify="right" if i in right else "left", no_wrap=True)
+    """A plain-text table: header, a rule, one line per row (``header=None``: rows only, a
+    key/value listing); ``right`` lists the indexes of right-aligned columns. Never
+    wraps: a wide table is wide rather than unreadable."""
+    table = Table(
+        box=_HEADER_RULE, show_edge=False, pad_edge=False, header_style=None,
+        show_header=header is not None,
+    )  # fmt: skip
+    columns = header if header is not None else [""] * max((len(r) for r in rows), default=0)
+    for i, name in enumerate(columns):
+        justify = "right" if i in right else "left"
+        table.add_column(Text(plain(name)), justify=justify, no_wrap=True)
     for row in rows:
         table.add_row(*(Text(plain(v)) for v in row))
     out = io.StringIO()

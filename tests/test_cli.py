@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -326,3 +327,24 @@ def test_oom_builds_its_config_with_the_same_parser():
         base()
     with pytest.raises(ConfigError, match="--option expects key=value"):
         base("--workload", "seed-mlp", "--option", " =3")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`bench sweep SPEC --dry-run | head -1`: the pipe closes under the writer, which
+    is not an error. 3,000 points print more than a pipe's buffer holds."""
+    lrs = ", ".join(str(1e-4 * (i + 1)) for i in range(3000))
+    spec = tmp_path / "big.toml"
+    spec.write_text(
+        '# How does lr change the loss?\nname = "big"\ndevice = "cpu"\n'
+        '[workload]\nname = "seed-mlp"\n[base]\nsamples = 200\n[budget]\nepochs = 1\n'
+        f"[grid]\nlr = [{lrs}]\n"
+    )
+    cmd = [sys.executable, "-m", "bench", "sweep", str(spec), "--dry-run"]
+    cmd += ["--results", str(tmp_path / "results")]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline()  # one line, then the reader goes away
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

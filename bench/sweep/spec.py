@@ -331,7 +331,6 @@ def display_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-_display = display_value  # the name bench/sweep/runner.py imports
 
 
 def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import ConfigError
-from bench.sweep.spec import SweepSpec, _display
+from bench.sweep.spec import SweepSpec, display_value
 from bench.sweep.trial_writer import TrialWriter
 
 RESULT_STATUSES = ("ok", "oom", "diverged", "failed")
@@ -249,7 +249,7 @@ class Tickets:
         if len(spec.cases) > 1:
             choices["case"] = list(range(len(spec.cases)))
         for axis, values in spec.axes.items():
-            choices[axis] = [_display(v) for v in values]
+            choices[axis] = [display_value(v) for v in values]
         if len(spec.seeds) > 1:
             choices["seed"] = list(spec.seeds)
         return choices
