@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import curves, scaling, tables
+from bench.report.markdown import markdown_table, md_cell
 from bench.report.prepare import STATUSES, Prepared, prepare
 from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
 
@@ -268,14 +269,14 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
 
 def markdown(report: Report) -> str:
     lines = ["# bench report", ""]
-    lines += [f"- {tables.md_cell(m)}" for m in _meta(report)]
+    lines += [f"- {md_cell(m)}" for m in _meta(report)]
     lines.append("")
     for title, intro, headers, rows, align in _tables(report):
-        lines += [f"## {title}", "", intro, "", tables.markdown_table(headers, rows, align)]
+        lines += [f"## {title}", "", intro, "", markdown_table(headers, rows, align)]
     for f in report.figures:
         lines += [f"## {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "", f.caption, ""]
     if report.notes:
-        lines += ["## Notes", ""] + [f"- {tables.md_cell(n)}" for n in report.notes] + [""]
+        lines += ["## Notes", ""] + [f"- {md_cell(n)}" for n in report.notes] + [""]
     return "\n".join(lines)
 
 
