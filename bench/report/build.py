@@ -127,20 +127,7 @@ def build_report(
         else None
     )
     points = scaling.scaling_points(prep.trials, reach)
-    fits, bounds = {}, {}
-    best = scaling.best_per_batch(points)
-    for w, g in best.groupby("workload", dropna=False, sort=False):
-        fit = scaling.fit_critical_batch(
-            g["effective_batch_size"].to_numpy(), g["steps_to_target"].to_numpy()
-        )
-        if fit is not None:
-            (fits if fit.bound is None else bounds)[w] = fit
-            if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
-                name = w if isinstance(w, str) else "(unknown workload)"
-                notes.append(
-                    f"{name}: the S(B) fit is poor (rms log error {fit.rms_log_error:.2f}); "
-                    "treat B_crit as a rough indication (too few steps or a noisy target?)"
-                )
+    fits, bounds = _critical_batch_fits(points, notes)
     summary = tables.config_summary(prep, points)
     lap("analyse")
 
@@ -163,6 +150,26 @@ def build_report(
     lap("documents")
     report.timings_s = timings
     return report
+
+
+def _critical_batch_fits(points: pd.DataFrame, notes: list[str]) -> tuple[dict, dict]:
+    """Per workload, the S(B) fit over the best configuration per batch size: (fits that
+    locate B_crit, fits that only bound it); a note where the law fits poorly."""
+    fits, bounds = {}, {}
+    best = scaling.best_per_batch(points)
+    for w, g in best.groupby("workload", dropna=False, sort=False):
+        fit = scaling.fit_critical_batch(
+            g["effective_batch_size"].to_numpy(), g["steps_to_target"].to_numpy()
+        )
+        if fit is not None:
+            (fits if fit.bound is None else bounds)[w] = fit
+            if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
+                name = w if isinstance(w, str) else "(unknown workload)"
+                notes.append(
+                    f"{name}: the S(B) fit is poor (rms log error {fit.rms_log_error:.2f}); "
+                    "treat B_crit as a rough indication (too few steps or a noisy target?)"
+                )
+    return fits, bounds
 
 
 def render_figures(report: Report) -> list:
