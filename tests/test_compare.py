@@ -188,8 +188,8 @@ def test_untested_rows_are_counted_apart_from_no_change(tmp_path):
 
 
 def test_new_missing_and_status_regression(base, tmp_path):
-    # candidate: drops B=4 (missing), adds B=64x1 (new), and B=16x4 now OOMs (b=16 > 8? no:
-    # oom_above applies to b, so make b=16 OOM with oom_above=8).
+    # candidate: drops B=4 (missing), adds B=64x1 (new), and both b=16 configurations
+    # end oom (oom_above applies to the micro-batch: 16 > 8).
     cand = make(tmp_path / "c", shapes=((16, 1), (16, 4), (64, 1)), oom_above=8, rng_seed=1)
     res = C.compare(base, cand, metrics=[METRICS["samples_per_s"]])
     verdicts = {(r.label, r.metric): r.verdict for r in res.rows}
