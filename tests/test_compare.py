@@ -19,6 +19,7 @@ from test_report import NASTY, assert_tables_parse  # tests/ is on sys.path (roo
 from bench.config import TrialConfig
 from bench.errors import BenchError
 from bench.report import compare as C
+from bench.report.compare import sides
 from bench.report.metrics import METRICS, parse_metrics
 from bench.report.synthetic import Synthetic, write_synthetic
 from bench.store import load_results, trials_table, write_atomic
@@ -187,8 +188,8 @@ def test_untested_rows_are_counted_apart_from_no_change(tmp_path):
 
 
 def test_new_missing_and_status_regression(base, tmp_path):
-    # candidate: drops B=4 (missing), adds B=64x1 (new), and B=16x4 now OOMs (b=16 > 8? no:
-    # oom_above applies to b, so make b=16 OOM with oom_above=8).
+    # candidate: drops B=4 (missing), adds B=64x1 (new), and both b=16 configurations
+    # end oom (oom_above applies to the micro-batch: 16 > 8).
     cand = make(tmp_path / "c", shapes=((16, 1), (16, 4), (64, 1)), oom_above=8, rng_seed=1)
     res = C.compare(base, cand, metrics=[METRICS["samples_per_s"]])
     verdicts = {(r.label, r.metric): r.verdict for r in res.rows}
@@ -311,7 +312,7 @@ class PinnedConfig(TrialConfig):
 def test_field_added_at_its_default_still_matches(base, tmp_path, monkeypatch):
     """New code adds ``pin_memory = False``: its results carry the key, the baseline's do
     not, and every trial_key changed; the configurations are still the same."""
-    monkeypatch.setattr(C, "TrialConfig", PinnedConfig)
+    monkeypatch.setattr(sides, "TrialConfig", PinnedConfig)
     cand = edit_configs(make(tmp_path / "c", rng_seed=2), lambda d: {**d, "pin_memory": False})
     res = C.compare(base, cand, metrics=parse_metrics(None))
     assert not {"new", "missing"} & {r.verdict for r in res.rows}
@@ -334,7 +335,7 @@ def test_results_from_before_a_field_existed_match_current_ones(base, tmp_path):
 
 
 def test_a_key_off_its_default_still_tells_configurations_apart(base, tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "TrialConfig", PinnedConfig)
+    monkeypatch.setattr(sides, "TrialConfig", PinnedConfig)
     cand = edit_configs(make(tmp_path / "c", rng_seed=1), lambda d: {**d, "pin_memory": True})
     with pytest.raises(BenchError, match=r"no configuration in common.*pin_memory \(candidate"):
         C.compare(base, cand, metrics=[METRICS["samples_per_s"]])
@@ -405,8 +406,10 @@ def test_cli_bad_input(base, tmp_path, case):
 
 
 def test_ratio_text_signs():
-    assert C._ratio_text(0.8) == "0.800 (-20.0 %)"
-    assert C._ratio_text(math.inf) == "∞"
+    from bench.report.compare.render import ratio_text
+
+    assert ratio_text(0.8) == "0.800 (-20.0 %)"
+    assert ratio_text(math.inf) == "∞"
 
 
 def test_an_int_and_a_float_of_one_setting_match():

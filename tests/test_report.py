@@ -115,13 +115,13 @@ def test_fit_exact_curve(b_crit):
 @pytest.mark.parametrize(
     ("big_b", "steps", "bound", "text"),
     [
-        # Perfect 1/B scaling over the whole range: B_crit lies above it (the fit's own
-        # value was 1.7e19).
+        # Perfect 1/B scaling over the whole range: B_crit lies above it (the least-squares
+        # value is 1.7e19).
         (2.0 ** np.arange(6), 1000.0 / 2.0 ** np.arange(6), ">", "B_crit > 32"),
         # Planted B_crit = 20000 measured only up to 256: even exact points leave it
         # unlocated (noise moves the fitted value by a factor 2, see the end-to-end test).
         (2.0 ** np.arange(3, 9), 100.0 * (1 + 20000 / 2.0 ** np.arange(3, 9)), ">", "B_crit > 256"),
-        # Flat steps: every B measured is past B_crit (the fit's own value was 1e-9).
+        # Flat steps: every B measured is past B_crit (the least-squares value is 1e-9).
         (2.0 ** np.arange(3, 9), np.full(6, 100.0), "<", "B_crit < 8"),
     ],
 )

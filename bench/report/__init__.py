@@ -6,9 +6,11 @@ Modules (each imports pandas at most at top level; seaborn/matplotlib load lazil
 - ``metrics``: the metrics compare knows, with their direction and units.
 - ``scaling``: steps-to-target per trial and the S(B) = S_min (1 + B_crit / B) fit.
 - ``curves``: bin-mean downsampling of loss curves for plotting (never the data).
-- ``tables``: per-configuration summary, Pareto set, GitHub markdown rendering.
-- ``figures``: seaborn figures (PNG + SVG).
+- ``tables``: per-configuration summary, Pareto set, the rows of the report's tables.
+- ``markdown``: the one GitHub markdown table printer and cell escaping rule.
+- ``figures``: seaborn figures (PNG + SVG), one module per figure.
 - ``html``: one self-contained index.html.
+- ``build``: ``bench report``'s pipeline, report.md and the files written.
 - ``compare``: baseline vs candidate with threshold + Mann-Whitney U.
 - ``command``: argparse wiring for ``python -m bench report`` / ``compare``.
 - ``synthetic``: results with planted answers, for tests and the scale benchmark.

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import curves, scaling, tables
+from bench.report.markdown import markdown_table, md_cell
 from bench.report.prepare import STATUSES, Prepared, prepare
 from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
 
@@ -126,20 +127,7 @@ def build_report(
         else None
     )
     points = scaling.scaling_points(prep.trials, reach)
-    fits, bounds = {}, {}
-    best = scaling.best_per_batch(points)
-    for w, g in best.groupby("workload", dropna=False, sort=False):
-        fit = scaling.fit_critical_batch(
-            g["effective_batch_size"].to_numpy(), g["steps_to_target"].to_numpy()
-        )
-        if fit is not None:
-            (fits if fit.bound is None else bounds)[w] = fit
-            if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
-                name = w if isinstance(w, str) else "(unknown workload)"
-                notes.append(
-                    f"{name}: the S(B) fit is poor (rms log error {fit.rms_log_error:.2f}); "
-                    "treat B_crit as a rough indication (too few steps or a noisy target?)"
-                )
+    fits, bounds = _critical_batch_fits(points, notes)
     summary = tables.config_summary(prep, points)
     lap("analyse")
 
@@ -162,6 +150,26 @@ def build_report(
     lap("documents")
     report.timings_s = timings
     return report
+
+
+def _critical_batch_fits(points: pd.DataFrame, notes: list[str]) -> tuple[dict, dict]:
+    """Per workload, the S(B) fit over the best configuration per batch size: (fits that
+    locate B_crit, fits that only bound it); a note where the law fits poorly."""
+    fits, bounds = {}, {}
+    best = scaling.best_per_batch(points)
+    for w, g in best.groupby("workload", dropna=False, sort=False):
+        fit = scaling.fit_critical_batch(
+            g["effective_batch_size"].to_numpy(), g["steps_to_target"].to_numpy()
+        )
+        if fit is not None:
+            (fits if fit.bound is None else bounds)[w] = fit
+            if fit.rms_log_error > 0.25:  # the law explains the points poorly: say so
+                name = w if isinstance(w, str) else "(unknown workload)"
+                notes.append(
+                    f"{name}: the S(B) fit is poor (rms log error {fit.rms_log_error:.2f}); "
+                    "treat B_crit as a rough indication (too few steps or a noisy target?)"
+                )
+    return fits, bounds
 
 
 def render_figures(report: Report) -> list:
@@ -268,14 +276,14 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
 
 def markdown(report: Report) -> str:
     lines = ["# bench report", ""]
-    lines += [f"- {tables.md_cell(m)}" for m in _meta(report)]
+    lines += [f"- {md_cell(m)}" for m in _meta(report)]
     lines.append("")
     for title, intro, headers, rows, align in _tables(report):
-        lines += [f"## {title}", "", intro, "", tables.markdown_table(headers, rows, align)]
+        lines += [f"## {title}", "", intro, "", markdown_table(headers, rows, align)]
     for f in report.figures:
         lines += [f"## {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "", f.caption, ""]
     if report.notes:
-        lines += ["## Notes", ""] + [f"- {tables.md_cell(n)}" for n in report.notes] + [""]
+        lines += ["## Notes", ""] + [f"- {md_cell(n)}" for n in report.notes] + [""]
     return "\n".join(lines)
 
 

@@ -76,37 +76,10 @@ def config_bands(
     b = binned.assign(config_id=binned["trial_key"].map(cfg))
     for cid, g in b.groupby("config_id", sort=False):
         seeds = [s for _, s in g.groupby("trial_key", sort=False)]
-        xs = [s[x].to_numpy() for s in seeds]
-        xs_finite = [v[np.isfinite(v)] for v in xs]
-        if not any(len(v) for v in xs_finite):
+        grid = _grid([s[x].to_numpy() for s in seeds], grid_points)
+        if grid is None:
             continue
-        lo_x = min(v.min() for v in xs_finite if len(v))
-        hi_x = max(v.max() for v in xs_finite if len(v))
-        if hi_x <= lo_x:
-            grid = np.array([lo_x])
-        elif lo_x > 0:  # the figures' x axes are logarithmic
-            grid = np.geomspace(lo_x, hi_x, grid_points)
-        else:
-            grid = np.linspace(lo_x, hi_x, grid_points)
-        ys = np.full((len(seeds), len(grid)), np.nan)
-        for i, s in enumerate(seeds):
-            xv, yv = s[x].to_numpy(), s["loss"].to_numpy()
-            ok = np.isfinite(xv)
-            xv, yv = xv[ok], yv[ok]
-            if not len(xv):
-                continue
-            order = np.argsort(xv, kind="stable")
-            xv, yv = xv[order], yv[order]
-            inside = (grid >= xv[0]) & (grid <= xv[-1])
-            ys[i, inside] = np.interp(grid[inside], xv, yv)
-            # Interpolation across a NaN gap would invent values: keep the gap.
-            if np.isnan(yv).any():
-                nan_x = xv[np.isnan(yv)]
-                near = np.searchsorted(xv, grid[inside])
-                bad = np.isin(xv[np.clip(near, 0, len(xv) - 1)], nan_x)
-                row = ys[i, inside]
-                row[bad] = np.nan
-                ys[i, inside] = row
+        ys = np.array([_on_grid(s[x].to_numpy(), s["loss"].to_numpy(), grid) for s in seeds])
         n = np.isfinite(ys).sum(axis=0)
         every = n == len(seeds)
         full = ys[:, every]
@@ -127,17 +100,8 @@ def config_bands(
                 }
             )
         )
-        some = (n > 0) & ~every
-        if some.any():
-            # Each incomplete stretch with its complete neighbours, so the lines start
-            # where the band ends (and end where it resumes).
-            near = some | np.r_[some[1:], False] | np.r_[False, some[:-1]]
-            for key, row in zip((s["trial_key"].iloc[0] for s in seeds), ys, strict=True):
-                if np.isfinite(row[some]).any():  # the seeds that go on
-                    y = np.where(near, row, np.nan)
-                    partial.append(
-                        pd.DataFrame({"config_id": cid, "trial_key": key, "x": grid, "loss": y})
-                    )
+        keys = [s["trial_key"].iloc[0] for s in seeds]
+        partial += _seeds_past_the_band(cid, keys, grid, ys, (n > 0) & ~every)
     bands = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in cols})
     part = (
         pd.concat(partial, ignore_index=True)
@@ -145,3 +109,56 @@ def config_bands(
         else pd.DataFrame({c: [] for c in part_cols})
     )
     return bands, part
+
+
+def _grid(xs: list[np.ndarray], points: int) -> np.ndarray | None:
+    """The common x grid of a configuration's seeds (None when none has a finite x):
+    geometric when every x is positive, as the figures' x axes are logarithmic."""
+    xs_finite = [v[np.isfinite(v)] for v in xs]
+    if not any(len(v) for v in xs_finite):
+        return None
+    lo_x = min(v.min() for v in xs_finite if len(v))
+    hi_x = max(v.max() for v in xs_finite if len(v))
+    if hi_x <= lo_x:
+        return np.array([lo_x])
+    if lo_x > 0:
+        return np.geomspace(lo_x, hi_x, points)
+    return np.linspace(lo_x, hi_x, points)
+
+
+def _on_grid(xv: np.ndarray, yv: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One seed's loss interpolated onto ``grid`` inside its own x range, NaN elsewhere."""
+    out = np.full(len(grid), np.nan)
+    ok = np.isfinite(xv)
+    xv, yv = xv[ok], yv[ok]
+    if not len(xv):
+        return out
+    order = np.argsort(xv, kind="stable")
+    xv, yv = xv[order], yv[order]
+    inside = (grid >= xv[0]) & (grid <= xv[-1])
+    out[inside] = np.interp(grid[inside], xv, yv)
+    # Interpolation across a NaN gap would invent values: keep the gap.
+    if np.isnan(yv).any():
+        nan_x = xv[np.isnan(yv)]
+        near = np.searchsorted(xv, grid[inside])
+        bad = np.isin(xv[np.clip(near, 0, len(xv) - 1)], nan_x)
+        row = out[inside]
+        row[bad] = np.nan
+        out[inside] = row
+    return out
+
+
+def _seeds_past_the_band(cid, keys: list, grid, ys: np.ndarray, some: np.ndarray) -> list:
+    """Frames of the seeds that have values where not every seed does (``some``)."""
+    if not some.any():
+        return []
+    # Each incomplete stretch with its complete neighbours, so the lines start
+    # where the band ends (and end where it resumes).
+    near = some | np.r_[some[1:], False] | np.r_[False, some[:-1]]
+    return [
+        pd.DataFrame(
+            {"config_id": cid, "trial_key": key, "x": grid, "loss": np.where(near, row, np.nan)}
+        )
+        for key, row in zip(keys, ys, strict=True)
+        if np.isfinite(row[some]).any()  # the seeds that go on
+    ]

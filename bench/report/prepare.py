@@ -182,6 +182,22 @@ def prepare(results: Results) -> Prepared:
     trials = results.trials.copy()
     if not len(trials):
         raise BenchError("results are empty: no trial rows")
+    _coerce(trials)
+    dicts = [config_dict(r) for _, r in trials.iterrows()]
+    trials["config_id"] = [config_id_of(d) for d in dicts]
+    trials["config_label"] = trials["config_id"].map(_labels(trials, dicts))
+    trials["peak_memory_bytes"], trials["peak_memory_source"] = _peak_memory(trials)
+    steps = lean_steps(results.steps)
+    notes = []
+    versions = sorted({int(v) for v in trials["schema_version"].dropna()})
+    if versions:
+        notes.append("schema_version " + ", ".join(map(str, versions)))
+    return Prepared(trials=trials, steps=steps, configs=_configs(trials), notes=notes)
+
+
+def _coerce(trials: pd.DataFrame) -> None:
+    """Numbers as floats, names as objects with None for missing, in place; a key for
+    rows without one and B = b*k where a row lacks it."""
     for c in TRIAL_NUMERIC:
         trials[c] = pd.to_numeric(trials[c], errors="coerce").astype(float)
     for c in ("workload", "mode", "precision", "status", "device", "trial_key", "optimizer"):
@@ -197,10 +213,10 @@ def prepare(results: Results) -> Prepared:
         eff.notna(), trials["micro_batch_size"] * trials["accumulation_steps"]
     )
 
-    dicts = [config_dict(r) for _, r in trials.iterrows()]
-    trials["config_id"] = [config_id_of(d) for d in dicts]
 
-    # Which flattened keys vary across configurations: those go into the label.
+def _labels(trials: pd.DataFrame, dicts: list[dict[str, Any]]) -> dict[str, str]:
+    """Per config_id: the batch shape and the keys whose values vary across
+    configurations; the id appended where two configurations would print alike."""
     flat_by_id: dict[str, dict[str, Any]] = {}
     for cid, d in zip(trials["config_id"], dicts, strict=True):
         flat_by_id.setdefault(cid, _flatten(d))
@@ -225,39 +241,26 @@ def prepare(results: Results) -> Prepared:
     seen: dict[str, int] = {}
     for lab in labels.values():
         seen[lab] = seen.get(lab, 0) + 1
-    labels = {cid: (lab if seen[lab] == 1 else f"{lab} [{cid[:6]}]") for cid, lab in labels.items()}
-    trials["config_label"] = trials["config_id"].map(labels)
+    return {cid: (lab if seen[lab] == 1 else f"{lab} [{cid[:6]}]") for cid, lab in labels.items()}
 
+
+def _peak_memory(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per trial the first present of PEAK_MEMORY_SOURCES, and which one it was."""
     mem = pd.Series(np.nan, index=trials.index)
     src = pd.Series(None, index=trials.index, dtype=object)
     for c in PEAK_MEMORY_SOURCES:
         take = mem.isna() & trials[c].notna()
         mem[take] = trials.loc[take, c]
         src[take] = c
-    trials["peak_memory_bytes"] = mem
-    trials["peak_memory_source"] = src
+    return mem, src
 
-    steps = lean_steps(results.steps)
 
-    notes = []
-    versions = sorted({int(v) for v in trials["schema_version"].dropna()})
-    if versions:
-        notes.append("schema_version " + ", ".join(map(str, versions)))
-    configs = (
-        trials.drop_duplicates("config_id")[
-            [
-                "config_id",
-                "config_label",
-                "workload",
-                "mode",
-                "micro_batch_size",
-                "accumulation_steps",
-                "effective_batch_size",
-                "lr",
-                "precision",
-                "optimizer",
-            ]
-        ]
+def _configs(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration, by workload, then batch size, then label."""
+    cols = ["config_id", "config_label", "workload", "mode", "micro_batch_size"]
+    cols += ["accumulation_steps", "effective_batch_size", "lr", "precision", "optimizer"]
+    return (
+        trials.drop_duplicates("config_id")[cols]
         .sort_values(
             ["workload", "effective_batch_size", "micro_batch_size", "config_label"],
             na_position="last",
@@ -265,7 +268,6 @@ def prepare(results: Results) -> Prepared:
         )
         .reset_index(drop=True)
     )
-    return Prepared(trials=trials, steps=steps, configs=configs, notes=notes)
 
 
 def lean_steps(steps: pd.DataFrame) -> pd.DataFrame:

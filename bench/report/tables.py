@@ -1,4 +1,4 @@
-"""Per-configuration summary, Pareto set, and GitHub-flavoured markdown tables.
+"""Per-configuration summary, Pareto set, and the rows of the report's tables.
 
 Every number is a median over a configuration's seeds (its repeats) with the min–max
 spread beside it; metrics come from ok trials only, status counts from all of them.
@@ -6,13 +6,13 @@ spread beside it; metrics come from ok trials only, status counts from all of th
 
 from __future__ import annotations
 
-import html
 import math
-import re
 
 import numpy as np
 import pandas as pd
 
+# markdown_table and md_cell are importable from here too, where the report's rows are.
+from bench.report.markdown import markdown_table, md_cell  # noqa: F401
 from bench.report.metrics import format_value
 from bench.report.prepare import STATUSES, Prepared
 
@@ -103,37 +103,6 @@ def _front(summary: pd.DataFrame) -> np.ndarray:
         dominated = np.any(np.all(others <= m[i], axis=1) & np.any(others < m[i], axis=1))
         mask[i] = not dominated
     return mask
-
-
-# -- markdown -------------------------------------------------------------------------------
-
-_NEWLINES = re.compile(r"\r\n|\r|\n")
-
-
-def md_cell(value: object) -> str:
-    """One table cell: HTML escaped (GitHub renders inline HTML), backslashes and pipes
-    escaped (a `|` would split the cell: GFM spec, tables extension), newlines as <br>."""
-    text = "" if value is None else str(value)
-    text = html.escape(text, quote=False)
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
-    text = _NEWLINES.sub("<br>", text.strip())
-    return text
-
-
-def markdown_table(
-    headers: list[str], rows: list[list[object]], align: list[str] | None = None
-) -> str:
-    align = align or ["l"] * len(headers)
-    marks = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = [
-        "| " + " | ".join(md_cell(h) for h in headers) + " |",
-        "| " + " | ".join(marks[a] for a in align) + " |",
-    ]
-    for r in rows:
-        if len(r) != len(headers):
-            raise ValueError(f"row has {len(r)} cells, table has {len(headers)} columns")
-        lines.append("| " + " | ".join(md_cell(v) or " " for v in r) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def spread(row: pd.Series, m: str, unit: str = "") -> str:
