@@ -6,10 +6,13 @@ evaluation) is run three ways, interleaved in a rotating order so drift cancels,
 ``--repeats`` times:
 
 - tutorial: the hand-written loop the seed tutorial teaches (``loss.backward()``);
-- lean: the same loop calling the autograd engine's entry point directly, skipping
-  ``torch.autograd.backward``'s Python (~7 us a step on the CPU): a floor for a Python
-  loop, and what bench's loop does too (``bench.train._engine_backward``), so against
-  it the ratio is bench's own bookkeeping alone;
+  bench's step makes the same public calls (``Tensor.backward``, ``torch.optim``), so
+  bench / tutorial is the cost of bench's own bookkeeping;
+- lean: the same loop calling the autograd engine's private entry point
+  (``torch.autograd.Variable._execution_engine.run_backward``) directly, skipping
+  ``torch.autograd.backward``'s Python (~7 us a step on the CPU): a floor for a
+  hand-tuned Python loop, which bench does not use; bench / lean adds the public API's
+  Python to the bookkeeping;
 - bench: ``bench.trial.run_trial`` with every meter on and its defaults (sampled gradient
   norms included), ``eval_every = 0`` because the bare loops do not evaluate.
 
@@ -73,7 +76,7 @@ def bare_loop(
     tensors, randperm per epoch, index_select batches, mean cross-entropy, SGD. No
     logging, no meters, no host reads until the end (per-step perf_counter on CPU only,
     where kernels run synchronously; ~0.1 us each). ``lean``: backward through the
-    autograd engine's entry point instead of ``loss.backward()``."""
+    autograd engine's private entry point instead of ``loss.backward()``."""
     if workload is None:
         workload = build_workload(
             config.workload, samples=config.samples, options=config.workload_options

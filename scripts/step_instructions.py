@@ -9,8 +9,9 @@ the difference in steps is the per-step count, with set-up and teardown cancelle
 
 The loops are those of ``scripts/bench_overhead.py`` (its ``bare_loop``, per-step clock
 read included, as bench has one): ``tutorial`` (``loss.backward()``), ``lean`` (the
-autograd engine's entry point called directly, a floor) and ``bench`` (``bench.train.train``,
-flushes included, no evaluation, default gradient-norm sampling).
+autograd engine's private entry point called directly, a floor) and ``bench``
+(``bench.train.train``: the public ``Tensor.backward`` as in the tutorial, flushes
+included, no evaluation, default gradient-norm sampling).
 Instructions are not time (cache misses and stalls are not counted), but on these
 dispatch-bound CPU steps they track it: seed-mlp runs ~8.6 instructions per ns here.
 

@@ -1,5 +1,6 @@
 """The training loop does what the plan says, and accumulation is exact."""
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -9,8 +10,12 @@ import torch
 from torch.nn import functional as F
 
 import bench.train
+import bench.train_optim
 from bench.config import TrialConfig
-from bench.train import LRSchedule, hold_grad_accumulators, train
+from bench.train import train
+from bench.train_events import EventSchedule
+from bench.train_optim import LRSchedule, hold_grad_accumulators
+from bench.train_windows import WindowPlan
 from bench.trial import prepare
 
 
@@ -347,10 +352,11 @@ def test_mixed_precision_trains_on_cpu(precision):
 
 def test_fused_step_only_for_fp16_on_cuda():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    wanted = bench.train_optim.fused_step_wanted
     for precision in ("fp32", "bf16", "fp64"):
-        assert not bench.train.fused_step_wanted(TrialConfig(precision=precision), cuda)
-    assert bench.train.fused_step_wanted(TrialConfig(precision="fp16"), cuda)
-    assert not bench.train.fused_step_wanted(TrialConfig(precision="fp16"), cpu)
+        assert not wanted(TrialConfig(precision=precision), cuda)
+    assert wanted(TrialConfig(precision="fp16"), cuda)
+    assert not wanted(TrialConfig(precision="fp16"), cpu)
 
 
 @pytest.mark.parametrize(("optimizer", "clip"), [("sgd", None), ("adamw", 1.0)])
@@ -533,6 +539,7 @@ def test_a_time_limit_passing_at_the_last_step_does_not_fail_a_finished_trial():
         {"accumulation_steps": 1},
         {"accumulation_steps": 3},
         {"accumulation_steps": 3, "normalize": "micro", "grad_clip": 0.5},
+        {"accumulation_steps": 2, "precision": "fp16", "grad_clip": 1.0},
         {
             "workload": "char-lm",
             "precision": "fp32",
@@ -547,40 +554,85 @@ def test_a_time_limit_passing_at_the_last_step_does_not_fail_a_finished_trial():
         },
     ],
 )
-def test_engine_backward_equals_tensor_backward_bit_for_bit(monkeypatch, overrides):
-    # The loop calls the autograd engine directly (bench.train._engine_backward); with the
-    # entry point absent it falls back to Tensor.backward. Same gradients, same losses.
+def test_every_backward_goes_through_the_public_tensor_backward(monkeypatch, overrides):
+    # The timed step is the loop users write: one Tensor.backward per micro-batch, each
+    # seeded with that micro-batch's weight; nothing reaches the autograd engine another way.
+    calls, real = [], torch.Tensor.backward
+
+    def counting(self, gradient=None, *args, **kwargs):
+        calls.append(gradient)
+        return real(self, gradient, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counting)
     kw = {**SHORT, "epochs": 2, "batch_size": 8, **overrides}
-    fast_model, fast, _, _ = run(**kw)
-    monkeypatch.setattr(bench.train, "_RUN_BACKWARD", None)
-    slow_model, slow, _, _ = run(**kw)
-    assert len(fast.rows) == len(slow.rows) > 2
-    assert [r["loss"] for r in fast.rows] == [r["loss"] for r in slow.rows]
-    assert [r["grad_norm"] for r in fast.rows] == [r["grad_norm"] for r in slow.rows]
-    for a, b in zip(fast_model.parameters(), slow_model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    _, outcome, _, _ = run(**kw)
+    assert outcome.status == "ok" and outcome.optimizer_steps > 2
+    assert len(calls) == outcome.micro_batches
+    assert all(isinstance(g, torch.Tensor) and g.dim() == 0 for g in calls)
 
 
-def test_engine_backward_is_found_here_and_refused_when_it_misbehaves(monkeypatch):
-    # On this torch the fast path is in use (else the bit-for-bit test above compares the
-    # fallback with itself); an entry point that rejects our arguments is not used.
-    assert bench.train.engine_backward() is not None
-
-    class Engine:
-        @staticmethod
-        def run_backward(*args):
-            raise TypeError("run_backward() takes 6 positional arguments")
-
-    monkeypatch.setattr(torch.autograd.Variable, "_execution_engine", Engine())
-    assert bench.train._engine_backward() is None
+_SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
-def test_engine_backward_is_not_used_with_autograd_debug_logging(monkeypatch):
-    import logging
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"precision": "fp32"},
+        {"precision": "bf16", "optimizer": "adamw", "grad_clip": 1.0},
+        {"precision": "fp16", "fused": True},
+        {"precision": "fp16", "fused": True, "optimizer": "adamw", "grad_clip": 1.0},
+        {
+            "workload": "char-lm",
+            "samples": 64,
+            "batch_size": 4,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "grad_clip": 1.0,
+            "workload_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
+        },
+    ],
+)
+def test_no_host_read_of_a_tensor_outside_sync_points(monkeypatch, overrides):
+    # The CPU stand-in for the CUDA no-sync test: every Python-level read of a tensor's
+    # value (what syncs on CUDA) raises unless the loop is inside host_sync_point.
+    # fp16 runs the fused optimizer step, as on CUDA. Exempt: torch.optim's reads of its
+    # step counters, host tensors on CUDA too (the CUDA test checks that for real).
+    overrides = dict(overrides)
+    if overrides.pop("fused", False):
+        monkeypatch.setattr(bench.train, "fused_step_wanted", lambda config, device: True)
+    inside, real_point = [0], bench.train.host_sync_point
 
-    assert bench.train.engine_backward() is not None
-    monkeypatch.setattr(logging.getLogger("torch.autograd.graph"), "level", logging.DEBUG)
-    assert bench.train.engine_backward() is None
+    @contextlib.contextmanager
+    def counted_point(device):
+        inside[0] += 1
+        try:
+            with real_point(device):
+                yield
+        finally:
+            inside[0] -= 1
+
+    def guard(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if not inside[0] and not caller.startswith("torch.optim."):
+                raise AssertionError(f"Tensor.{name} outside a host sync point")
+            return real(self, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(bench.train, "host_sync_point", counted_point)
+    kw = dict(batch_size=16, accumulation_steps=2, samples=256, epochs=2, flush_every=8)
+    config = TrialConfig(**{"workload": "teacher-mlp", "device": "cpu", "eval_every": 5, **kw,
+                            **overrides})  # fmt: skip
+    workload, plan, device = prepare(config)
+    with monkeypatch.context() as patch:
+        for name in _SYNCING:
+            patch.setattr(torch.Tensor, name, guard(name))
+        _, outcome = train(config, workload, plan, device)
+    assert outcome.status == "ok" and outcome.optimizer_steps == plan.total_steps
+    assert any(r["val_loss"] is not None for r in outcome.rows)
 
 
 def test_importing_bench_runs_no_backward_and_a_forked_child_can_train():
@@ -588,8 +640,12 @@ def test_importing_bench_runs_no_backward_and_a_forked_child_can_train():
     # threads on a GPU machine, and every forked trial's backward would then fail.
     code = """
 import os, sys, torch
+calls = []
+real = torch.autograd.backward
+torch.autograd.backward = lambda *a, **k: calls.append(1) or real(*a, **k)
 import bench.train, bench.trial
-assert bench.train._RUN_BACKWARD is bench.train._UNCHECKED, "a backward ran at import"
+assert not calls, "a backward ran at import"
+torch.autograd.backward = real
 pid = os.fork()
 if pid == 0:
     x = torch.ones(3, requires_grad=True)
@@ -624,3 +680,57 @@ def test_held_grad_accumulators_are_reused_by_every_new_graph():
         nodes = accumulate_grad_nodes()
         assert len(nodes) == 2
         assert all(any(n is h for h in held) for n in nodes), "a graph built its own node"
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "warmup", "flush_every"), [(None, 3, 4), (0, 0, 5), (6, 7, 64), (1, 2, 3)]
+)
+def test_event_schedule_visits_every_flush_warm_up_evaluation_and_the_last_step(
+    eval_every, warmup, flush_every
+):
+    config = TrialConfig(
+        workload="teacher-mlp", batch_size=8, accumulation_steps=4, samples=100, epochs=3,
+        eval_every=eval_every, timing_warmup_steps=warmup, flush_every=flush_every,
+    )  # fmt: skip
+    _, plan, _ = prepare(config)
+    events = EventSchedule(config, plan)
+    total, per_epoch = plan.total_steps, plan.steps_per_epoch
+    assert (total, per_epoch, events.warmup_steps) == (12, 4, warmup)
+
+    def due(s):
+        return (
+            s % per_epoch == 0 if eval_every is None else bool(eval_every) and s % eval_every == 0
+        )
+
+    expected = [
+        s for s in range(1, total + 1)
+        if s % flush_every == 0 or s in (warmup, total) or due(s)
+    ]  # fmt: skip
+    visited, step = [], 0
+    while step < total:
+        step = events.next(step)
+        visited.append(step)
+    assert visited == expected
+    assert [s for s in range(1, total + 1) if events.eval_due(s)] == [
+        s for s in range(1, total + 1) if due(s)
+    ]
+    assert events.out_of_time(5) is None  # no time limit set
+
+
+@pytest.mark.parametrize("normalize", ["sample", "micro"])
+def test_window_plan_weights_and_counts_follow_the_plan(normalize):
+    # 100 samples, b=8, k=4: windows of 4, 4, 4, 1 micro-batches; the last holds 4 samples.
+    config = TrialConfig(workload="teacher-mlp", **SHORT, batch_size=8, accumulation_steps=4)
+    _, plan, _ = prepare(config)
+    windows = WindowPlan(
+        plan, token_unit=False, sample_normalised=normalize == "sample",
+        dtype=torch.float64, device=torch.device("cpu"),
+    )  # fmt: skip
+    assert [(w.micro_batches, w.samples) for w in windows.windows] == [(4, 32)] * 3 + [(1, 4)]
+    weights = [[float(x) for x in w.weights] for w in windows.windows]
+    if normalize == "sample":  # every micro-batch divided by its window's samples
+        assert weights == [[1 / 32] * 4] * 3 + [[1 / 4]]
+    else:  # the tutorial's mean / k: by the micro-batch's own size times k
+        assert weights == [[1 / 32] * 4] * 3 + [[1 / 16]]
+    assert [windows.samples_seen(s) for s in range(1, 9)] == [32, 64, 96, 100, 132, 164, 196, 200]
+    assert windows.of_step(8) is windows.windows[3]

@@ -1,0 +1,149 @@
+"""What the training loop records: a step's device results, read back only at flush points.
+
+nanoGPT's comment: ``.item()`` is a sync point. Until the next flush the recorder holds,
+per step, only what the device computed: the window's loss sum (and token count), the
+sampled gradient norms, and the clock's marks. Every other column of a step row follows
+from the plan and is made at flush time, off the step clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.meters.clock import StepClock
+from bench.train_optim import LRSchedule
+from bench.train_windows import WindowPlan
+
+
+@dataclass
+class TrainOutcome:
+    """What the loop observed. Filled as it goes, so a crash mid-run keeps what was flushed."""
+
+    status: str = "ok"  # ok / diverged / failed (time limit)
+    error: str | None = None
+    stopped_early: bool = False
+    rows: list[dict] = field(default_factory=list)  # one per flushed optimizer step
+    step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
+    tokens_seen: int | None = None
+    best_val_loss: float | None = None
+    epochs_run: int = 0
+    timing_warmup_steps: int = 0  # steps actually excluded from throughput
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def optimizer_steps(self) -> int:
+        return len(self.rows)
+
+    @property
+    def micro_batches(self) -> int:
+        return sum(row["micro_batches"] for row in self.rows)
+
+    @property
+    def samples_seen(self) -> int:
+        return self.rows[-1]["samples_seen"] if self.rows else 0
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.rows[-1]["loss"] if self.rows else None
+
+
+class StepRecorder:
+    """Keeps each step's device tensors; ``flush`` turns them into ``outcome.rows``."""
+
+    def __init__(
+        self,
+        outcome: TrainOutcome,
+        windows: WindowPlan,
+        clock: StepClock,
+        schedule: LRSchedule,
+        *,
+        per_epoch_schedule: bool,
+        token_unit: bool,
+    ) -> None:
+        self.outcome, self.windows, self.clock, self.schedule = outcome, windows, clock, schedule
+        self.per_epoch_schedule, self.token_unit = per_epoch_schedule, token_unit
+        self._losses: list[torch.Tensor] = []
+        self._units: list[torch.Tensor] = []  # token workloads only
+        self._norms: dict[int, torch.Tensor] = {}  # step -> global gradient norm
+        # Bound once: the hot loop calls these every step.
+        self.keep_loss = self._losses.append
+        self.keep_units = self._units.append
+
+    def keep_norm(self, step: int, norm: torch.Tensor) -> None:
+        self._norms[step] = norm
+
+    def flush(self) -> bool:
+        """Read back pending losses and times; False when training must stop (diverged)."""
+        if not self._losses:
+            return True
+        outcome = self.outcome
+        first = outcome.rows[-1]["step"] + 1 if outcome.rows else 1
+        steps = range(first, first + len(self._losses))
+        seconds = self.clock.flush()
+        losses, tokens = self._read_losses(steps)
+        norms = self._read_norms()
+        elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
+        for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
+            elapsed += dt
+            outcome.rows.append(self._row(step, loss, n_tokens, norms.get(step), elapsed))
+            outcome.step_seconds.append(dt)
+            if not math.isfinite(loss):
+                outcome.status = "diverged"
+                outcome.error = f"non-finite loss ({loss}) at step {step}"
+                break
+        self._losses.clear()
+        self._units.clear()
+        self._norms.clear()
+        return outcome.status == "ok"
+
+    def drop_unfinished_window(self) -> None:
+        """After an error mid-window: its token count, if taken, has no loss to go with."""
+        del self._units[len(self._losses) :]
+
+    def _read_losses(self, steps: range) -> tuple[list[float], list[int | None]]:
+        """Mean loss per unit of each step, and its token count (None for sample units).
+
+        One device read for the losses (and token counts); the division by each window's
+        units is float64 either way, so Python's is the same number as the device's.
+        """
+        loss_sums = torch.stack(self._losses).double().tolist()
+        if self.token_unit:
+            tokens = [int(t) for t in torch.stack(self._units).tolist()]
+            units = tokens
+        else:
+            units = [self.windows.of_step(step).samples for step in steps]
+            tokens = [None] * len(steps)
+        losses = [  # a window of no units (all padding) has no mean: nan, as on the device
+            loss_sum / n if n else math.nan for loss_sum, n in zip(loss_sums, units, strict=True)
+        ]
+        return losses, tokens
+
+    def _read_norms(self) -> dict[int, float]:
+        if not self._norms:
+            return {}
+        values = torch.stack(list(self._norms.values())).tolist()  # one read for all steps
+        return dict(zip(self._norms, values, strict=True))
+
+    def _row(
+        self, step: int, loss: float, tokens: int | None, grad_norm: float | None, time_s: float
+    ) -> dict:
+        epoch, index = divmod(step - 1, self.windows.steps_per_epoch)
+        window = self.windows.windows[index]
+        intervals = epoch if self.per_epoch_schedule else step - 1  # scheduler steps before
+        return {
+            "epoch": epoch + 1,
+            "step": step,
+            "step_in_epoch": index + 1,
+            "micro_batches": window.micro_batches,
+            "samples": window.samples,
+            "samples_seen": self.windows.samples_seen(step),
+            "tokens": tokens,
+            "loss": loss,
+            "lr": self.schedule.lr_at(intervals),
+            "grad_norm": grad_norm,
+            "time_s": time_s,
+            "val_loss": None,
+        }
