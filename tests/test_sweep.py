@@ -21,9 +21,9 @@ import torch
 # skipped there, never a collection error. CI installs it, so everywhere else it runs.
 optuna = pytest.importorskip("optuna")
 
+from bench.console import Progress  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.store import load_results  # noqa: E402
-from bench.console import Progress  # noqa: E402
 from bench.sweep.runner import run_sweep  # noqa: E402
 from bench.sweep.spec import load_spec  # noqa: E402
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.console import Progress
 from bench.errors import BenchError
 from bench.sweep.pool import Ended
-from bench.console import Progress
 from bench.sweep.tickets import Job, Tickets
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench.console import Progress, format_duration
 from bench.errors import BenchError, ConfigError
 from bench.sweep.pool import WorkerPool, worker_plan
-from bench.console import Progress, format_duration
 from bench.sweep.recorder import Recorder
 from bench.sweep.spec import SweepSpec, describe_point
 from bench.sweep.storage import StorageHandle, open_storage

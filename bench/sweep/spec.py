@@ -331,8 +331,6 @@ def display_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-
-
 def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:
     axis_names = list(spec.axes)
     combos = list(itertools.product(*(spec.axes[a] for a in axis_names))) or [()]
