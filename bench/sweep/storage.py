@@ -18,7 +18,8 @@ journal storage has none). Both are built here on what dies with the process, so
 ``kill -9`` releases them at once and nothing needs a timeout:
 
 - journal: ``fcntl.flock`` on files next to the journal (the kernel drops a dead
-  process's locks). Local file systems only, like the journal's own guarantees.
+  process's locks; the mutex is :func:`bench.filelock.exclusive`). Local file systems
+  only, like the journal's own guarantees.
 - PostgreSQL: session-level advisory locks (``pg_advisory_lock``) on a connection the
   coordinator holds for its lifetime (the server drops them when the session ends).
 """
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, ConfigError
+from bench.filelock import exclusive
 
 JOURNAL_NAME = "optuna.journal"
 
@@ -82,7 +84,6 @@ class FileCoordination(Coordination):
         self.owners = folder / f"{sweep}.owners"
         self.owner = new_owner_id()
         self._alive_fd: int | None = None
-        self._mutex_fd: int | None = None
 
     def start(self) -> None:
         self.owners.mkdir(parents=True, exist_ok=True)
@@ -91,16 +92,10 @@ class FileCoordination(Coordination):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
         self._alive_fd = fd
-        self._mutex_fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
 
-    @contextlib.contextmanager
-    def mutex(self) -> Iterator[None]:
-        assert self._mutex_fd is not None, "start() first"
-        fcntl.flock(self._mutex_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._mutex_fd, fcntl.LOCK_UN)
+    def mutex(self) -> contextlib.AbstractContextManager[None]:
+        assert self._alive_fd is not None, "start() first"
+        return exclusive(self.lock_path)
 
     def is_alive(self, owner: str) -> bool:
         if owner == self.owner:
@@ -135,9 +130,6 @@ class FileCoordination(Coordination):
                 (self.owners / f"{self.owner}.alive").unlink()
             os.close(self._alive_fd)
             self._alive_fd = None
-        if self._mutex_fd is not None:
-            os.close(self._mutex_fd)
-            self._mutex_fd = None
 
 
 class PostgresCoordination(Coordination):

@@ -1,0 +1,63 @@
+"""OOM boundaries: the largest micro-batch that fits a memory capacity, and the (b, k)
+split that reaches a target batch fastest.
+
+``python -m bench oom --workload W [--capacity SIZE ...] [--target-batch B]``
+
+For each capacity, a *probe* at micro-batch b runs N full optimizer steps (forward,
+backward, optimizer step with its state allocated, an evaluation pass, and for token
+workloads every sequence at full length) in a fresh process under the capacity's cap
+(:mod:`bench.procs`). The search doubles b from a start value until a probe runs out
+of memory, then bisects between the last fit and the first OOM to the exact boundary
+(or a stated tolerance), in at most 2*log2(b*) + 2 probes from start 1. The search
+stops at ``--max-batch`` and at the training set's size. A probe that fails for any
+reason but memory stops the search with that error: it would otherwise be read as a
+(wrong) boundary.
+
+Every probe is a row of ``<results>/oom/<name>/probes.parquet``; a probe already there
+(same configuration, capacity, machine, software and code; outcome ok/oom) is reused,
+so a second run answers without new probes. ``--fresh`` ignores stored probes.
+
+One job per module:
+
+- :mod:`~bench.oom.boundary_search`: the search over a ``fits(b)`` callable (pure);
+- :mod:`~bench.oom.probe_spec`: the configuration a probe runs and the keys for reuse;
+- :mod:`~bench.oom.probe_store`: ``probes.parquet`` under a file lock;
+- :mod:`~bench.oom.prober`: runs probes in capped child processes, re-runs a killed one;
+- :mod:`~bench.oom.capacity`: one capacity's boundary and safe batch after the margin;
+- :mod:`~bench.oom.planner`: the fastest (b, k) for a target batch;
+- :mod:`~bench.oom.arguments`: the command's flags and their checks;
+- :mod:`~bench.oom.command`: ``main``, the command's run; :mod:`~bench.oom.output`: its text.
+"""
+
+from bench.oom.arguments import DEFAULT_MARGIN_PCT, add_arguments
+from bench.oom.boundary_search import probe_bound, search
+from bench.oom.capacity import Boundary, CapacityResult, find_boundary
+from bench.oom.command import main
+from bench.oom.output import render
+from bench.oom.planner import divisors
+from bench.oom.probe_spec import SearchSpec, probe_identity, probe_key, search_key
+from bench.oom.probe_store import PROBE_COLUMNS, ProbeStore
+from bench.oom.prober import ProbeFailed, Prober, peak_bytes, probe_row
+
+__all__ = [
+    "DEFAULT_MARGIN_PCT",
+    "PROBE_COLUMNS",
+    "Boundary",
+    "CapacityResult",
+    "ProbeFailed",
+    "ProbeStore",
+    "Prober",
+    "SearchSpec",
+    "add_arguments",
+    "divisors",
+    "find_boundary",
+    "main",
+    "peak_bytes",
+    "probe_bound",
+    "probe_identity",
+    "probe_key",
+    "probe_row",
+    "render",
+    "search",
+    "search_key",
+]

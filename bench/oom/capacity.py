@@ -1,0 +1,133 @@
+"""One capacity's answer: the boundary found by probes, and the safe batch after a
+memory margin.
+
+The safety margin is a share of memory, not of batch: "after a 10 % margin" is the
+largest b that fits in 90 % of the capacity, found by a second, short search (galloping
+from ``floor(b* x 0.9)`` in small steps, then bisecting) under that reduced cap, so the
+reported safe batch was itself run, not extrapolated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from bench.oom.boundary_search import probe_bound, search
+from bench.oom.prober import ProbeFailed, Prober
+
+
+@dataclass
+class Boundary:
+    """Result of one search: ``boundary`` fits, ``first_oom`` does not (None: never hit)."""
+
+    boundary: int  # largest b proven to fit (0: not even the smallest tried)
+    first_oom: int | None  # smallest b proven not to fit
+    limited_by: str | None  # "max-batch" / "dataset" when the search hit the upper limit
+    probes: int
+    new_probes: int
+    wall_s: float
+
+
+def find_boundary(
+    prober: Prober,
+    *,
+    start: int,
+    upper: int,
+    tolerance: int,
+    first_step: int | None = None,
+    on_probe=None,
+) -> Boundary:
+    """The boundary search with ``prober``'s probes as ``fits``: ok fits, oom does not,
+    and any other outcome raises ProbeFailed (it would read as a wrong boundary)."""
+    before_probes, before_new = prober.probes, prober.new_probes
+    t0 = time.perf_counter()
+
+    def fits(b: int) -> bool:
+        row = prober.run(b)
+        if on_probe is not None:
+            on_probe(row)
+        if row["outcome"] == "ok":
+            return True
+        if row["outcome"] == "oom":
+            return False
+        raise ProbeFailed(row)
+
+    lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
+    return Boundary(
+        boundary=lo,
+        first_oom=hi,
+        limited_by=None,
+        probes=prober.probes - before_probes,
+        new_probes=prober.new_probes - before_new,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def margin_search(
+    prober: Prober, *, raw_boundary: int, margin_pct: float, upper: int, tolerance: int
+) -> Boundary:
+    """The largest b that fits under ``prober``'s reduced capacity: gallop from the raw
+    boundary scaled by (1 - margin), in steps of 1/32 of it, then bisect. It never looks
+    past the raw boundary: less memory cannot hold more."""
+    estimate = max(1, int(raw_boundary * (1 - margin_pct / 100)))
+    bound = find_boundary(
+        prober,
+        start=estimate,
+        first_step=max(tolerance, estimate // 32, 1),
+        upper=min(upper, raw_boundary),
+        tolerance=tolerance,
+    )
+    if bound.first_oom is None:
+        bound.limited_by = "raw boundary"
+    return bound
+
+
+def nothing_fits() -> Boundary:
+    """The margin search's answer when the reduced capacity holds not even the baseline."""
+    return Boundary(0, None, None, 0, 0, 0.0)
+
+
+def fitting_row(rows: list[dict], b: int) -> dict | None:
+    """The latest probe row at micro-batch ``b`` that fit, or None."""
+    for row in reversed(rows):
+        if row["micro_batch_size"] == b and row["outcome"] == "ok":
+            return row
+    return None
+
+
+@dataclass
+class CapacityResult:
+    capacity_bytes: int
+    capped: bool
+    boundary: Boundary
+    margin_pct: float
+    margin_capacity_bytes: int | None = None
+    safe: Boundary | None = None  # the search under capacity x (1 - margin)
+    peak_at_boundary_bytes: int | None = None
+    plan: dict | None = None
+
+    @property
+    def safe_batch(self) -> int:
+        return self.boundary.boundary if self.safe is None else self.safe.boundary
+
+    def to_dict(self) -> dict:
+        d = {
+            "capacity_bytes": self.capacity_bytes,
+            "capped": self.capped,
+            "boundary": self.boundary.boundary,
+            "first_oom": self.boundary.first_oom,
+            "limited_by": self.boundary.limited_by,
+            "margin_pct": self.margin_pct,
+            "margin_capacity_bytes": self.margin_capacity_bytes,
+            "boundary_after_margin": self.safe_batch,
+            "peak_at_boundary_bytes": self.peak_at_boundary_bytes,
+            "probes": self.boundary.probes,
+            "new_probes": self.boundary.new_probes,
+            "search_wall_s": round(self.boundary.wall_s, 3),
+            "probe_bound": probe_bound(self.boundary.boundary),
+        }
+        if self.safe is not None:
+            d["margin_search"] = asdict(self.safe)
+        if self.plan is not None:
+            d["plan"] = self.plan
+        return d

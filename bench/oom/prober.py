@@ -1,0 +1,216 @@
+"""Running probes: one trial configuration at (b, k) in a fresh, capped child process
+(bench.procs.run_isolated), its outcome stored as a probes.parquet row, or a stored
+row reused when one answers the same question.
+
+A probe killed by SIGKILL under a cap ran into outside pressure, not the cap (the cap
+makes allocations fail inside the probe): it runs once more before it may count as an
+OOM, and a probe killed twice is never reused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import records
+from bench.oom.probe_spec import SearchSpec, probe_key, search_key
+from bench.oom.probe_store import ProbeStore
+
+
+class ProbeFailed(Exception):
+    """A probe ended for a reason other than memory: the search cannot go on."""
+
+    def __init__(self, row: dict) -> None:
+        self.row = row
+        super().__init__(row.get("error") or row.get("outcome"))
+
+
+@dataclass
+class Prober:
+    """Runs (or reuses) probes for one spec and one capacity; counts what it did."""
+
+    spec: SearchSpec
+    capacity_bytes: int | None  # None: no cap (the device's own memory)
+    device: str
+    store: ProbeStore
+    runner: Callable[..., Any] | None = None  # run_isolated-like; injectable for tests
+    timeout_s: float | None = None
+    kind: str = "boundary"
+    fresh: bool = False  # run every probe, even one stored (--fresh)
+    log: Callable[[str], None] | None = None  # one line per new probe (stderr in main)
+    probes: int = 0  # probes asked for (new + reused)
+    new_probes: int = 0
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def capacity_key(self) -> int:
+        """The capacity as stored in probe keys and rows: 0 for no cap."""
+        return self.capacity_bytes if self.capacity_bytes is not None else 0
+
+    def run(
+        self,
+        b: int,
+        k: int = 1,
+        *,
+        steps: int | None = None,
+        timing_warmup: int | None = None,
+        evaluate: bool | None = None,
+    ) -> dict:
+        """The probe row at (b, k): stored if one answers, else measured and stored."""
+        config = self.spec.probe_config(
+            b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
+        )
+        key = probe_key(config, self.capacity_key, self.device, self.kind, self.spec.identity)
+        self.probes += 1
+        found = None if self.fresh else self.store.find(key)
+        if found is not None:
+            self.rows.append(found)
+            return found
+        run, killed = self._execute(config)
+        row = probe_row(
+            run,
+            config,
+            key=key,
+            kind=self.kind,
+            capacity=self.capacity_key,
+            device=self.device,
+            steps=config.max_steps,
+        )
+        row["search_key"] = search_key(self.spec, self.capacity_key, self.device)
+        row["identity_json"] = self.spec.identity or None
+        # Only under a cap is a kill outside pressure (not an answer to keep); without one
+        # it is the machine's own memory running out: an OOM like any other, reused.
+        row["killed"] = killed and self.capacity_bytes is not None
+        self.new_probes += 1
+        self.store.add(row)
+        self.rows.append(row)
+        self._log(row, run.wall_s)
+        return row
+
+    def _execute(self, config) -> tuple[Any, bool]:
+        """Run the probe process: (the run, whether it died by SIGKILL)."""
+        runner = self.runner
+        if runner is None:
+            from bench.procs import run_isolated
+
+            runner = run_isolated
+        run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+        killed = killed_by_sigkill(run)
+        if self.capacity_bytes is None or not killed:
+            return run, killed
+        # Under a cap, running past it is an allocation error inside the probe (ENOMEM
+        # under RLIMIT_DATA, OutOfMemoryError under the CUDA fraction), never a kill.
+        # A SIGKILL came from outside: the machine's OOM killer while other work fills
+        # its memory, or a person. It would pass for a small boundary, so the probe runs
+        # once more; killed twice, it stays an OOM and says so.
+        first_error = run.result.trial.get("error") or "killed by SIGKILL"
+        run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+        trial = run.result.trial
+        killed = killed_by_sigkill(run)
+        if killed:
+            trial["error"] = (trial.get("error") or "") + "; killed again when re-run"
+        else:  # the kill is kept on record: it is the evidence of outside pressure
+            trial["error"] = "; ".join(
+                filter(None, [trial.get("error"), f"re-run after a first run: {first_error}"])
+            )
+        return run, killed
+
+    def _log(self, row: dict, wall_s: float) -> None:
+        if self.log is None:  # progress: a search of many probes can take minutes
+            return
+        from bench.config import format_bytes
+
+        cap = "no cap" if self.capacity_bytes is None else format_bytes(self.capacity_bytes)
+        self.log(
+            f"oom: {self.kind} probe b={row['micro_batch_size']} k={row['accumulation_steps']} "
+            f"under {cap}: {row['outcome']} ({wall_s:.1f} s)"
+        )
+
+
+def killed_by_sigkill(run) -> bool:
+    """True when the probe process died by SIGKILL before reporting (not one that
+    reported and was then killed for hanging on its way out)."""
+    if getattr(run, "timed_out", False):  # our own kill at --timeout: a failure, said so
+        return False
+    return not getattr(run, "reported", True) and getattr(run, "exitcode", None) == -signal.SIGKILL
+
+
+# The child's own numbers (bench.procs' stats) that are ProbeRecord columns; any other
+# entry (a traceback) goes in the row's ``extra``.
+_STAT_COLUMNS = ("child_rss_hwm_bytes", "child_max_allocated_bytes", "child_max_reserved_bytes")
+_PEAK_COLUMNS = (
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "nvml_peak_used_bytes",
+    "nvml_process_peak_bytes",
+    "cpu_peak_rss_bytes",
+)
+
+
+def probe_row(run, config, *, key: str, kind: str, capacity: int, device: str, steps: int) -> dict:
+    """One probes.parquet row (bench.records.ProbeRecord) from an IsolatedRun."""
+    trial = run.result.trial
+    cap = run.cap
+    stats = dict(run.stats or {})
+    outcome, error = trial.get("status"), trial.get("error")
+    done = trial.get("optimizer_steps")
+    if outcome == "ok" and done is not None and done < steps:
+        # It ended early without an error (time limit, early stop): it did not show
+        # that b completes N steps, so it cannot count as a fit.
+        outcome, error = "failed", f"completed {done} of {steps} optimizer steps"
+    return records.probe_row(
+        probe_key=key,
+        kind=kind,
+        trial_key=config.trial_key,
+        workload=config.workload,
+        precision=config.precision,
+        device=device,
+        micro_batch_size=config.batch_size,
+        accumulation_steps=config.accumulation_steps,
+        steps=steps,
+        capacity_bytes=capacity,
+        cap_method=None if cap is None else cap.method,
+        cap_limit_bytes=None if cap is None else cap.limit_bytes,
+        baseline_bytes=None if cap is None else cap.baseline_bytes,
+        outcome=outcome,
+        error=error,
+        optimizer_steps=done,
+        samples_per_s=trial.get("samples_per_s"),
+        tokens_per_s=trial.get("tokens_per_s"),
+        wall_s=run.wall_s,
+        # The parent's clock: a probe killed before it reported has a start time too.
+        started_at=records.now() - dt.timedelta(seconds=run.wall_s),
+        config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
+        **{col: _whole_bytes(trial.get(col)) for col in _PEAK_COLUMNS},
+        **{col: stats.pop(col, None) for col in _STAT_COLUMNS},
+        extra=records.extra_json(stats),
+    )
+
+
+def _whole_bytes(value) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def peak_bytes(row: dict | None) -> int | None:
+    """The probe's peak memory on the measure the capacity is about.
+
+    CUDA: context (outside the allocator) + the allocator's peak reserved bytes.
+    CPU: the probe process's peak RSS (meters' sampler, else the kernel's VmHWM)."""
+    if row is None:
+        return None
+    if str(row.get("device", "")).startswith("cuda"):
+        reserved = row.get("peak_reserved_bytes") or row.get("child_max_reserved_bytes")
+        if reserved is None:
+            return row.get("nvml_process_peak_bytes")
+        return int(reserved) + int(row.get("baseline_bytes") or 0)
+    values = [
+        v for v in (row.get("cpu_peak_rss_bytes"), row.get("child_rss_hwm_bytes")) if v is not None
+    ]
+    return max(values) if values else None
