@@ -312,12 +312,12 @@ def test_config_from_args_errors_name_the_file_or_the_command(tmp_path):
 
 
 def test_oom_builds_its_config_with_the_same_parser():
-    from bench import oom
+    from bench.oom.command import base_config
     from bench.cli import build_parser
     from bench.errors import ConfigError
 
     def base(*argv):
-        return oom._base_config(build_parser().parse_args(["oom", *argv]))
+        return base_config(build_parser().parse_args(["oom", *argv]))
 
     config = base("--workload", "teacher-mlp", "--option", "width=16", "--precision", "bf16")
     assert config.optimizer == "adamw"  # its state is part of the memory probed

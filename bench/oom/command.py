@@ -46,7 +46,7 @@ def _progress_wanted() -> bool:
     return sys.stderr.isatty()
 
 
-def _base_config(args: argparse.Namespace):
+def base_config(args: argparse.Namespace):
     from bench.cli import config_from_args
 
     # AdamW by default: its optimizer state is part of the memory being measured.
@@ -212,7 +212,7 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
     t_start = time.perf_counter()
     validate_args(args)
     check_environment()  # every probe child would fail on the same typo
-    base = _base_config(args)
+    base = base_config(args)
     spec = SearchSpec(base=base, steps=args.steps, evaluate=not args.no_eval)
     probe = spec.probe_config(1)  # validates the probe config (precision, options ...)
     capacities = [parse_size(c, key="--capacity") for c in args.capacity]
