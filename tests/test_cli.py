@@ -312,9 +312,9 @@ def test_config_from_args_errors_name_the_file_or_the_command(tmp_path):
 
 
 def test_oom_builds_its_config_with_the_same_parser():
-    from bench.oom.command import base_config
     from bench.cli import build_parser
     from bench.errors import ConfigError
+    from bench.oom.command import base_config
 
     def base(*argv):
         return base_config(build_parser().parse_args(["oom", *argv]))
