@@ -42,7 +42,7 @@ def text_table(
     key/value listing); ``right`` lists the indexes of right-aligned columns. Never
     wraps: a wide table is wide rather than unreadable."""
     table = Table(
-        box=_HEADER_RULE, show_edge=False, pad_edge=False, header_style=None,
+        box=_HEADER_RULE, show_edge=False, pad_edge=False, header_style=None, padding=(0, 1, 0, 0),
         show_header=header is not None,
     )  # fmt: skip
     columns = header if header is not None else [""] * max((len(r) for r in rows), default=0)
