@@ -119,9 +119,11 @@ def test_a_torn_last_journal_record_is_set_aside_and_later_appends_stay_readable
     assert attrs == {"before": 1, "after": 2}
 
 
-def test_a_journal_with_a_torn_record_inside_is_repaired_on_open(tmp_path, capsys):
+@pytest.mark.parametrize("appended", [1, 2])
+def test_a_journal_with_a_torn_record_inside_is_repaired_on_open(tmp_path, capsys, appended):
     """The state a full disk left before whole-record appends: a torn record, then the
-    next run's records appended to the same line. Optuna cannot read it at all."""
+    next run's records appended to the same line. With one record after it Optuna loads
+    the journal and breaks at the next append; with two it cannot load it at all."""
     from bench.sweep.storage import open_storage
 
     handle, study = _new_study(tmp_path)
@@ -130,13 +132,19 @@ def test_a_journal_with_a_torn_record_inside_is_repaired_on_open(tmp_path, capsy
     lines = journal.read_bytes().splitlines(keepends=True)
     whole = b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"kept":3}}\n'
     torn = b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"lo'
-    journal.write_bytes(b"".join(lines) + torn + whole + whole.replace(b"kept", b"also"))
-    with pytest.raises(ValueError):  # json.JSONDecodeError: the study is dead to Optuna
-        journal_loads(journal, "s")
+    records = [whole, whole.replace(b"kept", b"also")][:appended]
+    journal.write_bytes(b"".join(lines) + torn + b"".join(records))
+    if appended == 2:
+        with pytest.raises(ValueError):  # json.JSONDecodeError: the study is dead to Optuna
+            journal_loads(journal, "s")
     handle = open_storage(None, tmp_path, "s")
-    attrs = optuna.load_study(study_name="s", storage=handle.storage).user_attrs
+    study = optuna.load_study(study_name="s", storage=handle.storage)
+    study.set_user_attr("later", 4)
     handle.coordination.close()
-    assert attrs == {"kept": 3, "also": 3}
+    expected = {"kept": 3, "also": 3}
+    if appended == 1:
+        del expected["also"]
+    assert study.user_attrs == {**expected, "later": 4}
     (kept,) = tmp_path.glob("optuna.journal.torn-*")
     assert kept.read_bytes() == torn
     assert "set aside" in capsys.readouterr().err
@@ -364,11 +372,11 @@ def _orphan(folder: Path, sub: str, name: str, age_s: float) -> Path:
 def test_orphaned_temporary_files_are_removed_when_a_sweep_starts(tmp_path):
     spec_path, _ = counted_spec(tmp_path, "orphans", 1)
     folder = tmp_path / "r" / "orphans"
-    fresh = [_orphan(folder, sub, "a" * 16, age_s=5) for sub in ("trials", "steps", "env")]
+    fresh = [_orphan(folder, sub, "a" * 16, age_s=5) for sub in (".", "trials", "steps", "env")]
     summary, out = run(spec_path, tmp_path / "r")
     assert summary.exit_code == 0
     assert not any(p.exists() for p in fresh) and not list(folder.rglob("*.tmp"))
-    assert "removed 3 temporary file(s) that no running writer owns" in out
+    assert "removed 4 temporary file(s) that no running writer owns" in out
 
 
 def test_with_another_coordinator_alive_only_old_temporary_files_are_removed(tmp_path):
