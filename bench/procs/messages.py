@@ -5,8 +5,9 @@ positional tuples.
 Parent -> child: :class:`RunTrial`, :class:`Query`, :class:`Stop`.
 Child -> parent: first :class:`Ready` or :class:`StartupError`; then one reply per job:
 :class:`TrialDone`, :class:`TrialError`, :class:`Invalid`, :class:`Interrupted` (for a
-trial) or :class:`Answer` (for a query). A reply's ``retire`` is None, or why the child takes no
-further job (its CPU memory cap could not be put back, say): it exits after that reply.
+trial) or :class:`Answer` (for a query). A reply's ``retire`` is None, or why the child
+takes no further job (its CPU memory cap could not be put back, say): it exits after
+that reply.
 """
 
 from __future__ import annotations

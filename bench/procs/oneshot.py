@@ -178,7 +178,9 @@ def _reported(config, child, seen: _Watched, wall: float, sweep) -> IsolatedRun:
         isinstance(reply, msg.StartupError) and reply.bench_error
     ):
         raise BenchError(reply.message)  # bad input (the config, the cap): the caller's error
-    if isinstance(reply, msg.Interrupted):
+    if isinstance(reply, msg.Interrupted) or (
+        isinstance(reply, msg.StartupError) and reply.interrupted
+    ):
         raise KeyboardInterrupt  # the probe was interrupted: that is no result either
     stats = dict(getattr(reply, "stats", {}))
     if stats.get("child_rss_hwm_bytes") is None:
