@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,18 @@ import pyarrow.parquet as pq
 
 from bench import records
 from bench.errors import BenchError
+from bench.failures import DiskFull, is_disk_full
 
 SCHEMA_VERSION = records.SCHEMA_VERSION
 
 # The share of a run's samples whose steps tail_loss averages over.
 TAIL_FRACTION = 0.05
+
+# Atomic writes go through ``.<name>.<random>.tmp`` next to the file.
+TMP_SUFFIX = ".tmp"
+# A temporary file older than this has no live writer, even where another coordinator
+# works on the folder: a parquet or JSON write takes well under a second.
+ORPHAN_AGE_S = 600.0
 
 # Name -> arrow type of each table's columns, derived from bench.records.
 TRIAL_COLUMNS: dict[str, pa.DataType] = records.columns(records.TrialRecord)
@@ -45,36 +53,65 @@ def steps_table(df: pd.DataFrame) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write parquet so that a reader (or a kill) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone who may read them
-    try:
+    """Write parquet so that a reader (or a kill) never sees a half-written file; a full
+    disk is :class:`~bench.failures.DiskFull`, with no temporary file left."""
+
+    def write(tmp: str) -> None:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _replace_atomically(path, write)
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+    _replace_atomically(path, write)
+
+
+def _replace_atomically(path: str | Path, write) -> None:
+    """``write(tmp)`` into ``.<name>.<random>.tmp`` next to ``path``, then rename it over
+    ``path``. Whatever stops it (an error, ENOSPC, an interrupt) removes the temporary
+    file; a kill cannot, and :func:`remove_orphaned_temp_files` finds what it leaves."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone who may read them
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise DiskFull.at(path.parent, exc) from None
         raise
+
+
+def remove_orphaned_temp_files(
+    folder: str | Path, subfolders: tuple[str, ...], *, older_than_s: float | None
+) -> list[Path]:
+    """Remove the ``.<name>.*.tmp`` files a killed writer left in ``folder``'s
+    ``subfolders``: all of them (``older_than_s`` None: the caller knows that no writer
+    is alive), or those not modified for ``older_than_s`` seconds. Returns what went."""
+    removed = []
+    now = time.time()
+    for sub in subfolders:
+        for tmp in Path(folder, sub).glob(f".*{TMP_SUFFIX}"):
+            try:
+                if older_than_s is None or now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:  # its writer finished (or another start removed it)
+                continue
+    return removed
 
 
 def write_trial(folder: str | Path, trial: dict, steps: pd.DataFrame, *, per_key: bool) -> None:

@@ -78,6 +78,24 @@ def test_ordinary_error_is_a_failure_not_an_oom():
     assert "deliberate failure" in result.trial["error"]
 
 
+def test_exit_code_137_without_a_signal_is_a_failure_not_an_oom():
+    config = _config().replace(workload="test_sweep_hooks:exiter", workload_options={})
+    run = run_isolated(config)
+    assert run.exitcode == 137
+    assert run.result.trial["status"] == "failed", run.result.trial["error"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_probe_has_no_result(signal_name):
+    # SIGINT: the child replies that it was interrupted; SIGTERM: it dies of it. Either
+    # way no row: the caller is interrupted too (bench oom says so and exits 130).
+    config = _config().replace(
+        workload="test_sweep_hooks:signaller", workload_options={"signal_name": signal_name}
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_isolated(config, timeout_s=60)
+
+
 def test_timeout_kills_the_child_and_fails():
     config = _config().replace(max_steps=10**6)
     run = run_isolated(config, timeout_s=1.0)

@@ -2,8 +2,9 @@
 (pytest puts tests/ on sys.path; subprocess tests add it to PYTHONPATH).
 
 Each misbehaves honestly: ``hog`` really asks the allocator for more than the memory cap,
-``killer`` really SIGKILLs its own process, ``raiser`` really raises mid-training. No test
-fakes a status. ``counted`` appends one line per training run to a log, so a test can
+``killer`` really SIGKILLs its own process, ``raiser`` really raises mid-training,
+``signaller`` really sends its own process a signal, ``exiter`` really calls
+``os._exit``. No test fakes a status. ``counted`` appends one line per training run to a log, so a test can
 count how many times each grid point actually ran.
 """
 
@@ -75,6 +76,33 @@ def killer(*, samples: int | None = None):
     def make_model():
         if _real():
             os.kill(os.getpid(), signal.SIGKILL)
+        return nn.Linear(10, 2)
+
+    return _with_model(w, make_model)
+
+
+def signaller(*, samples: int | None = None, signal_name: str = "SIGINT"):
+    """Sends its own worker ``signal_name`` as the model is built: what a Ctrl-C or a
+    ``kill -TERM`` aimed at that one process does."""
+    w = seed_mlp(samples=samples, val_samples=50)
+    inner = w.make_model
+
+    def make_model():
+        if _real():
+            os.kill(os.getpid(), signal.Signals[signal_name])
+            time.sleep(5)  # the signal lands here (SIGTERM: the process is gone)
+        return inner()
+
+    return _with_model(w, make_model)
+
+
+def exiter(*, samples: int | None = None, code: int = 137):
+    """Ends its process with ``os._exit(code)``: no signal, whatever the code says."""
+    w = seed_mlp(samples=samples, val_samples=50)
+
+    def make_model():
+        if _real():
+            os._exit(code)
         return nn.Linear(10, 2)
 
     return _with_model(w, make_model)

@@ -57,8 +57,8 @@ def child_main(conn: Any, setup: ChildSetup) -> None:
         while setup.max_jobs is None or done < setup.max_jobs:
             try:
                 job = conn.recv()
-            except (EOFError, OSError):
-                return
+            except (EOFError, OSError, KeyboardInterrupt):
+                return  # an idle child has nothing to give back: its parent starts another
             if not isinstance(job, msg.RunTrial | msg.Query):
                 return  # Stop
             done += 1
@@ -143,6 +143,7 @@ def _startup_error(exc: BaseException) -> msg.StartupError:
         bench_error=isinstance(exc, BenchError),
         oom=is_oom(exc),
         traceback=traceback.format_exc(),
+        interrupted=isinstance(exc, KeyboardInterrupt),
     )
 
 
@@ -176,7 +177,7 @@ def _serve(conn: Any, job: Any, setup: ChildSetup, cap: Any, *, last: bool) -> b
         reset_peak_rss()
     # Decided before the reply goes, so the parent never sends a job to a child that is
     # about to exit.
-    retire = _restore_cap(cap, last=last)
+    retire = _restore_cap(cap, last=last) or reply.retire
     reply = dataclasses.replace(reply, retire=retire)
     try:
         try:
@@ -215,6 +216,8 @@ def _run(job: Any, setup: ChildSetup) -> msg.Reply:
     except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
         if isinstance(job, msg.Query):
             return msg.Answer(job.job_id, error=describe(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return msg.Interrupted(job.job_id)  # not the trial's result: it runs again
         return msg.TrialError(job.job_id, describe(exc), is_oom(exc), traceback.format_exc())
 
 

@@ -4,9 +4,10 @@ positional tuples.
 
 Parent -> child: :class:`RunTrial`, :class:`Query`, :class:`Stop`.
 Child -> parent: first :class:`Ready` or :class:`StartupError`; then one reply per job:
-:class:`TrialDone`, :class:`TrialError`, :class:`Invalid` (for a trial) or
-:class:`Answer` (for a query). A reply's ``retire`` is None, or why the child takes no
-further job (its CPU memory cap could not be put back, say): it exits after that reply.
+:class:`TrialDone`, :class:`TrialError`, :class:`Invalid`, :class:`Interrupted` (for a
+trial) or :class:`Answer` (for a query). A reply's ``retire`` is None, or why the child
+takes no further job (its CPU memory cap could not be put back, say): it exits after
+that reply.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class StartupError:
     bench_error: bool  # a BenchError: bad input, not a crash
     oom: bool
     traceback: str = ""
+    interrupted: bool = False  # a KeyboardInterrupt (SIGINT) stopped the set-up
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,16 @@ class Invalid:
 
 
 @dataclass(frozen=True)
+class Interrupted:
+    """The trial was interrupted (a KeyboardInterrupt: SIGINT reached the child). An
+    interrupt is not the trial's result: the parent runs the trial again, and this
+    child, stopped at an arbitrary point, exits after the reply."""
+
+    job_id: int
+    retire: str | None = "it was interrupted"
+
+
+@dataclass(frozen=True)
 class Answer:
     """What a :class:`Query`'s function returned; ``error`` instead when it raised
     something other than a BenchError (bench.failures.describe())."""
@@ -103,4 +115,4 @@ class Answer:
     retire: str | None = None
 
 
-Reply = TrialDone | TrialError | Invalid | Answer
+Reply = TrialDone | TrialError | Invalid | Interrupted | Answer

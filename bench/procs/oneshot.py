@@ -64,7 +64,8 @@ def run_isolated(
     died without reporting gets a synthesised row whose status comes from
     :func:`bench.failures.status_for_exit` (SIGKILL, the kernel OOM killer's signal,
     is "oom"); a timeout kills the child and is "failed". A BenchError raised in the
-    child (invalid config, impossible cap) is raised here.
+    child (invalid config, impossible cap) is raised here. An interrupt (the child was
+    interrupted, or killed by SIGINT or SIGTERM) is no result: KeyboardInterrupt here.
     """
     log_fd, log_path = tempfile.mkstemp(prefix="bench-trial-", suffix=".log")
     os.close(log_fd)
@@ -145,11 +146,13 @@ def _finish(child: ChildProcess, seen: _Watched) -> None:
 
 
 def _unreported(config, child, seen: _Watched, wall: float, timeout_s, log_path, sweep):
-    from bench.failures import status_for_exit
+    from bench.failures import interrupted_exit, status_for_exit
 
     if seen.timed_out:
         status = "failed"
         error = f"timed out after {timeout_s:g} s; trial process killed"
+    elif interrupted_exit(child.exitcode):
+        raise KeyboardInterrupt  # SIGINT / SIGTERM ended the probe: no result to record
     else:
         status = status_for_exit(child.exitcode)
         error = f"trial process {child.exit_text()} before reporting"
@@ -175,6 +178,10 @@ def _reported(config, child, seen: _Watched, wall: float, sweep) -> IsolatedRun:
         isinstance(reply, msg.StartupError) and reply.bench_error
     ):
         raise BenchError(reply.message)  # bad input (the config, the cap): the caller's error
+    if isinstance(reply, msg.Interrupted) or (
+        isinstance(reply, msg.StartupError) and reply.interrupted
+    ):
+        raise KeyboardInterrupt  # the probe was interrupted: that is no result either
     stats = dict(getattr(reply, "stats", {}))
     if stats.get("child_rss_hwm_bytes") is None:
         stats["child_rss_hwm_bytes"] = seen.rss_hwm

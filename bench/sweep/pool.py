@@ -5,8 +5,11 @@ then runs one trial at a time and replies with a typed message. A worker that di
 mid-trial (SIGKILL from the OOM killer, a segfault) ends its trial with
 :func:`bench.failures.status_for_exit`; after any ``oom`` or ``failed`` trial the worker
 is replaced, so the next trial starts clean, and so is a worker whose reply says it
-must retire (its CPU memory cap could not be put back). The pool records nothing: it
-hands each ended trial (:class:`Ended`) to its caller.
+must retire (its CPU memory cap could not be put back). An interrupt is not a trial's
+end: a worker that was interrupted (SIGINT: it replies so) or killed by SIGINT or
+SIGTERM gives its trial back to the backlog, which the next idle worker takes, unless
+the coordinator is stopping (then it starts no worker in its place). The pool records
+nothing: it hands each ended trial (:class:`Ended`) to its caller.
 """
 
 from __future__ import annotations
@@ -105,11 +108,20 @@ def worker_plan(
 
 
 class WorkerPool:
-    def __init__(self, spec: Any, *, folder: Path, owner: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        *,
+        folder: Path,
+        owner: str,
+        log: Callable[[str], None],
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.spec = spec
         self.folder = folder
         self.owner = owner  # the coordinator's id: names the worker logs
         self.log = log
+        self.stopping = stopping  # True once the coordinator stops: start no more workers
         self.workers: list[Worker] = []
         self.backlog: list[Job] = []  # claimed jobs whose dispatch failed: run them first
         self.threads = 1
@@ -155,6 +167,9 @@ class WorkerPool:
         if w.child is not None:
             w.child.kill()
             w.child.close()
+        if self.stopping():
+            w.child, w.ready = None, False
+            return
         self.spawn(w)
 
     def stop(self) -> None:
@@ -176,6 +191,10 @@ class WorkerPool:
 
     def busy(self) -> bool:
         return any(w.job for w in self.workers)
+
+    def jobs_in_hand(self) -> list[Job]:
+        """The claimed trials that have not ended: running on a worker, or backlogged."""
+        return [w.job for w in self.workers if w.job is not None] + list(self.backlog)
 
     def dispatch(self, w: Worker, job: Job) -> bool:
         """Send a job; False (worker replaced, job kept in the backlog for the next idle
@@ -225,6 +244,8 @@ class WorkerPool:
             elif w.child.sentinel in ready and not w.child.conn.poll(0):
                 ended += self._died(w)
         for w in self.workers:
+            if w.child is None:  # not replaced: the coordinator is stopping
+                continue
             if w.job is not None:
                 hwm = w.child.peak_rss()
                 if hwm is not None:
@@ -248,9 +269,15 @@ class WorkerPool:
                 self.log(f"{self.spec.name}: worker {w.index}: {message.cap.describe()}")
             return []
         if isinstance(message, msg.StartupError):
+            if message.interrupted or self.stopping():
+                self.replace(w)  # an interrupt, not a reason this worker cannot start
+                return []
             raise BenchError(f"worker {w.index} could not start: {message.error}")
         job, w.job = w.job, None
         if job is None:
+            return []
+        if isinstance(message, msg.Interrupted):
+            self._give_back(w, job, "SIGINT")
             return []
         end = _ended(job, message, time.monotonic() - job.started)
         if message.retire:
@@ -263,17 +290,23 @@ class WorkerPool:
         return [end]
 
     def _died(self, w: Worker) -> list[Ended]:
-        from bench.failures import status_for_exit
+        from bench.failures import interrupted_exit, status_for_exit
 
         w.child.join(timeout=5)
         job, w.job = w.job, None
         if job is None:
-            if not w.ready:
+            if not w.ready and not self.stopping() and not interrupted_exit(w.child.exitcode):
                 raise BenchError(
                     f"worker {w.index} died while starting ({w.child.exit_text()}); "
                     f"see {self.folder / 'logs'}"
                 )
             self.replace(w)
+            return []
+        if interrupted_exit(w.child.exitcode) or self.stopping():
+            # While the coordinator stops, a death is the stop's doing: a signal to the
+            # whole process group also ends the forkserver, and then the worker's exit
+            # code is unknown (multiprocessing reports 255).
+            self._give_back(w, job, w.child.exit_text().removeprefix("killed by "))
             return []
         status = status_for_exit(w.child.exitcode)
         error = f"worker process {w.child.exit_text()} during the trial"
@@ -281,6 +314,17 @@ class WorkerPool:
             error += " (SIGKILL: counted as out of memory, as the kernel OOM killer sends it)"
         self.replace(w)
         return [Ended(job, time.monotonic() - job.started, status, error)]
+
+    def _give_back(self, w: Worker, job: Job, how: str) -> None:
+        """An interrupted trial has no result: back to the backlog, and a fresh worker
+        (the old one stopped at an arbitrary point)."""
+        self.backlog.append(job)
+        if not self.stopping():  # else the coordinator says what it gives back
+            self.log(
+                f"{self.spec.name}: trial {job.trial.number} was interrupted ({how}) on "
+                f"worker {w.index}; it goes back to the queue"
+            )
+        self.replace(w)
 
     def _timed_out(self, w: Worker) -> Ended:
         job, w.job = w.job, None

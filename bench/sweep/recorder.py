@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.console import Progress
 from bench.errors import BenchError
+from bench.failures import DiskFull, is_disk_full_message
 from bench.sweep.pool import Ended
 from bench.sweep.tickets import Job, Tickets
 
@@ -57,8 +58,12 @@ class Recorder:
 
     def add(self, end: Ended) -> None:
         """Queue an ended trial. One that sent no row gets one now, with the peak RSS
-        its worker reached as polled while it ran."""
+        its worker reached as polled while it ran. A trial that failed because the disk
+        is full has no result: the sweep stops (DiskFull) and the trial runs again."""
         job = end.job
+        error = end.error if end.trial is None else end.trial.get("error")
+        if end.status == "failed" and error and is_disk_full_message(error):
+            raise DiskFull.at(self.folder, f"trial {job.trial.number}: {error}")
         if end.trial is None:
             from bench.procs import unreported_trial_result
 

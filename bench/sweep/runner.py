@@ -8,16 +8,26 @@ trials), :mod:`~bench.sweep.pool` (the warm workers, on :mod:`bench.procs`),
 
 Exit code (:attr:`Summary.exit_code`): 0 when every trial has a result and none failed;
 1 when some trial failed, or when every trial ended ``invalid`` (search mode: each
-sampled point was refused, so nothing trained; the run says so on its last line).
+sampled point was refused, so nothing trained; the run says so on its last line);
+128 + the signal's number (130, 143) when SIGINT or SIGTERM stopped it. A full disk
+raises :class:`~bench.failures.DiskFull` (exit 75 at the command line).
 With ``--retry-failed`` a failure recorded before this run is not a result in search
 mode either: a slot that samples that configuration runs it again.
+
+SIGINT and SIGTERM (:class:`StopSignals`): the first one asks the loop to stop. It
+writes what has ended, stops the workers and gives the trials they held back to the
+queue (:meth:`~bench.sweep.tickets.Tickets.release`); the same command resumes. A second
+one interrupts at once (KeyboardInterrupt); what it leaves is a killed sweep's state,
+which the next start repairs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +35,7 @@ from typing import Any, TextIO
 
 from bench.console import Progress, format_duration
 from bench.errors import BenchError, ConfigError
+from bench.failures import INTERRUPT_SIGNALS, DiskFull, is_disk_full
 from bench.sweep.pool import WorkerPool, worker_plan
 from bench.sweep.recorder import Recorder
 from bench.sweep.spec import SweepSpec, describe_point
@@ -49,6 +60,7 @@ class Summary:
     train_time_here_s: float  # their train_time_s, summed
     worker_busy_s: float  # dispatch-to-reply time of those trials, summed
     skipped: int
+    stopped_by: int | None = None  # the signal that stopped the run before the end
 
     @property
     def all_invalid(self) -> bool:
@@ -59,6 +71,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by  # as a shell reports a death by that signal
         if not self.counts.complete or self.counts.statuses.get("failed") or self.all_invalid:
             return 1
         return 0
@@ -72,6 +86,41 @@ def check_flags(workers: int, threads: int | None) -> None:
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
     ):
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a sweep runs: the first one is noted (``received``) for
+    the loop to stop at its next turn, a second one raises KeyboardInterrupt at once.
+
+    Installed explicitly, whatever the process inherited: a background job of a
+    non-interactive shell (``cmd &`` in a script) starts with SIGINT ignored, and Python
+    then leaves it ignored, so a Ctrl-C to the job's process group reached the workers
+    but not the coordinator. Put back as they were on exit. Only the main thread can
+    install handlers; elsewhere nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in INTERRUPT_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
 
 
 class SweepRunner:
@@ -101,8 +150,13 @@ class SweepRunner:
         self.pool: WorkerPool | None = None
         self.recorder: Recorder | None = None
         self._created_study = False  # this run made the study (see discard_if_unused)
+        self.signals = StopSignals()
 
     def run(self) -> Summary:
+        with self.signals:
+            return self._run()
+
+    def _run(self) -> Summary:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,6 +167,8 @@ class SweepRunner:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             coord.close()
+            if is_disk_full(exc):
+                raise DiskFull.at(self.folder.parent, exc) from None
             raise ConfigError(
                 f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
             ) from None
@@ -120,7 +176,7 @@ class SweepRunner:
         try:
             counts = self._open()
             self._announce(counts)
-            if not counts.complete:
+            if not counts.complete and not self.signals.received:
                 self._start_workers(remaining=counts.total - counts.done)
                 counts = self._loop()
         except KeyboardInterrupt:
@@ -131,12 +187,17 @@ class SweepRunner:
             raise
         finally:
             self._close(discard=discard)
+        if self.signals.received:
+            counts = self.tickets.counts()  # with what _close wrote and gave back
         return self._summarise(counts, time.monotonic() - t0, t0)
 
     def _open(self) -> Counts:
-        """Under the mutex: open the study and give every key that needs one a ticket."""
-        with self.handle.coordination.mutex():
+        """Under the mutex: open the study, give every key that needs one a ticket, and
+        remove temporary files that no live writer owns."""
+        coord = self.handle.coordination
+        with coord.mutex():
             study, self._created_study = open_study(self.spec, self.handle, self.folder)
+            self._remove_orphans(alone=not coord.others_alive())
             self.tickets = Tickets(
                 self.spec,
                 study,
@@ -151,11 +212,25 @@ class SweepRunner:
         )
         return counts
 
-    def _start_workers(self, *, remaining: int) -> None:
-        # Results arrive as pickled DataFrames and leave as parquet: load pandas and
-        # pyarrow here while the workers start, not on the first result.
-        import bench.store  # noqa: F401
+    def _remove_orphans(self, *, alone: bool) -> None:
+        """Temporary files of atomic writes (``.<name>.*.tmp``) that a kill left behind.
+        Alone on the folder (no other coordinator alive, and none can start writing
+        while this one holds the mutex): all of them. Otherwise those untouched for
+        ORPHAN_AGE_S, which no live writer takes that long to finish."""
+        from bench.store import ORPHAN_AGE_S, remove_orphaned_temp_files
 
+        removed = remove_orphaned_temp_files(
+            self.folder,
+            (".", "trials", "steps", "env"),  # ".": a journal repair's rewrite
+            older_than_s=None if alone else ORPHAN_AGE_S,
+        )
+        if removed:
+            self.progress.log(
+                f"{self.spec.name}: removed {len(removed)} temporary file(s) that no running "
+                f"writer owns (left by a killed run)"
+            )
+
+    def _start_workers(self, *, remaining: int) -> None:
         _n, envs, threads = worker_plan(
             self.spec,
             requested=self.requested_workers,
@@ -168,18 +243,22 @@ class SweepRunner:
             folder=self.folder,
             owner=self.handle.coordination.owner,
             log=self.progress.log,
+            stopping=lambda: self.signals.received is not None,
         )
         self.pool.start(envs, threads)
 
     def _close(self, *, discard: bool) -> None:
         """Whatever stopped the run: write finished trials (they are results), stop the
-        workers, drop a study that this failed run created, release the coordination."""
+        workers, give back the trials they held, drop a study that this failed run
+        created, release the coordination."""
         try:
             if self.recorder is not None:
                 self.recorder.flush()
         finally:
             if self.pool is not None:
+                held = self.pool.jobs_in_hand()
                 self.pool.stop()
+                self._release(held)
             ran = self.recorder.ran_here if self.recorder is not None else 0
             if discard and self._created_study and not ran and self.tickets is not None:
                 with contextlib.suppress(Exception):
@@ -188,6 +267,20 @@ class SweepRunner:
                     )
             self.handle.coordination.close()
             self.progress.close()
+
+    def _release(self, jobs: list) -> None:
+        """Give the trials this run held back to the queue, at once: without it they
+        would wait, as lost trials, for a coordinator to notice this one is gone. Best
+        effort: a trial not given back (a full disk, say) is lost, and runs again too."""
+        if not jobs or self.tickets is None:
+            return
+        why = f"its coordinator stopped ({self.signals.name() or 'an error'}) while it ran"
+        try:
+            with self.handle.coordination.mutex():
+                n = self.tickets.release(jobs, why)
+        except Exception:  # noqa: BLE001 - the stop's own reason is what the user must see
+            return
+        self.progress.log(f"{self.spec.name}: {n} trial(s) that were running go back to the queue")
 
     # -- the loop --------------------------------------------------------------------
 
@@ -198,6 +291,8 @@ class SweepRunner:
         next_reconcile = time.monotonic() + RECONCILE_EVERY_S
         self._show_counts()
         while True:
+            if self.signals.received:
+                return tickets.counts()
             now = time.monotonic()
             if self.spec.search and recorder.pending:
                 recorder.flush()  # a sampler must see the finished trials before it proposes
@@ -281,13 +376,18 @@ class SweepRunner:
             train_time_here_s=rec.train_here_s,
             worker_busy_s=rec.busy_here_s,
             skipped=len(spec.skipped),
+            stopped_by=self.signals.received,
         )
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(counts.statuses.items())) or "none"
         self.progress.log(
             f"{spec.name}: {counts.done}/{counts.total} trials done ({statuses}) in {format_duration(wall)}; "
             f"ran {rec.ran_here} here -> {self.folder} (study {spec.name!r} in {self.handle.description})"
         )
-        if summary.all_invalid:
+        if summary.stopped_by is not None:
+            self.progress.log(
+                f"{spec.name}: interrupted ({self.signals.name()}); re-run the same command to resume"
+            )
+        elif summary.all_invalid:
             self.progress.log(
                 f"{spec.name}: every trial was an invalid configuration, nothing was trained "
                 "(see the messages above); exit code 1"
@@ -315,5 +415,6 @@ def json_summary(summary: Summary) -> str:
             "train_time_here_s": summary.train_time_here_s,
             "worker_busy_s": summary.worker_busy_s,
             "skipped": summary.skipped,
+            "stopped_by": summary.stopped_by,
         }
     )

@@ -3,12 +3,13 @@
 Storage choice (Optuna's docs: SQLite is not safe for several processes writing at
 once, NFS locking is unreliable):
 
-- default, embedded: ``JournalStorage(JournalFileBackend("results/<sweep>/optuna.journal"))``,
-  an append-only log. Every append takes the backend's lock (``JournalFileSymlinkLock``
-  by default: an atomic ``symlink``; ``JournalFileOpenLock`` uses ``O_EXCL`` the same
-  way) and is ``fsync``'d; readers replay the log. Safe for many processes on one machine.
-  A process killed while holding that lock leaves the link behind; the others break it
-  after its 30 s grace period (optuna 5.0.0, ``_file.py``).
+- default, embedded: ``JournalStorage`` on ``results/<sweep>/optuna.journal``, Optuna's
+  append-only log, read by Optuna's ``JournalFileBackend`` and appended by
+  :class:`bench.sweep.journal.WholeRecordJournal`. Every append takes the journal's lock
+  (``JournalFileSymlinkLock``: an atomic ``symlink``) and is ``fsync``'d; readers replay
+  the log. Safe for many processes on one machine. A process killed while holding that
+  lock leaves the link behind; the others break it after its 30 s grace period (optuna
+  5.0.0, ``_file.py``).
 - ``postgresql://user@host/db``: ``RDBStorage``, for workers on many machines.
 
 What Optuna does not give: a sweep-wide mutex (for creating the trial tickets exactly
@@ -22,6 +23,9 @@ journal storage has none). Both are built here on what dies with the process, so
   only, like the journal's own guarantees.
 - PostgreSQL: session-level advisory locks (``pg_advisory_lock``) on a connection the
   coordinator holds for its lifetime (the server drops them when the session ends).
+
+The journal file's own robustness (whole records only, torn records set aside) is
+:mod:`bench.sweep.journal`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, ConfigError
+from bench.failures import DiskFull, is_disk_full
 from bench.filelock import exclusive
 
 JOURNAL_NAME = "optuna.journal"
@@ -248,16 +253,18 @@ def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
 
     kind, target = parse_storage(url, sweep_dir)
     if kind == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(target)
         coordination = FileCoordination(path.parent, sweep)
         try:
+            from bench.sweep.journal import open_journal
+
             path.parent.mkdir(parents=True, exist_ok=True)
-            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            storage = open_journal(path)
             coordination.start()
         except OSError as exc:  # a file where a folder should be, no permission, ...
             coordination.close()
+            if is_disk_full(exc):
+                raise DiskFull.at(path.parent, exc) from None
             flag = "--results" if url is None else "--storage"
             reason = exc.strerror or str(exc)
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

@@ -23,6 +23,10 @@ hosts (each ``python -m bench sweep SPEC`` is one coordinator with N workers):
 4. **Results** are written by :mod:`bench.sweep.recorder`: parquet first, then the
    study. Dying in between only makes the ticket lost: the key re-runs and its file is
    replaced.
+5. **Interrupts.** A coordinator that stops on SIGINT or SIGTERM gives back the trials
+   it holds (:meth:`Tickets.release`): each is failed with ``bench_status =
+   "interrupted"`` (not a result) and its key gets a new ticket at once, for whichever
+   coordinator runs next.
 
 Every method that reads and then writes the study runs under the caller's
 ``coordination.mutex()``.
@@ -204,6 +208,26 @@ class Tickets:
             self.writer.fail(t)
         except UpdateFinishedTrialError:
             pass  # it finished after all
+
+    def release(self, jobs: list[Job], why: str) -> int:
+        """Under the mutex: give back claimed trials that have no result (this coordinator
+        stops): each fails as "interrupted", and its key gets a new ticket. Returns how
+        many were given back."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        idents = []
+        for job in jobs:
+            try:
+                self.writer.set_user_attr(job.trial, "bench_status", "interrupted")
+                self.writer.set_user_attr(job.trial, "bench_error", why)
+                self.writer.fail(job.trial)
+            except UpdateFinishedTrialError:
+                continue  # it has a result after all
+            idents.append(self._ident(job.trial))
+        groups = self._groups()
+        for ident in idents:
+            self._ticket_if_needed(ident, groups.get(ident, []), startup=False)
+        return len(idents)
 
     # -- claims ----------------------------------------------------------------------
 
