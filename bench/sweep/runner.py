@@ -108,17 +108,11 @@ class SweepRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.monotonic()
         self.handle = open_storage(self.storage_url, self.folder, self.spec.name)
-        coord = self.handle.coordination
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            coord.close()
-            raise ConfigError(
-                f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
-            ) from None
+        self.handle.coordination.log = self.progress.log  # reconnect and lease messages
         discard = False
         try:
             counts = self._open()
+            self._make_folder()  # after the study check: a refused spec leaves no folder
             self._announce(counts)
             if not counts.complete:
                 self._start_workers(remaining=counts.total - counts.done)
@@ -150,6 +144,14 @@ class SweepRunner:
             self.spec, self.folder, self.tickets, self.progress, show=self._show_counts
         )
         return counts
+
+    def _make_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
+            ) from None
 
     def _start_workers(self, *, remaining: int) -> None:
         # Results arrive as pickled DataFrames and leave as parquet: load pandas and
