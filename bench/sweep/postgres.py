@@ -82,7 +82,8 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if isinstance(
             seen,
-            sqlalchemy.exc.OperationalError
+            sqlalchemy.exc.PendingRollbackError  # left broken by a lost connection
+            | sqlalchemy.exc.OperationalError
             | sqlalchemy.exc.InterfaceError
             | sqlalchemy.exc.DisconnectionError,
         ):
@@ -192,8 +193,10 @@ class Session:
 
     def unlock(self, key: int) -> None:
         self.held.remove(key)
-        with contextlib.suppress(Exception):  # a lost session has released it already
+        try:
             self._connection().execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        except Exception:  # a lost session has released it already; start a new one
+            self._drop()
 
     def close(self) -> None:
         self._drop()
