@@ -715,3 +715,45 @@ def test_a_trial_past_its_hard_deadline_is_killed_and_its_worker_replaced(tmp_pa
         assert w.job is None and w.child.pid != first_pid  # a fresh worker in its place
     finally:
         pool.stop()
+
+
+def _random_search(tmp_path, name: str, points: int, n_trials: int) -> tuple[Path, Path]:
+    spec_path, log = counted_spec(tmp_path, name, points)
+    spec_path.write_text(
+        spec_path.read_text()
+        + f'[search]\nsampler = "random"\nn_trials = {n_trials}\nseed = 3\nminimize = ["final_loss"]\n'
+    )
+    return spec_path, log
+
+
+def test_search_repeats_do_not_use_up_trials_until_the_space_is_exhausted(tmp_path):
+    """A seeded random sampler over 24 points with 30 trials: every point trains once (a
+    repeated proposal proposes again), and the 6 trials beyond the space are duplicates,
+    said so."""
+    spec_path, log = _random_search(tmp_path, "exhaust", 24, 30)
+    results = tmp_path / "results"
+    summary, out = run(spec_path, results, workers=2)
+    assert summary.counts.statuses == Counter({"ok": 24, "duplicate": 6}), out
+    assert runs_per_tag(log) == Counter({i: 1 for i in range(24)})
+    assert "search space is exhausted: all 24 configurations have run" in out
+    assert len(load_results(results / "exhaust").trials) == 24
+    summary, out = run(spec_path, results)  # a resume has nothing left to do
+    assert summary.ran_here == 0 and summary.counts.statuses["ok"] == 24
+
+
+@pytest.mark.slow
+def test_two_search_coordinators_continue_one_sequence(tmp_path):
+    """Two coordinators on one seeded search do not replay each other's proposals: the
+    sampler's seed is derived per proposal from the study, not fixed per process."""
+    spec_path, log = _random_search(tmp_path, "twosearch", 400, 12)
+    results = tmp_path / "results"
+    outputs = _finish(_coordinators(spec_path, results, 2))
+    assert sum(_ran_here(outputs)) == 12
+    assert sorted(runs_per_tag(log).values()) == [1] * 12
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / "twosearch" / "optuna.journal"))
+    )
+    study = optuna.load_study(study_name="twosearch", storage=storage)
+    statuses = Counter(t.user_attrs.get("bench_status") for t in study.get_trials())
+    # 12 draws from 400 points: a repeat now and then is chance, a replay is 12 of them.
+    assert statuses["ok"] == 12 and statuses["repeat"] <= 2, statuses

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import _coordinators, _finish, _ran_here, counted_spec, runs_per_tag
+import sqlalchemy
+from test_sweep import ENV, REPO, _coordinators, _finish, _ran_here, counted_spec, runs_per_tag
 
 from bench.store import load_results
-from bench.sweep.storage import PostgresCoordination, _with_driver
+from bench.sweep.postgres import PostgresCoordination, key64
+from bench.sweep.storage import _with_driver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -116,24 +119,137 @@ def test_three_coordinators_on_postgres_run_each_key_once(tmp_path, postgres_url
 
 
 def test_postgres_liveness_and_mutex(postgres_url):
-    """Advisory locks: an owner is alive exactly as long as its session; the mutex excludes."""
-    a = PostgresCoordination(postgres_url, "liveness")
-    b = PostgresCoordination(postgres_url, "liveness")
+    """Leases: an owner is alive while its lease holds; closing frees it at once; the
+    mutex excludes; a lease survives losing its connection."""
+    a = PostgresCoordination(_with_driver(postgres_url), "liveness")
+    b = PostgresCoordination(_with_driver(postgres_url), "liveness")
     a.start()
     b.start()
     try:
         assert b.is_alive(a.owner) and a.is_alive(b.owner)
+        assert not b.take_over(a.owner)  # alive: not taken over
         with a.mutex():
             # b cannot take the mutex while a holds it (try-lock on the same key).
-            from bench.sweep.storage import _key64
-
-            assert not b._scalar("SELECT pg_try_advisory_lock(:k)", _key64("bench-sweep:liveness"))
-        a.close()  # session gone = owner dead, at once, no timeout
-        deadline = time.monotonic() + 10
-        while b.is_alive(a.owner) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not b.is_alive(a.owner)
+            got = b._session.execute(
+                "SELECT pg_try_advisory_lock(:k)", k=key64("bench-sweep:liveness")
+            ).scalar()
+            assert not got
+        _terminate(postgres_url)  # every bench connection dropped: a reconnects, stays alive
+        assert b.is_alive(a.owner) and a.holds(a.owner)
+        a.close()  # lease row gone = owner dead, at once
+        assert not b.is_alive(a.owner) and b.take_over(a.owner)
     finally:
         with contextlib.suppress(Exception):
             a.close()
         b.close()
+
+
+def _terminate(url: str) -> int:
+    """pg_terminate_backend on every bench connection (all coordinators'): a cut link."""
+    engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        n = conn.execute(
+            sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'bench-sweep' AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    engine.dispose()
+    return n
+
+
+def _fresh_database(url: str, *settings: str) -> str:
+    """A new database on the server (ALTER DATABASE settings stay out of other tests)."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(_with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        for setting in settings:
+            conn.execute(sqlalchemy.text(f"ALTER DATABASE {name} SET {setting}"))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def _hosts(spec: Path, folders: list[Path], storage: str) -> list[subprocess.Popen]:
+    """One coordinator per results folder, as on separate hosts; a short lease so a
+    wrongly taken-over coordinator would show within the test."""
+    env = {**ENV, "BENCH_SWEEP_LEASE_S": "2"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.sweep", str(spec), "--workers", "1"]
+            + ["--results", str(folder), "--storage", storage],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder in folders
+    ]
+
+
+def _rows_per_key(folders: list[Path], name: str) -> Counter:
+    rows: Counter = Counter()
+    for folder in folders:
+        if (folder / name / "trials").exists():
+            rows.update(load_results(folder / name).trials["trial_key"])
+    return rows
+
+
+def _exactly_once(tmp_path, name: str, storage: str, n: int, delay: float, during) -> list[str]:
+    spec, log = counted_spec(tmp_path, name, n, delay=delay)
+    folders = [tmp_path / "host-a", tmp_path / "host-b"]
+    procs = _hosts(spec, folders, storage)
+    deadline = time.monotonic() + 120
+    while len(runs_per_tag(log)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)  # both coordinators train
+    during()
+    outputs = _finish(procs, timeout=300)
+    assert runs_per_tag(log) == Counter({i: 1 for i in range(n)}), outputs
+    rows = _rows_per_key(folders, name)
+    assert len(rows) == n and set(rows.values()) == {1}, outputs
+    assert not [o for o in outputs if "Traceback" in o], outputs
+    return outputs
+
+
+def test_terminated_connections_do_not_retrain(tmp_path, postgres_url):
+    """pg_terminate_backend on every coordinator's connections, three times while trials
+    run: each coordinator reconnects and keeps its lease; one training per key, one row
+    per key across both hosts' folders."""
+
+    def cut() -> None:
+        for _ in range(3):
+            assert _terminate(postgres_url) > 0
+            time.sleep(1.5)
+
+    url = _fresh_database(postgres_url)
+    outputs = _exactly_once(tmp_path, "cut", url, 4, 3.0, cut)
+    assert any("lost the connection to PostgreSQL" in o for o in outputs)
+
+
+def test_idle_session_timeout_does_not_retrain(tmp_path, postgres_url):
+    """The server closes every session idle for 1 s, trials take 4 s: sessions die during
+    each trial, no coordinator is taken for dead."""
+    url = _fresh_database(postgres_url, "idle_session_timeout = '1s'")
+    _exactly_once(tmp_path, "idle", url, 4, 4.0, lambda: None)
+
+
+def test_changed_spec_on_postgres_names_the_delete_command(tmp_path, postgres_url):
+    """The refusal says how to drop a PostgreSQL study and creates no results folder."""
+    name = f"pgspec-{uuid.uuid4().hex[:8]}"
+    spec, _ = counted_spec(tmp_path, name, 1)
+    _finish(_coordinators(spec, tmp_path / "results", 1, storage=postgres_url))
+    spec.write_text(spec.read_text().replace("samples = 64", "samples = 96"))
+    other = tmp_path / "elsewhere"
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", str(spec), "--results", str(other)]
+        + ["--storage", postgres_url],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 or p.returncode == 1, p.stderr
+    assert f"optuna delete-study --study-name {name} --storage postgresql" in p.stderr
+    assert "Traceback" not in p.stderr and not other.exists()

@@ -28,6 +28,9 @@ class Coordination:
     def is_alive(self, owner: str) -> bool:
         return owner == self.owner or owner in self.alive
 
+    def take_over(self, owner: str) -> bool:
+        return not self.is_alive(owner)
+
 
 @pytest.fixture
 def spec(tmp_path):

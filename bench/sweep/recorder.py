@@ -1,6 +1,7 @@
 """Records each ended trial: its parquet rows first (atomic, one file per key, so a
 re-run replaces, never duplicates), then its row and status on the Optuna trial, then
 ``tell``. Dying in between only makes the ticket lost (see :mod:`bench.sweep.tickets`).
+Nothing is written for a claim whose lease was taken over (``Coordination.holds``).
 
 Writing is queued: a finished trial is written after its worker has the next trial, so
 the writing (parquet, study) overlaps training instead of adding to it.
@@ -92,6 +93,14 @@ class Recorder:
             raise BenchError(
                 f"worker returned key {row.get('trial_key')} for {job.key}: config round trip broke"
             )
+        if not self.tickets.coordination.holds(job.lease):
+            # Fenced: this coordinator's claim was taken over while it ran, and another
+            # one runs the key; writing too would make a second row.
+            self.progress.log(
+                f"{self.spec.name}: not recording {job.key} (Optuna trial {job.trial.number}): "
+                "its claim was taken over while the connection to the study was down"
+            )
+            return
         write_trial(self.folder, row, steps, per_key=True)  # first: see the module docstring
         self._tell(job, row)
         self.ran_here += 1

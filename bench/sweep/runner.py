@@ -162,19 +162,11 @@ class SweepRunner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         t0 = time.monotonic()
         self.handle = open_storage(self.storage_url, self.folder, self.spec.name)
-        coord = self.handle.coordination
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            coord.close()
-            if is_disk_full(exc):
-                raise DiskFull.at(self.folder.parent, exc) from None
-            raise ConfigError(
-                f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
-            ) from None
+        self.handle.coordination.log = self.progress.log  # reconnect and lease messages
         discard = False
         try:
             counts = self._open()
+            self._make_folder()  # after the study check: a refused spec leaves no folder
             self._announce(counts)
             if not counts.complete and not self.signals.received:
                 self._start_workers(remaining=counts.total - counts.done)
@@ -229,6 +221,16 @@ class SweepRunner:
                 f"{self.spec.name}: removed {len(removed)} temporary file(s) that no running "
                 f"writer owns (left by a killed run)"
             )
+
+    def _make_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull.at(self.folder.parent, exc) from None
+            raise ConfigError(
+                f"--results: cannot create the sweep folder {self.folder}: {exc.strerror or exc}"
+            ) from None
 
     def _start_workers(self, *, remaining: int) -> None:
         _n, envs, threads = worker_plan(

@@ -15,14 +15,15 @@ once, NFS locking is unreliable):
 What Optuna does not give: a sweep-wide mutex (for creating the trial tickets exactly
 once) and a way to tell whether the process that popped a trial is still alive (Optuna's
 heartbeat is a timestamp with a grace period, i.e. a guess tuned by a timeout; the
-journal storage has none). Both are built here on what dies with the process, so a
-``kill -9`` releases them at once and nothing needs a timeout:
+journal storage has none). On one machine both are built on what dies with the
+process, so a ``kill -9`` releases them at once and nothing needs a timeout:
 
 - journal: ``fcntl.flock`` on files next to the journal (the kernel drops a dead
   process's locks; the mutex is :func:`bench.filelock.exclusive`). Local file systems
   only, like the journal's own guarantees.
-- PostgreSQL: session-level advisory locks (``pg_advisory_lock``) on a connection the
-  coordinator holds for its lifetime (the server drops them when the session ends).
+- PostgreSQL: the mutex is a session-level advisory lock (``pg_advisory_lock``);
+  liveness is a lease renewed by a heartbeat, with a grace period, so it survives a
+  dropped connection: see :mod:`bench.sweep.postgres` (leases, fencing, reconnects).
 
 The journal file's own robustness (whole records only, torn records set aside) is
 :mod:`bench.sweep.journal`.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -53,11 +53,6 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _key64(text: str) -> int:
-    """A signed 64-bit advisory-lock key from a string."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
-
-
 class Coordination:
     """Sweep-wide mutex and owner liveness. Subclasses: file locks, PostgreSQL locks."""
 
@@ -73,6 +68,17 @@ class Coordination:
 
     def is_alive(self, owner: str) -> bool:
         raise NotImplementedError
+
+    def take_over(self, owner: str) -> bool:
+        """Whether ``owner`` is dead, so its running trials may be given to others; where
+        liveness is a lease, the lease is also revoked (fenced) in the same step."""
+        return not self.is_alive(owner)
+
+    def holds(self, lease: str) -> bool:
+        """Whether the claim made under ``lease`` (``Job.lease``) is still this
+        coordinator's, to write its result. A lock held by this live process cannot be
+        taken over, so only a lease can fail this."""
+        return True
 
     def others_alive(self) -> bool:
         """Whether another coordinator may be working on this sweep (True if unknown)."""
@@ -137,59 +143,6 @@ class FileCoordination(Coordination):
             self._alive_fd = None
 
 
-class PostgresCoordination(Coordination):
-    def __init__(self, url: str, sweep: str) -> None:
-        self.url = _with_driver(url)
-        self.sweep = sweep
-        self.owner = new_owner_id()
-        self._conn: Any = None
-        self._engine: Any = None
-
-    def _scalar(self, sql: str, key: int) -> Any:
-        import sqlalchemy
-
-        return self._conn.execute(sqlalchemy.text(sql), {"k": key}).scalar()
-
-    def start(self) -> None:
-        import sqlalchemy
-        from sqlalchemy.pool import NullPool
-
-        self._engine = sqlalchemy.create_engine(self.url, poolclass=NullPool)
-        self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        if not self._scalar("SELECT pg_try_advisory_lock(:k)", _key64(f"bench-owner:{self.owner}")):
-            raise BenchError(f"could not register sweep owner {self.owner} (advisory lock taken)")
-
-    @contextlib.contextmanager
-    def exclusive(self, name: str) -> Iterator[None]:
-        key = _key64(name)
-        self._scalar("SELECT pg_advisory_lock(:k)", key)
-        try:
-            yield
-        finally:
-            self._scalar("SELECT pg_advisory_unlock(:k)", key)
-
-    def mutex(self) -> contextlib.AbstractContextManager[None]:
-        return self.exclusive(f"bench-sweep:{self.sweep}")
-
-    def is_alive(self, owner: str) -> bool:
-        if owner == self.owner:
-            return True
-        key = _key64(f"bench-owner:{owner}")
-        if self._scalar("SELECT pg_try_advisory_lock(:k)", key):
-            self._scalar("SELECT pg_advisory_unlock(:k)", key)
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-
 @dataclass
 class StorageHandle:
     storage: Any  # an optuna BaseStorage
@@ -249,7 +202,6 @@ def _with_driver(url: str) -> str:
 
 def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
     """Open the study storage and start this process's coordination (owner registered)."""
-    import optuna
 
     kind, target = parse_storage(url, sweep_dir)
     if kind == "journal":
@@ -270,15 +222,12 @@ def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             raise ConfigError(f"{flag}: cannot use the journal {path}: {reason}{where}") from None
         return StorageHandle(storage, coordination, str(path), kind)
+    from bench.sweep.postgres import PostgresCoordination, open_rdb
+
     coordination = PostgresCoordination(target, sweep)
     try:
         coordination.start()
-        # RDBStorage creates Optuna's tables on first use, and two processes doing that
-        # at once on a fresh database collide in PostgreSQL's catalog ("duplicate key
-        # value violates unique constraint pg_type_typname_nsp_index" on CREATE TYPE
-        # studydirection: seen here with three coordinators). Serialise it.
-        with coordination.exclusive("bench-optuna-schema"):
-            storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+        storage = open_rdb(target, coordination)
     except Exception as exc:  # connection refused, bad credentials, missing driver
         coordination.close()
         if isinstance(exc, BenchError):

@@ -10,22 +10,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.sweep.spec import SweepSpec
 from bench.sweep.storage import StorageHandle
-from bench.sweep.tickets import ticket_ident
-
-
-def sampler_for(spec: SweepSpec) -> Any:
-    import optuna
-
-    s = spec.search
-    if s is None:
-        return optuna.samplers.RandomSampler(seed=0)  # every trial's params are fixed
-    # Constraints reach the samplers through trial.set_constraint (optuna 5.0
-    # deprecates constraints_func); see Tickets.set_constraints.
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed)
-    return optuna.samplers.NSGAIISampler(seed=s.seed)
+from bench.sweep.tickets import sampler_for, ticket_ident
 
 
 def open_study(spec: SweepSpec, handle: StorageHandle, folder: Path) -> tuple[Any, bool]:
@@ -54,13 +39,24 @@ def open_study(spec: SweepSpec, handle: StorageHandle, folder: Path) -> tuple[An
         raise BenchError(
             f"sweep {spec.name!r} in {handle.description} was started from a different spec "
             f"(spec hash {found} there, {spec.spec_hash} now; first from {attrs.get('bench_spec_file')}); "
-            f"refusing to mix them: give the changed spec a new name, or delete {folder} to start over"
+            f"refusing to mix them: give the changed spec a new name, or {_start_over(spec, handle, folder)}"
         )
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise BenchError(
             f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}"
         )
     return study, created
+
+
+def _start_over(spec: SweepSpec, handle: StorageHandle, folder: Path) -> str:
+    """How to drop the old study: its folder holds a journal; a PostgreSQL study lives in
+    the database, so deleting a folder would not remove it."""
+    if handle.kind == "postgresql":
+        return (
+            f"delete the study to start over: optuna delete-study --study-name {spec.name} "
+            f"--storage {handle.description}"
+        )
+    return f"delete {folder} to start over"
 
 
 def _claim_study(spec: SweepSpec, study: Any, handle: StorageHandle) -> None:

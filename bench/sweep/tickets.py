@@ -17,9 +17,15 @@ hosts (each ``python -m bench sweep SPEC`` is one coordinator with N workers):
    itself as owner, both inside the mutex, so a RUNNING ticket always has an owner
    unless its coordinator died mid-claim.
 3. **Lost trials.** A RUNNING ticket whose owner is dead (its liveness lock is free,
-   which the kernel / the database guarantee at the moment of death) is marked FAIL
-   with ``bench_status = "lost"`` and its key gets a new ticket: keys that were running
-   when a sweep was killed run again on resume. A lost ticket is not a result.
+   which the kernel guarantees at the moment of death; on PostgreSQL its lease ran out
+   and is revoked in the same step: ``Coordination.take_over``) is marked FAIL with
+   ``bench_status = "lost"`` and its key gets a new ticket: keys that were running when
+   a sweep was killed run again on resume. A lost ticket is not a result. Each claim
+   carries its owner's lease (``Job.lease``), which the recorder checks before writing.
+5. **Search proposals.** The sampler is seeded per proposal (:func:`proposal_seed`), so
+   a resumed or second coordinator continues the sequence. A proposal that repeats a
+   configuration that ran is recorded as ``repeat`` and its slot proposes again; it is
+   a ``duplicate`` (the slot used up) only once the space is exhausted.
 4. **Results** are written by :mod:`bench.sweep.recorder`: parquet first, then the
    study. Dying in between only makes the ticket lost: the key re-runs and its file is
    replaced.
@@ -34,6 +40,7 @@ Every method that reads and then writes the study runs under the caller's
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +52,11 @@ from bench.sweep.trial_writer import TrialWriter
 
 RESULT_STATUSES = ("ok", "oom", "diverged", "failed")
 CONSUMED = RESULT_STATUSES + ("invalid", "duplicate")  # search slots that are used up
+# A search proposal that repeats a configuration which already ran is recorded as
+# "repeat" and its slot proposes again; only once the space is exhausted (or the sampler
+# keeps repeating itself, see max_repeats) does a repeat use up the slot as "duplicate".
+REPEAT = "repeat"
+MAX_REPEATS = 100  # per slot, where the space is unbounded (float ranges without step)
 
 
 @dataclass
@@ -58,6 +70,7 @@ class Job:
     started: float = 0.0  # time.monotonic() at dispatch
     deadline: float | None = None  # hard kill after this (time.monotonic())
     peak_rss: int | None = None  # the worker's VmHWM, polled while it runs
+    lease: str = ""  # the coordinator registration that claimed it (the fencing token)
 
 
 @dataclass
@@ -72,6 +85,46 @@ class Counts:
     @property
     def complete(self) -> bool:
         return self.done >= self.total
+
+
+def proposal_seed(seed: int | None, proposal: int) -> int | None:
+    """The sampler's seed for the ``proposal``-th ticket popped from a study: derived,
+    so a resumed or second coordinator continues the sequence instead of replaying it."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"bench-proposal:{seed}:{proposal}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def sampler_for(spec: SweepSpec, proposal: int = 0) -> Any:
+    import optuna
+
+    s = spec.search
+    if s is None:
+        return optuna.samplers.RandomSampler(seed=0)  # every trial's params are fixed
+    seed = proposal_seed(s.seed, proposal)
+    # Constraints reach the samplers through trial.set_constraint (optuna 5.0
+    # deprecates constraints_func); see Tickets.set_constraints.
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def space_size(spec: SweepSpec) -> int | None:
+    """How many configurations a search can propose; None when a range is continuous."""
+    size = len(spec.cases) * len(spec.seeds)
+    for values in spec.axes.values():
+        size *= len(values)
+    for r in spec.search.ranges:
+        if r.integer:
+            size *= (int(r.high) - int(r.low)) // int(r.step or 1) + 1
+        elif r.step:
+            size *= int(round((r.high - r.low) / r.step)) + 1
+        else:
+            return None
+    return size
 
 
 def ticket_ident(attrs: dict, *, search: bool) -> Any:
@@ -112,6 +165,7 @@ class Tickets:
         self.writer = TrialWriter(storage)
         self._before_start = -1  # the highest Optuna trial number when this run began
         self._n_train_cache: dict = {}
+        self._told_exhausted = False
 
     # -- reading ---------------------------------------------------------------------
 
@@ -166,7 +220,7 @@ class Tickets:
             if self._ident(t) is None:
                 continue
             owner = t.system_attrs.get("bench_owner")
-            if owner is None or not self.coordination.is_alive(owner):
+            if owner is None or self.coordination.take_over(owner):
                 self._mark_lost(t, owner)
                 lost += 1
         if lost:
@@ -188,8 +242,10 @@ class Tickets:
             return
         attempt = 1 + max((t.user_attrs.get("bench_attempt", 0) for t in group), default=0)
         if self.spec.search:
-            # A lost or retried slot keeps the configuration it had sampled.
-            previous = max(group, key=lambda t: t.number) if group else None
+            # A lost or retried slot keeps the configuration it had sampled; a slot whose
+            # last proposal was a repeat proposes afresh.
+            sampled = [t for t in group if t.user_attrs.get("bench_status") != REPEAT]
+            previous = max(sampled, key=lambda t: t.number) if sampled else None
             params = dict(previous.params) if previous is not None else {}
             attrs = {"bench_slot": ident, "bench_attempt": attempt}
         else:
@@ -232,7 +288,9 @@ class Tickets:
     # -- claims ----------------------------------------------------------------------
 
     def claim(self, n: int) -> list[Job]:
-        """Under the mutex: pop up to n tickets and own them."""
+        """Under the mutex: pop up to n tickets and own them. Each job carries the
+        coordinator's lease at the claim (``Job.lease``): its result is written only
+        while that lease holds (see bench.sweep.recorder)."""
         from optuna.trial import TrialState
 
         waiting = [
@@ -240,10 +298,15 @@ class Tickets:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if self._ident(t) is not None
         ]
+        lease = self.coordination.owner
         jobs: list[Job] = []
-        for _ in range(min(n, len(waiting))):
+        tickets = min(n, len(waiting))
+        while tickets > 0:
+            tickets -= 1
+            if self.spec.search:
+                self._reseed()
             trial = self.study.ask()
-            self.writer.set_system_attr(trial, "bench_owner", self.coordination.owner)
+            self.writer.set_system_attr(trial, "bench_owner", lease)
             attrs = trial.user_attrs
             if ticket_ident(attrs, search=self.spec.search is not None) is None:
                 # Not a ticket (someone else's ask() on this study): give it back as failed.
@@ -252,14 +315,25 @@ class Tickets:
                 break
             attempt = int(attrs.get("bench_attempt", 1))
             if self.spec.search:
-                job = self._sample(trial, attempt)
+                job, again = self._sample(trial, attempt)
+                tickets += again  # a repeated proposal gave its slot a new ticket
             else:
                 point = self.spec.points_by_key[attrs["bench_key"]]
                 self._suggest_fixed(trial, point.params)
                 job = Job(trial, point.config, point.key, attempt)
             if job is not None:
+                job.lease = lease
                 jobs.append(job)
         return jobs
+
+    def _reseed(self) -> None:
+        """A sampler seeded for the next proposal: the n-th ticket popped from the study
+        (under the mutex, so each proposal gets its own seed, whichever coordinator makes
+        it, however often the sweep was resumed)."""
+        from optuna.trial import TrialState
+
+        popped = sum(t.state != TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+        self.study.sampler = sampler_for(self.spec, popped)
 
     def set_constraints(self, trial: Any, row: dict) -> None:
         """The spec's constraints, evaluated on a result row, for the samplers.
@@ -287,8 +361,9 @@ class Tickets:
 
     # -- search mode -----------------------------------------------------------------
 
-    def _sample(self, trial: Any, attempt: int) -> Job | None:
-        """Search mode: let the sampler choose, then make sure the key runs only once."""
+    def _sample(self, trial: Any, attempt: int) -> tuple[Job | None, bool]:
+        """Search mode: let the sampler choose, then make sure the key runs only once.
+        (the job to run or None, whether the slot got a new ticket to propose again)."""
         from optuna.trial import TrialState
 
         from bench.sweep.spec import validate_point
@@ -301,14 +376,16 @@ class Tickets:
             self.writer.set_user_attr(trial, "bench_error", str(exc))
             self.study.tell(trial, state=TrialState.FAIL)
             self.log(f"{self.spec.name}: trial {trial.number} sampled an invalid point: {exc}")
-            return None
+            return None, False
         key = config.trial_key
         self.writer.set_user_attr(trial, "bench_key", key)
         original = self._ran_before(trial, key)
         if original is None:
-            return Job(trial, config, key, attempt)
-        # Same configuration already ran (or is running): record, do not rerun.
-        self.writer.set_user_attr(trial, "bench_status", "duplicate")
+            return Job(trial, config, key, attempt), False
+        # Same configuration already ran (or is running): record, do not rerun. The slot
+        # proposes again unless the space has nothing new left.
+        again = self._may_propose_again(trial)
+        self.writer.set_user_attr(trial, "bench_status", REPEAT if again else "duplicate")
         self.writer.set_user_attr(trial, "bench_duplicate_of", original.number)
         if "bench_row" in original.user_attrs:
             self.writer.set_user_attr(trial, "bench_row", original.user_attrs["bench_row"])
@@ -317,7 +394,48 @@ class Tickets:
             self.study.tell(trial, original.values)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
-        return None
+        if again:
+            slot = trial.user_attrs["bench_slot"]
+            self.study.enqueue_trial({}, user_attrs={"bench_slot": slot, "bench_attempt": attempt})
+        return None, again
+
+    def _may_propose_again(self, trial: Any) -> bool:
+        """Whether a slot whose proposal repeated a configuration proposes again: yes,
+        unless every configuration of the space has run (or runs), or the sampler keeps
+        repeating itself (max_repeats proposals for this slot)."""
+        from optuna.trial import TrialState
+
+        slot = trial.user_attrs.get("bench_slot")
+        trials = self.study.get_trials(deepcopy=False)
+        ran = {
+            t.user_attrs.get("bench_key")
+            for t in trials
+            if t.number != trial.number
+            and "bench_key" in t.user_attrs
+            and (
+                t.state == TrialState.RUNNING or t.user_attrs.get("bench_status") in RESULT_STATUSES
+            )
+        }
+        size = space_size(self.spec)
+        if size is not None and len(ran) >= size:
+            if not self._told_exhausted:
+                self._told_exhausted = True
+                self.log(
+                    f"{self.spec.name}: the search space is exhausted: all {size} configurations "
+                    "have run; the remaining trials are recorded as duplicate"
+                )
+            return False
+        repeats = sum(
+            t.user_attrs.get("bench_slot") == slot and t.user_attrs.get("bench_status") == REPEAT
+            for t in trials
+        )
+        if repeats >= (MAX_REPEATS if size is None else max(MAX_REPEATS, 10 * size)):
+            self.log(
+                f"{self.spec.name}: trial slot {slot}: the sampler proposed only configurations "
+                f"that already ran ({repeats} times); recorded as duplicate"
+            )
+            return False
+        return True
 
     def _suggest(self, trial: Any) -> Any:
         """The sampler's configuration for ``trial``, as a TrialConfig."""
