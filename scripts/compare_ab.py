@@ -18,15 +18,21 @@ and sweep to sweep; with 1 thread, 0.202-0.213 ms in four sweeps (the same day).
 
     python scripts/compare_ab.py                        # base: main, seeds 0-5
     python scripts/compare_ab.py --base HEAD~1 --rounds 6 -- --threshold 10%
+    python scripts/compare_ab.py --comment comment.md --report   # what CI runs
 
 Writes under ``--out`` (default results/compare-ab): ``base/`` and ``candidate/`` (the
-merged results, what bench compare reads), ``rounds/`` (one sweep each) and ``specs/``.
+merged results, what bench compare reads), ``rounds/`` (one sweep each), ``specs/``,
+with ``--report`` ``report/base/`` and ``report/candidate/`` (bench report's HTML), and
+with ``--comment FILE`` a pull-request comment: the table with both commits, the machine,
+rounds, threshold and the command that re-runs the comparison from the two folders.
 Exit status: bench compare's (0 no regression, 1 a regression, 2 bad input).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -71,6 +77,132 @@ def git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
 
 
+# Marks the one comment a workflow updates on each push instead of adding another.
+COMMENT_MARKER = "<!-- bench-compare -->"
+
+
+def commit_line(ref: str, *, tree: bool = False) -> str:
+    """``abc1234567 subject`` of a commit; with ``tree`` (the candidate: this checkout)
+    ``+ uncommitted changes`` when tracked files differ from it."""
+    shown = git("log", "-1", "--format=%H %s", ref).stdout.strip() or ref
+    sha, _, subject = shown.partition(" ")
+    subject = subject if len(subject) <= 72 else subject[:71] + "…"
+    line = f"`{sha[:10]}` {subject}".rstrip()
+    if tree and git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+        line += " + uncommitted changes"
+    return line
+
+
+def machine_line(results: Path) -> str:
+    """CPU model, usable cores, torch and device(s), from the environment records a
+    sweep writes (``env/*.json``) and the trials' device column."""
+    parts = set()
+    for path in sorted((results / "env").glob("*.json")):
+        env = json.loads(path.read_text(encoding="utf-8"))
+        gpus = ", ".join(d["name"] for d in env.get("cuda_devices") or []) or "no GPU"
+        cores = env.get("cpu_usable_cores") or env.get("cpu_count")
+        torch_v = (env.get("packages") or {}).get("torch")
+        parts.add(f"{env.get('cpu_model')}, {cores} cores, torch {torch_v}, {gpus}")
+    devices = sorted(trial_devices(results)) or ["?"]
+    return f"{'; '.join(sorted(parts)) or 'unknown'}; trials on {', '.join(devices)}"
+
+
+def trial_devices(results: Path) -> set[str]:
+    import pyarrow.parquet as pq  # a dependency of bench; only the comment needs it
+
+    return {
+        d
+        for path in (results / "trials").glob("*.parquet")
+        for d in pq.read_table(path, columns=["device"]).column("device").to_pylist()
+        if d
+    }
+
+
+def threshold_of(compare_args: list[str]) -> str:
+    for i, arg in enumerate(compare_args):
+        if arg == "--threshold" and i + 1 < len(compare_args):
+            return compare_args[i + 1]
+        if arg.startswith("--threshold="):
+            return arg.split("=", 1)[1]
+    return "5% (default)"
+
+
+def rerun_lines(out: Path, artifact: str, compare_args: list[str]) -> tuple[str, list[str]]:
+    """Where the two folders are, and the commands that give the same table from them:
+    the Actions run's artifact when run there (GITHUB_RUN_ID set), else ``out``."""
+    compare = " ".join(["python -m bench compare base candidate", *compare_args])
+    run_id, repo = os.environ.get("GITHUB_RUN_ID"), os.environ.get("GITHUB_REPOSITORY")
+    if not (run_id and repo):
+        return f"`{out}`", [f"cd {out}", compare]
+    url = (
+        f"{os.environ.get('GITHUB_SERVER_URL', 'https://github.com')}/{repo}/actions/runs/{run_id}"
+    )
+    fetch = f"gh run download {run_id} -R {repo} -n {artifact} -D {artifact}"
+    return f"the artifact `{artifact}` of [run {run_id}]({url})", [fetch, f"cd {artifact}", compare]
+
+
+def comment_body(
+    table: str, *, base: str, out: Path, rounds: int, compare_args: list[str], artifact: str
+) -> str:
+    """The pull-request comment: who was compared with whom, where, how, the table, and
+    the commands that give the same table from the two results folders."""
+    where, commands = rerun_lines(out, artifact, compare_args)
+    return "\n".join(
+        [
+            COMMENT_MARKER,
+            "## bench compare: base vs candidate",
+            "",
+            f"- base: {commit_line(base)}",
+            f"- candidate: {commit_line('HEAD', tree=True)}",
+            f"- machine: {machine_line(out / 'candidate')}",
+            f"- {rounds} rounds (A B B A ..., one seed of each side per round), "
+            f"threshold {threshold_of(compare_args)}",
+            "",
+            re.sub(r"^## bench compare\n+", "", table.strip()),
+            "",
+            f"Re-run from {where} (its `base/` and `candidate/` folders), with bench "
+            "installed at the candidate commit:",
+            "",
+            "```",
+            *commands,
+            "```",
+            "",
+        ]
+    )
+
+
+def run_rounds(
+    trees: dict[str, Path], texts: dict[str, str], out: Path, n: int, threads: int
+) -> dict[str, list[Path]] | int:
+    """Each side's sweep folders, one per round, in the order A B B A ...; or the exit
+    status of a sweep that failed outright."""
+    rounds: dict[str, list[Path]] = {"base": [], "candidate": []}
+    t0 = time.monotonic()
+    for r in range(n):
+        order = ("base", "candidate") if r % 4 in (0, 3) else ("candidate", "base")
+        for side in order:
+            spec = out / "specs" / f"{side}-r{r}.toml"
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            spec.write_text(round_spec(texts[side], f"-r{r}", r), encoding="utf-8")
+            results = out / "rounds" / side
+            sweep = ["sweep", str(spec), "--results", str(results), "--threads", str(threads)]
+            # Each tree's own code: `python -m bench` imports ./bench from the cwd.
+            done = subprocess.run(
+                [sys.executable, "-m", "bench", *sweep],
+                cwd=trees[side],
+                capture_output=True,
+                text=True,
+            )
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            print(f"[{time.monotonic() - t0:5.1f} s] round {r} {side}: {last}", flush=True)
+            # 1: some trial failed; still results (compare calls it a status change).
+            if done.returncode not in (0, 1):
+                print(done.stderr[-4000:], file=sys.stderr)
+                return done.returncode
+            rounds[side].append(next(results.glob(f"*-r{r}")))
+    return rounds
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -86,6 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "compare-ab")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per sweep worker (default 1)"
+    )
+    parser.add_argument(
+        "--comment", type=Path, help="write a pull-request comment (markdown) to this file"
+    )
+    parser.add_argument(
+        "--artifact",
+        default="bench-compare",
+        help="the uploaded artifact's name, for the comment's re-run command",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="also bench report's HTML of each side"
     )
     args = parser.parse_args(argv)
     if args.rounds < 2:
@@ -115,44 +258,31 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"compare_ab: error: {side} has no {args.spec}", file=sys.stderr)
                 return 2
             texts[side] = spec.read_text(encoding="utf-8")
-        rounds: dict[str, list[Path]] = {"base": [], "candidate": []}
-        t0 = time.monotonic()
-        for r in range(args.rounds):
-            order = ("base", "candidate") if r % 4 in (0, 3) else ("candidate", "base")
-            for side in order:
-                spec = out / "specs" / f"{side}-r{r}.toml"
-                spec.parent.mkdir(parents=True, exist_ok=True)
-                spec.write_text(round_spec(texts[side], f"-r{r}", r), encoding="utf-8")
-                results = out / "rounds" / side
-                # Each tree's own code: `python -m bench` imports ./bench from the cwd.
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench",
-                        "sweep",
-                        str(spec),
-                        "--results",
-                        str(results),
-                        "--threads",
-                        str(args.threads),
-                    ],
-                    cwd=trees[side],
-                    capture_output=True,
-                    text=True,
-                )
-                last = (done.stderr.strip().splitlines() or [""])[-1]
-                print(f"[{time.monotonic() - t0:5.1f} s] round {r} {side}: {last}", flush=True)
-                # 1: some trial failed; still results (compare calls it a status change).
-                if done.returncode not in (0, 1):
-                    print(done.stderr[-4000:], file=sys.stderr)
-                    return done.returncode
-                rounds[side].append(next((results).glob(f"*-r{r}")))
+        rounds = run_rounds(trees, texts, out, args.rounds, args.threads)
+        if isinstance(rounds, int):
+            return rounds
         merged = {side: merge(folders, out / side) for side, folders in rounds.items()}
     finally:
         git("worktree", "remove", "--force", str(src))
     cmd = [sys.executable, "-m", "bench", "compare", str(merged["base"]), str(merged["candidate"])]
-    return subprocess.run([*cmd, *passthrough], cwd=ROOT).returncode
+    done = subprocess.run([*cmd, *passthrough], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if args.comment and done.returncode in (0, 1):
+        body = comment_body(
+            done.stdout,
+            base=args.base,
+            out=out,
+            rounds=args.rounds,
+            compare_args=passthrough,
+            artifact=args.artifact,
+        )
+        args.comment.parent.mkdir(parents=True, exist_ok=True)
+        args.comment.write_text(body, encoding="utf-8")
+    if args.report:
+        for side, folder in merged.items():
+            report = [sys.executable, "-m", "bench", "report", str(folder)]
+            subprocess.run([*report, "--out", str(out / "report" / side)], cwd=ROOT, check=True)
+    return done.returncode
 
 
 if __name__ == "__main__":

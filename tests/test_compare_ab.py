@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -83,3 +84,34 @@ def test_unknown_base_is_one_line_exit_2(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "no git commit 'no-such-ref-x'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_comment_names_commits_machine_settings_and_the_rerun(tmp_path, monkeypatch):
+    env = {
+        "cpu_model": "Test CPU 9000",
+        "cpu_usable_cores": 3,
+        "packages": {"torch": "2.13.0+cpu"},
+        "cuda_devices": [],
+    }
+    (tmp_path / "candidate" / "env").mkdir(parents=True)
+    (tmp_path / "candidate" / "env" / "e.json").write_text(json.dumps(env))
+    monkeypatch.setenv("GITHUB_RUN_ID", "77")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "o/r")
+    table = "## bench compare\n\n| configuration | ... | verdict |\n| a | ... | regressed |\n"
+    body = compare_ab.comment_body(
+        table, base="HEAD", out=tmp_path, rounds=4, compare_args=["--threshold", "10%"],
+        artifact="art",
+    )  # fmt: skip
+    lines = body.splitlines()
+    assert lines[0] == compare_ab.COMMENT_MARKER
+    assert lines[3].startswith("- base: `") and lines[4].startswith("- candidate: `")
+    assert "- machine: Test CPU 9000, 3 cores, torch 2.13.0+cpu, no GPU; trials on ?" in lines
+    assert "- 4 rounds (A B B A ..., one seed of each side per round), threshold 10%" in lines
+    assert "| a | ... | regressed |" in lines and "## bench compare" not in lines
+    assert lines[-4:-1] == [
+        "gh run download 77 -R o/r -n art -D art",
+        "cd art",
+        "python -m bench compare base candidate --threshold 10%",
+    ]
+    assert compare_ab.threshold_of([]) == "5% (default)"
+    assert compare_ab.threshold_of(["--threshold=3%"]) == "3%"

