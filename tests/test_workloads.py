@@ -73,3 +73,17 @@ def test_out_of_memory_while_building_stays_an_oom(monkeypatch):
         workloads.build_workload("big")
     with pytest.raises(ConfigError, match="cannot be built: ValueError: a bug"):
         workloads.build_workload("bug")
+
+
+def test_step_slowdown_is_checked_and_absent_by_default():
+    from bench.errors import ConfigError
+    from bench.workloads.base import ClassificationWorkload
+
+    plain = build_workload("seed-mlp", samples=16, options={})
+    assert type(plain) is ClassificationWorkload and "step_slowdown" not in plain.options
+    slowed = build_workload("seed-mlp", samples=16, options={"step_slowdown": 0.2})
+    assert type(slowed) is not ClassificationWorkload
+    assert slowed.options["step_slowdown"] == 0.2
+    for bad in (-0.1, 11.0):
+        with pytest.raises(ConfigError, match="step_slowdown"):
+            build_workload("seed-mlp", samples=16, options={"step_slowdown": bad})
