@@ -5,6 +5,7 @@ failure isolation (real OOM under a memory cap, SIGKILL, divergence, exceptions)
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -757,3 +758,28 @@ def test_two_search_coordinators_continue_one_sequence(tmp_path):
     statuses = Counter(t.user_attrs.get("bench_status") for t in study.get_trials())
     # 12 draws from 400 points: a repeat now and then is chance, a replay is 12 of them.
     assert statuses["ok"] == 12 and statuses["repeat"] <= 2, statuses
+
+
+def test_optuna_dashboard_sees_metric_names_and_key_columns(tmp_path):
+    """optuna-dashboard cuts a user attribute at 1,024 characters and labels objectives
+    by metric_names: the key columns come as attributes of their own, each short."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = tmp_path / "dash.toml"
+    spec.write_text(
+        '# Does the dashboard see what matters?\nname = "dash"\ndevice = "cpu"\n'
+        '[workload]\nname = "seed-mlp"\noptions = { val_samples = 8 }\n'
+        "[base]\nsamples = 64\n[budget]\nepochs = 1\n[grid]\nbatch_size = [8, 16]\n"
+    )
+    summary, _ = run(spec, tmp_path / "results")
+    assert summary.exit_code == 0
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "results/dash/optuna.journal")))
+    study = optuna.load_study(study_name="dash", storage=storage)
+    assert study.metric_names == [o.column for o in load_spec(spec).objectives]
+    for t in study.trials:
+        attrs = t.user_attrs
+        assert attrs["bench_label"] and attrs["samples_per_s"] > 0 and "tail_loss" in attrs
+        short = {k: v for k, v in attrs.items() if k != "bench_row"}
+        assert all(len(json.dumps(v)) < 1024 for v in short.values())

@@ -20,6 +20,18 @@ from bench.failures import DiskFull, is_disk_full_message
 from bench.sweep.pool import Ended
 from bench.sweep.tickets import Job, Tickets
 
+# Shown one per column by optuna-dashboard, which cuts a user attribute at 1,024
+# characters: the full row (``bench_row``, ~2,400) loses every column past that there.
+# ~2 ms per attribute on the embedded journal, so a few, not all.
+DASHBOARD_COLUMNS = (
+    "tail_loss",
+    "samples_per_s",
+    "step_time_ms_median",
+    "peak_allocated_bytes",
+    "cpu_peak_rss_bytes",
+    "energy_j",
+)
+
 
 def json_safe(value: Any) -> Any:
     """A value Optuna's storage can hold as JSON: NaN and infinities become None,
@@ -116,6 +128,10 @@ class Recorder:
         writer = self.tickets.writer
         writer.set_user_attr(job.trial, "bench_row", {k: json_safe(v) for k, v in row.items()})
         writer.set_user_attr(job.trial, "bench_status", status)
+        writer.set_user_attr(job.trial, "bench_label", _point_label(self.spec, job))
+        for column in DASHBOARD_COLUMNS:
+            if row.get(column) is not None:
+                writer.set_user_attr(job.trial, column, json_safe(row[column]))
         self.tickets.set_constraints(job.trial, row)
         values = [row.get(o.column) for o in self.spec.objectives]
         ok = status == "ok" and all(isinstance(v, int | float) and math.isfinite(v) for v in values)
@@ -133,12 +149,17 @@ class Recorder:
 
 def _trial_line(spec: Any, job: Job, row: dict, busy: float) -> str:
     status = row.get("status", "failed")
-    point = spec.points_by_key.get(job.key)
-    params = point.label if point is not None else _config_label(job.config)
+    params = _point_label(spec, job)
     loss = row.get("final_loss")
     loss_text = f" final_loss={loss:.4g}" if isinstance(loss, float) and math.isfinite(loss) else ""
     err = f" ({row.get('error')})" if row.get("error") and status != "ok" else ""
     return f"{status:<8} {job.key} {params}{loss_text} [{busy:.1f} s]{err}"
+
+
+def _point_label(spec: Any, job: Job) -> str:
+    """What the trial is, in words: the grid point's label, or the sampled values."""
+    point = spec.points_by_key.get(job.key)
+    return point.label if point is not None else _config_label(job.config)
 
 
 def _config_label(config: Any) -> str:

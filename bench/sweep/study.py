@@ -3,6 +3,7 @@ and dropped again when a run that created it could not start."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def _claim_study(spec: SweepSpec, study: Any, handle: StorageHandle) -> None:
     study.set_user_attr("bench_spec_file", str(spec.path))
     study.set_user_attr("bench_total", spec.total)
     study.set_user_attr("bench_objectives", [[o.column, o.direction] for o in spec.objectives])
+    import optuna
+
+    with warnings.catch_warnings():  # experimental in Optuna 4-5; the dashboard reads it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([o.column for o in spec.objectives])
 
 
 def discard_if_unused(
