@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from bench.errors import BenchError
 from bench.report import build, curves, scaling, tables
 from bench.report.build import build_report, newest_sweep, write_report
+from bench.report.markdown import md_unescape
 from bench.report.prepare import prepare
 from bench.report.synthetic import Synthetic, write_synthetic
 from bench.store import Results, load_results, trials_table, write_atomic
@@ -181,8 +183,8 @@ def test_report_gives_a_bound_for_b_crit_outside_the_batches(tmp_path, b_crit, t
     write_synthetic(tmp_path, spec)
     rep = build_report(tmp_path, target=0.5)
     assert not rep.fits and list(rep.bounds) == ["seed-mlp"]
-    for doc in (rep.markdown, rep.html):  # both HTML-escape '<' and '>'
-        doc = html.unescape(doc)
+    # As a reader sees them: markdown's escapes and both documents' entities resolved.
+    for doc in (md_unescape(rep.markdown), html.unescape(rep.html)):
         assert text in doc
         assert "B_crit ≈" not in doc
     assert build.summary_numbers(rep)["b_crit"] == {}
@@ -281,7 +283,7 @@ def test_configurations_group_seeds_and_marks_never_reached(report):
     oom = s[s["micro_batch_size"] > 64]
     assert list(oom["oom"]) == [3] and oom["samples_per_s"].isna().all()
     assert "not reached" not in "".join(tables.config_rows(s)[0])
-    md = report.markdown
+    md = md_unescape(report.markdown)
     assert "oom 3" in md
     # B_crit printed in the report
     assert re.search(r"B_crit ≈ \d", md)
@@ -384,6 +386,126 @@ def test_markdown_and_html_survive_nasty_config_values(tmp_path):
         assert "<script>alert" not in text and "<b>bold" not in text
     assert "&lt;script&gt;alert" in rep.html
     assert len(re.findall(r"<script>", rep.html)) == 1  # only the page's own check script
+
+
+# -- markdown and HTML as a renderer shows them ----------------------------------------------
+
+# Option values that would turn into an image, a link, emphasis, code, a heading or a
+# nested list if a document took them as markup; each holds a marker word of its own.
+PLANTED = {
+    "img": "![img1](http://e.invalid/p.png)",
+    "link": "[link1](http://e.invalid/x)",
+    "em": "*emph1* _emph2_ **strong1** ~~del1~~",
+    "code": "`tick1` ``tick2``",
+    "block": "# hd1 1. - + > x",
+    "auto": "<http://e.invalid/auto1>",
+}
+MARKERS = ("img1", "link1", "emph1", "emph2", "strong1", "del1", "tick1", "tick2", "hd1", "auto1")
+# Elements that planted text must never be inside of, or make.
+MARKUP_TAGS = ("img", "a", "em", "strong", "code", "del", "s", "h1", "h2", "h3", "blockquote")
+
+
+@dataclass
+class Rendered:
+    elements: list[tuple[str, dict, str]]  # (tag, attributes, text inside)
+    text: str  # every text node, in order: what a reader sees
+
+
+def render_html(page: str) -> Rendered:
+    from html.parser import HTMLParser
+
+    elements: list[tuple[str, dict, str]] = []
+    stack: list[int] = []
+    text: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            elements.append((tag, dict(attrs), ""))
+            if tag not in ("img", "br", "hr", "meta", "input"):
+                stack.append(len(elements) - 1)
+
+        def handle_endtag(self, tag):
+            for i in reversed(range(len(stack))):
+                if elements[stack[i]][0] == tag:
+                    del stack[i:]
+                    break
+
+        def handle_data(self, data):
+            text.append(data)
+            for i in stack:
+                tag, attrs, inside = elements[i]
+                elements[i] = (tag, attrs, inside + data)
+
+    Parser(convert_charrefs=True).feed(page)
+    return Rendered(elements, "".join(text))
+
+
+def render_markdown(text: str) -> Rendered:
+    """markdown-it-py, GFM-like (tables, strikethrough, inline HTML); without linkify,
+    which needs linkify-it-py."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return render_html(markdown_it.MarkdownIt("gfm-like", {"linkify": False}).render(text))
+
+
+def assert_no_markup_from(doc: Rendered, planted: dict[str, str]) -> None:
+    """No element made of or around planted text (no image or link to it, no emphasis,
+    code, heading or list), and every planted value shown as the characters it is."""
+    for tag, attrs, inside in doc.elements:
+        assert "e.invalid" not in " ".join(map(str, attrs.values())), (tag, attrs)
+        if tag in MARKUP_TAGS:
+            assert not any(m in inside for m in MARKERS), (tag, inside)
+    for key, value in planted.items():
+        assert value in doc.text, key
+
+
+@pytest.mark.parametrize("key", sorted(PLANTED))
+def test_md_cell_makes_no_markup_in_a_cell_or_a_bullet(key):
+    value = PLANTED[key]
+    text = f"- {tables.md_cell(value)}\n\n" + tables.markdown_table(["a", "b"], [[value, "x"]])
+    doc = render_markdown(text)
+    assert_no_markup_from(doc, {key: value})
+    assert doc.text.count(value) == 2  # in the bullet and in the cell, as typed
+    assert [t for t, _, _ in doc.elements].count("li") == 1  # no list inside the bullet
+
+
+@pytest.mark.parametrize("value", ["red\x1b[31m", "bell\x07", "nul\x00", "del\x7f"])
+def test_md_cell_shows_control_characters_as_escapes(value):
+    # compare prints this markdown to a terminal: an ESC would be obeyed, not shown.
+    cell = tables.md_cell(value)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in cell), repr(cell)
+    assert md_unescape(cell) == value.encode("unicode_escape").decode()  # "red\\x1b[31m"
+
+
+def test_report_markdown_and_html_make_no_markup_from_option_values(tmp_path):
+    for note in (" ".join(PLANTED.values()), "plain"):  # varies, so labels show it
+        write_synthetic(
+            tmp_path,
+            Synthetic(shapes=((4, 1), (16, 1)), extra_config={"workload_options": {"note": note}}),
+        )
+    rep = build_report(tmp_path)
+    assert any(PLANTED["img"] in lab for lab in rep.summary["config_label"])
+    md = render_markdown(rep.markdown)
+    assert_no_markup_from(md, PLANTED)
+    figures = [a for t, a, _ in md.elements if t == "img"]
+    assert [a["src"] for a in figures] == [f"figures/{f.name}.png" for f in rep.figures]
+    assert assert_tables_render(md) == len(markdown_tables(rep.markdown))
+    assert_no_markup_from(render_html(rep.html), PLANTED)
+
+
+def assert_tables_render(doc: Rendered) -> int:
+    """Every row of every rendered table has as many cells as its header row; returns
+    how many tables there are."""
+    tables_: list[list[int]] = []
+    for tag, _, _ in doc.elements:
+        if tag == "table":
+            tables_.append([])
+        elif tag == "tr":
+            tables_[-1].append(0)
+        elif tag in ("th", "td"):
+            tables_[-1][-1] += 1
+    for rows in tables_:
+        assert rows and rows[0] > 0 and set(rows) == {rows[0]}, rows
+    return len(tables_)
 
 
 # -- figures, documents, files -----------------------------------------------------------------
