@@ -18,7 +18,8 @@ import pytest
 
 from bench.errors import BenchError
 from bench.report import build, curves, scaling, tables
-from bench.report.build import build_report, newest_sweep, write_report
+from bench.report.build import build_report, write_report
+from bench.report.folders import newest_sweep
 from bench.report.markdown import md_unescape
 from bench.report.prepare import prepare
 from bench.report.synthetic import Synthetic, write_synthetic
@@ -800,6 +801,72 @@ def test_cli_report_default_folder(tmp_path, sweep):
     out = tmp_path / "results" / "only" / "report"
     assert (out / "index.html").is_file() and (out / "report.md").is_file()
     assert len(list((out / "figures").glob("*.png"))) == 5
+
+
+def test_cli_report_a_folder_of_sweeps_reports_each(tmp_path, sweep):
+    import shutil
+
+    root = tmp_path / "results"
+    for name in ("seed", "smoke"):
+        shutil.copytree(sweep, root / name, ignore=shutil.ignore_patterns("report"))
+    (root / "oom" / "s1").mkdir(parents=True)  # bench oom's folder: no trials, not a sweep
+    r = run_cli("report", str(root), "--target-loss", "0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == f"{root}: 2 sweeps (seed, smoke), a report for each"
+    for name, line in zip(("seed", "smoke"), lines[1:], strict=True):
+        assert line.startswith(f"report: {root / name / 'report' / 'index.html'} (")
+        assert (root / name / "report" / "report.md").is_file()
+    assert not (root / "report").exists() and not (root / "oom" / "report").exists()
+    # --out: one folder per sweep under it.
+    r = run_cli("report", str(root), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/index.html")) == [
+        "seed",
+        "smoke",
+    ]
+
+
+def test_cli_report_a_bad_sweep_among_several_does_not_stop_the_others(tmp_path, sweep):
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(sweep, root / "good", ignore=shutil.ignore_patterns("report"))
+    shutil.move(_corrupt(tmp_path), root / "bad")
+    r = run_cli("report", str(root), cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "1 of 2 sweeps not reported: bad:" in line and "corrupted parquet" in line, line
+    assert (root / "good" / "report" / "index.html").is_file()
+    assert not (root / "bad" / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "needle"),
+    [
+        ({}, "the folder is empty"),
+        ({"trials": None}, "trials/ with no rows yet"),
+        (
+            {"oom/s1/probes.parquet": b"", "seed/trials": None},
+            "oom/ (bench oom probes), seed/ (a sweep with no trial rows yet)",
+        ),
+        ({"notes.txt": b"x"}, "it holds notes.txt"),
+    ],
+)
+def test_cli_report_says_what_a_folder_without_results_holds(tmp_path, layout, needle):
+    root = tmp_path / "results"
+    root.mkdir()
+    for rel, data in layout.items():
+        path = root / rel
+        if data is None:
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    r = run_cli("report", str(root), cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert f"no results in {root}: " in line and needle in line, line
 
 
 def _corrupt(tmp_path: Path) -> Path:

@@ -10,6 +10,7 @@ Modules (each imports pandas at most at top level; seaborn/matplotlib load lazil
 - ``markdown``: the one GitHub markdown table printer and cell escaping rule.
 - ``figures``: seaborn figures (PNG + SVG), one module per figure.
 - ``html``: one self-contained index.html.
+- ``folders``: which results a folder holds (one sweep, several, none: what instead).
 - ``build``: ``bench report``'s pipeline, report.md and the files written.
 - ``compare``: baseline vs candidate with threshold + Mann-Whitney U.
 - ``command``: argparse wiring for ``python -m bench report`` / ``compare``.

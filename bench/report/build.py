@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.report import curves, scaling, tables
+from bench.report.folders import describe
 from bench.report.markdown import markdown_table, md_cell
 from bench.report.prepare import STATUSES, Prepared, prepare
 from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
@@ -77,16 +78,6 @@ class Report:
     smoothed: scaling.Smoothed | None = None
 
 
-def newest_sweep(root: Path = Path("results")) -> Path:
-    """The sweep folder (one holding ``trials/``) under ``root`` written most recently."""
-    if not root.is_dir():
-        raise BenchError(f"no results folder at {root} (give RESULTS)")
-    found = [p for p in root.iterdir() if (p / "trials").is_dir()]
-    if not found:
-        raise BenchError(f"no sweep folder (with trials/) under {root}; give RESULTS")
-    return max(found, key=lambda p: ((p / "trials").stat().st_mtime, p.name))
-
-
 def build_report(
     folder: str | Path, *, target: float | None = None, figures: bool = True
 ) -> Report:
@@ -103,6 +94,8 @@ def build_report(
     if target is not None and not math.isfinite(target):
         raise BenchError(f"--target-loss must be a finite number, got {target}")
     results = load_results(folder)
+    if not len(results.trials):
+        raise BenchError(f"results are empty: no trial rows in {folder} ({describe(folder)})")
     lap("load")
     prep = prepare(results)
     del results  # the full steps table: only prep's lean columns are needed from here
