@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.report import build, curves, scaling, tables
+from bench.report import build, curves, pareto, scaling, tables
 from bench.report.build import build_report, write_report
 from bench.report.folders import newest_sweep
 from bench.report.markdown import md_unescape
@@ -304,7 +304,7 @@ def test_pareto_mask_known_answer():
     s = pd.DataFrame(
         {
             "samples_per_s": [100, 200, 150, 200, np.nan],
-            "peak_memory_bytes": [10, 20, 30, 20, 1],
+            "trial_memory_bytes": [10, 20, 30, 20, 1],
             "tail_loss": [1.0, 1.0, 1.0, 0.9, 0.1],
             # The last step's loss would put 1 on the front instead of 3: not used.
             "final_loss": [1.0, 0.5, 1.0, 0.9, 0.1],
@@ -312,7 +312,7 @@ def test_pareto_mask_known_answer():
     )
     # 0: least memory -> front; 1: dominated by 3 (same speed/memory, lower tail loss);
     # 2: dominated by 1 and 3; 3: front; 4: no throughput -> cannot be placed.
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
 
 
 def test_pareto_front_is_per_workload():
@@ -322,15 +322,15 @@ def test_pareto_front_is_per_workload():
         {
             "workload": ["big", "big", "small", "small", "small"],
             "samples_per_s": [1000.0, 900.0, 10.0, 20.0, 5.0],
-            "peak_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
+            "trial_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
             "tail_loss": [0.1, 0.2, 3.0, 3.0, 4.0],
         }
     )
     # small: 3 (faster at the same memory and loss) dominates 2 and 4.
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
     # One workload with no loss at all still gets a front over the other objectives.
     s.loc[s["workload"] == "small", "tail_loss"] = np.nan
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
 
 
 def test_config_identity_without_config_json():
@@ -382,7 +382,7 @@ def test_markdown_and_html_survive_nasty_config_values(tmp_path):
     )
     rep = build_report(tmp_path)
     assert any("note=a|b" in lab for lab in rep.summary["config_label"])  # in the label
-    assert_tables_parse(rep.markdown, 2)
+    assert_tables_parse(rep.markdown, 3)
     for text in (rep.markdown, rep.html):
         assert "<script>alert" not in text and "<b>bold" not in text
     assert "&lt;script&gt;alert" in rep.html
@@ -510,6 +510,189 @@ def assert_tables_render(doc: Rendered) -> int:
 
 
 # -- figures, documents, files -----------------------------------------------------------------
+
+
+def seed_like(folder: Path, **kw) -> Path:
+    """Like experiments/seed.toml on a CPU: two dataset sizes, the tensor and the
+    DataLoader path at one shape, accumulation 8x4 beside 32x1; 2 seeds each."""
+    common = {"seeds": (0, 1), "gpu": False, "rss_start": True, **kw}
+    for samples, path, shapes in (
+        (100, "tensor", ((1, 1), (20, 1), (100, 1))),
+        (10000, "tensor", ((32, 1), (8, 4))),
+        (10000, "dataloader", ((32, 1),)),
+    ):
+        spec = Synthetic(samples=samples, shapes=shapes, extra_config={"data_path": path}, **common)
+        write_synthetic(folder, spec)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seed_report(tmp_path_factory):
+    folder = seed_like(tmp_path_factory.mktemp("seed") / "seed")
+    return build_report(folder, figures=False)
+
+
+def drawn(report) -> list[tuple[str, object]]:
+    """The report's figures as matplotlib Figures, laid out and drawn (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = build.figure_objects(report)
+    for _, fig in figures:
+        FigureCanvasAgg(fig).draw()
+    return figures
+
+
+@pytest.mark.parametrize("which", ["report", "seed_report"])
+def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, which):
+    rep = request.getfixturevalue(which)
+    figures = drawn(rep)
+    assert len(figures) >= 4
+    for name, fig in figures:
+        renderer = fig.canvas.get_renderer()
+        legends = [*fig.legends, *(a.get_legend() for a in fig.axes if a.get_legend())]
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (name, ax.get_label())
+            for text in legend.get_texts():  # short: ids and what differs, not every key
+                assert len(text.get_text()) <= 60, (name, text.get_text())
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = sorted(axis.get_view_interval())
+                labels = [
+                    t.get_text()
+                    for t, loc in zip(
+                        axis.get_majorticklabels(), axis.get_majorticklocs(), strict=True
+                    )
+                    if lo <= loc <= hi and t.get_text()
+                ]
+                assert len(labels) == len(set(labels)), (name, labels)
+
+
+def test_short_labels_and_the_legend_table(seed_report):
+    prep = seed_report.prep
+    short = dict(zip(prep.configs["config_tag"], prep.configs["config_short"], strict=True))
+    assert short["C1"] == "C1 sgd B=1 (1×1)"  # alone at its shape: the shape says it
+    # Two configurations at 32x1 differ by the data path only: that, and nothing else.
+    at32 = sorted(v for v in short.values() if "(32×1)" in v)
+    assert [v.split(" ", 1)[1] for v in at32] == [
+        "mbgd B=32 (32×1) data_path=dataloader",
+        "mbgd B=32 (32×1) data_path=tensor",
+    ]
+    headers, rows, _, shared = tables.legend(prep)
+    assert headers == ["id", "workload", "mode", "b", "k", "B", "data_path", "samples"]
+    assert [r[0] for r in rows] == [f"C{i}" for i in range(1, 7)]
+    assert "optimizer=sgd" in shared and "lr=0.01" in shared
+    md = md_unescape(seed_report.markdown)
+    assert "## Configurations in full" in md
+    assert "| C4 | seed-mlp | mbgd | 32 | 1 | 32 | dataloader | 10000 |" in md
+
+
+def test_throughput_draws_one_line_per_family_never_pools_configurations(seed_report):
+    """32x1 on the tensor and on the DataLoader path, N = 100 and N = 10000: four
+    families (N=100 k=1, N=10000 k=1 tensor, N=10000 k=4, dataloader), each point one
+    configuration, so no line holds two values at one b."""
+    (fig,) = [f for n, f in drawn(seed_report) if n == "throughput"]
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 4
+    for ln in lines:
+        x = list(ln.get_xdata())
+        assert len(x) == len(set(x)), x
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(315.1 * 2**20, 315.6 * 2**20), (0.0, 1.1 * 2**20), (2**28, 2**31)]
+)
+def test_byte_ticks_never_repeat_a_label(lo, hi):
+    """305 MiB three times on one axis (three significant digits over a ~1 MiB range)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bench.report.figures import axes
+
+    fig, ax = axes.new_figure(1, 1)
+    ax = ax[0, 0]
+    ax.plot([1, 2], [lo, hi])
+    axes.bytes_axis(ax, "y")
+    FigureCanvasAgg(fig).draw()
+    ticks = zip(ax.yaxis.get_majorticklabels(), ax.yaxis.get_majorticklocs(), strict=True)
+    labels = [t.get_text() for t, v in ticks if lo * 0.999 <= v <= hi * 1.001 and t.get_text()]
+    assert len(labels) >= 3 and len(labels) == len(set(labels)), labels
+
+
+# -- memory a trial adds, resolution, Pareto ties ------------------------------------------------
+
+
+def test_cpu_memory_is_growth_and_noise_below_resolution_is_said_not_drawn(tmp_path):
+    """A CPU sweep whose trials add nothing but noise (±50 KiB) on a ~300 MiB process:
+    the tables show the growth, the memory figure is left out with a note that says what
+    the spread is, and memory does not decide the Pareto front."""
+    folder = seed_like(tmp_path / "s", memory_per_sample_bytes=0, rss_noise_bytes=50 * 2**10)
+    rep = build_report(folder)
+    assert (rep.summary["trial_memory_bytes"] < 2**20).all()  # growth, not the process
+    assert set(rep.summary["trial_memory_source"]) == {"cpu_rss_growth_bytes"}
+    assert "memory" not in [f.name for f in rep.figures]
+    (note,) = [n for n in rep.notes if n.startswith("memory (seed-mlp)")]
+    assert "below what it resolves" in note and "median over 6 configurations" in note
+    res = rep.resolutions["seed-mlp"]["trial_memory_bytes"]
+    assert res.spread_bytes is not None and res.step_bytes is None  # no env record: no CPU count
+    assert rep.tolerance["seed-mlp"]["trial_memory_bytes"] == res.bytes > 0
+    # With memory a tie, the front is what samples/s and tail loss decide alone.
+    s = rep.summary
+    alone = pareto.pareto_mask(s.assign(trial_memory_bytes=0.0), rep.tolerance)
+    assert list(s["pareto"]) == list(alone)
+
+
+def test_cpu_memory_growth_above_resolution_is_drawn_per_family(tmp_path):
+    folder = seed_like(tmp_path / "s", memory_per_sample_bytes=2**20)  # 1 MiB per sample
+    (folder / "env").mkdir()
+    (folder / "env" / "e.json").write_text(json.dumps({"cpu_count": 2}))
+    rep = build_report(folder, figures=False)
+    res = rep.resolutions["seed-mlp"]["cpu_rss_growth_bytes"]
+    assert res.step_bytes == 2 * 32 * 4096 * 2  # two readings, 32 pages per CPU, 2 CPUs
+    row = rep.summary.set_index("config_tag").loc["C6"]  # bgd B=100: b = 100
+    assert row["trial_memory_bytes"] == pytest.approx(100 * 2**20, rel=0.01)
+    (fig,) = [f for n, f in drawn(rep) if n == "memory"]
+    lines = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 4  # one per family, as throughput
+    assert not [n for n in rep.notes if n.startswith("memory (")]
+
+
+def test_pareto_ties_within_tolerance():
+    s = pd.DataFrame(
+        {
+            "workload": ["w"] * 3,
+            "samples_per_s": [1000.0, 1000.0, 1020.0],
+            "trial_memory_bytes": [10 * 2**20, 10.3 * 2**20, 10.3 * 2**20],
+            "tail_loss": [1.0, 1.0, 1.0],
+        }
+    )
+    # Exact: 0 (least memory) and 2 (fastest) are on the front, 1 is dominated by both.
+    assert list(pareto.pareto_mask(s)) == [True, False, True]
+    # 0.3 MiB is within a 0.5 MiB resolution and 2 % within a 3 % spread: all tie.
+    tol = {"w": {"trial_memory_bytes": 0.5 * 2**20, "samples_per_s": 0.03, "tail_loss": 0.0}}
+    assert list(pareto.pareto_mask(s, tol)) == [True, True, True]
+    # Memory a tie, speed not: 2 is faster by more than 1 %, the others are dominated.
+    tol["w"]["samples_per_s"] = 0.01
+    assert list(pareto.pareto_mask(s, tol)) == [False, False, True]
+
+
+def test_pareto_tolerances_come_from_the_spread_across_seeds():
+    t = pd.DataFrame(
+        {
+            "workload": ["w"] * 6,
+            "status": ["ok"] * 6,
+            "config_id": ["a", "a", "b", "b", "c", "c"],
+            "samples_per_s": [100.0, 110.0, 200.0, 204.0, 50.0, 50.0],
+            "tail_loss": [1.0, 1.2, 0.5, 0.6, 0.3, 0.3],
+            "trial_memory_bytes": [1.0] * 6,
+        }
+    )
+    tol = pareto.tolerances(t, {})
+    # samples/s: ranges relative to the median 10/105, 4/202, 0 -> median 0.0198
+    assert tol["w"]["samples_per_s"] == pytest.approx(4 / 202)
+    assert tol["w"]["tail_loss"] == pytest.approx(0.1)  # ranges 0.2, 0.1, 0
+    assert tol["w"]["trial_memory_bytes"] == 0.0  # no resolution given
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -756,7 +939,7 @@ def test_trials_only_and_old_schema(tmp_path):
     assert len(rep.summary) == 3
     assert [f.name for f in rep.figures] == ["throughput", "memory", "pareto"]
     assert any("no steps table" in n for n in rep.notes)
-    assert_tables_parse(rep.markdown, 2)
+    assert_tables_parse(rep.markdown, 3)
 
 
 def test_single_run_folder(tmp_path, sweep):

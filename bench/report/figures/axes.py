@@ -74,9 +74,81 @@ def compact_bytes(v: float) -> str:
     return f"{v:.0f} B"
 
 
+_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def _unit(v: float) -> tuple[str, float]:
+    return next(((u, s) for u, s in _UNITS if abs(v) >= s), ("B", 1))
+
+
+def bytes_text(values: list[float], one_unit: bool = False) -> list[str]:
+    """Tick labels for byte counts, each in its own unit (``one_unit``: all in the
+    largest's, as on a linear axis), with the fewest decimals that keep different values
+    apart and each label within 5 % of the smallest gap between ticks: 315.2 MiB,
+    315.4 MiB, never 315 MiB twice (nor 1 MiB for 1.4 MiB)."""
+    finite = sorted({float(v) for v in values if np.isfinite(v)})
+    common = _unit(max((abs(v) for v in finite), default=0.0)) if one_unit else None
+    gaps = np.diff(finite)
+    gap = float(gaps.min()) if len(gaps) else math.inf
+    texts: list[str] = []
+    for decimals in range(7):
+        texts = []
+        worst = 0.0
+        for v in values:
+            if not np.isfinite(v):
+                texts.append("")
+                continue
+            unit, scale = common or _unit(v)
+            texts.append(f"{v / scale:.{decimals}f} {unit}")
+            worst = max(worst, abs(round(v / scale, decimals) * scale - v))
+        if len({t for t in texts if t}) == len(finite) and worst <= 0.05 * gap:
+            break
+    return texts
+
+
+def _bytes_locator():
+    from matplotlib.ticker import Locator, MaxNLocator
+
+    class BytesLocator(Locator):
+        """Round numbers of the unit the axis reaches (0, 256, 512 KiB), not of bytes
+        (0, 250000, 500000, which read 244.1 KiB)."""
+
+        def __call__(self):
+            lo, hi = self.axis.get_view_interval()
+            return self.tick_values(lo, hi)
+
+        def tick_values(self, vmin, vmax):
+            _, scale = _unit(max(abs(vmin), abs(vmax)))
+            steps = [1, 2, 2.5, 4, 5, 8, 10] if scale > 1 else [1, 2, 2.5, 5, 10]
+            return MaxNLocator(6, steps=steps).tick_values(vmin / scale, vmax / scale) * scale
+
+    return BytesLocator()
+
+
+def _bytes_formatter():
+    from matplotlib.ticker import Formatter
+
+    class BytesFormatter(Formatter):
+        """Tick labels by ``bytes_text``: the decimals are chosen over all ticks at once,
+        so neighbouring ticks never repeat a label."""
+
+        def __call__(self, x, pos=None):
+            return bytes_text([x])[0] if x > 0 else ("0" if x == 0 else "")
+
+        def format_ticks(self, values):
+            linear = self.axis is not None and self.axis.get_scale() == "linear"
+            texts = bytes_text([float(v) for v in values], one_unit=linear)
+            return [
+                t if v > 0 else "0" if v == 0 else "" for t, v in zip(texts, values, strict=True)
+            ]
+
+    return BytesFormatter()
+
+
 def bytes_axis(ax, axis: str = "y") -> None:
-    """Log2 byte axis when the values span 4x or more, else linear; compact labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    """Log2 byte axis when the values span 4x or more, else linear; labels in one unit
+    with enough decimals that no two ticks read alike."""
+    from matplotlib.ticker import LogLocator
 
     a = ax.yaxis if axis == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
@@ -85,8 +157,22 @@ def bytes_axis(ax, axis: str = "y") -> None:
         a.set_major_locator(LogLocator(base=2, numticks=10))
     else:
         getattr(ax, f"set_{axis}scale")("linear")
-        a.set_major_locator(MaxNLocator(6))
-    a.set_major_formatter(FuncFormatter(lambda v, _pos: compact_bytes(v) if v > 0 else ""))
+        a.set_major_locator(_bytes_locator())
+    a.set_major_formatter(_bytes_formatter())
+
+
+def legend_outside(ax, **kw):
+    """A legend to the right of ``ax``, outside it: constrained layout makes room for it,
+    and no line or point is hidden under it. A legend seaborn drew is moved there."""
+    kw.setdefault("fontsize", 7)
+    kw.setdefault("title_fontsize", 7)
+    where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0}
+    if ax.get_legend() is not None and "handles" not in kw:
+        import seaborn as sns
+
+        sns.move_legend(ax, **where, **kw)
+        return ax.get_legend()
+    return ax.legend(**where, **kw)
 
 
 def log2_axis(ax, axis: str = "x") -> None:
@@ -119,6 +205,13 @@ def plain(text: object) -> str:
     """Data strings on a figure: whitespace (newlines, CR) collapsed, and '$' escaped so
     matplotlib does not parse a config value as mathtext (or fail on an unbalanced one)."""
     return " ".join(str(text).split()).replace("$", r"\$")
+
+
+def legend_text(label: object, n: int = 60) -> str:
+    """A legend entry from data: ``plain``, cut to ``n`` characters. Entries start with
+    the configuration's id, so a cut one still names it; the legend table has the rest."""
+    text = plain(label)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def workload_label(w) -> str:
