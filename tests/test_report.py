@@ -542,7 +542,15 @@ def drawn(report) -> list[tuple[str, object]]:
     return figures
 
 
-@pytest.mark.parametrize("which", ["report", "seed_report"])
+@pytest.fixture(scope="module")
+def oom_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("oom") / "s"
+    write_synthetic(folder, Synthetic(shapes=((4, 1), (16, 1), (64, 1)), seeds=(0,)))
+    write_oom_searches(folder)
+    return build_report(folder, figures=False)
+
+
+@pytest.mark.parametrize("which", ["report", "seed_report", "oom_report"])
 def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, which):
     rep = request.getfixturevalue(which)
     figures = drawn(rep)
@@ -702,7 +710,14 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_figures_png_and_svg(report):
     names = [f.name for f in report.figures]
-    assert names == ["loss_curves", "throughput", "memory", "steps_to_target", "pareto"]
+    assert names == [
+        "loss_curves",
+        "throughput",
+        "memory",
+        "steps_to_target",
+        "time_to_target",
+        "pareto",
+    ]  # "oom" only where bench oom probes are present
     for f in report.figures:
         w, h = png_size(f.png)
         assert 600 <= w <= 1200 and 250 <= h <= 1400, (f.name, w, h)
@@ -805,6 +820,63 @@ def test_oom_probes_drawn_and_tolerated(tmp_path, sweep):
 
     p = load_oom_probes(folder, [])
     assert sorted(p.loc[p["outcome"] == "oom", "micro_batch_size"]) == [32, 64]
+
+
+def write_oom_searches(folder: Path) -> None:
+    """bench oom's probes for two precisions at caps of 1 and 2 GiB, 10 % margin, and
+    throughput probes for --target-batch 64 under the 1 GiB cap after the margin. fp32
+    fits b <= cap / 100 MiB, bf16 twice that."""
+    import pyarrow as pa
+
+    mib, rows = 2**20, []
+    for precision, per_b in (("fp32", 100 * mib), ("bf16", 50 * mib)):
+        for cap in (2**30, 2 * 2**30, int(0.9 * 2**30)):
+            fits = cap // per_b
+            for b in sorted({1, 2, 4, 8, 16, 32, 64, fits, fits + 1}):
+                rows.append(
+                    {
+                        "search_key": f"{precision}-{cap}",
+                        "kind": "boundary",
+                        "workload": "seed-mlp",
+                        "precision": precision,
+                        "micro_batch_size": b,
+                        "accumulation_steps": 1,
+                        "capacity_bytes": cap,
+                        "outcome": "ok" if b <= fits else "oom",
+                        "peak_reserved_bytes": b * per_b if b <= fits else None,
+                        "samples_per_s": None,  # from_pylist takes the first row's keys
+                        "config_json": json.dumps({"optimizer": "adamw"}),
+                    }
+                )
+        for b, speed in ((4, 900.0), (8, 1500.0), (16, 1200.0)):
+            if b * per_b <= 0.9 * 2**30:
+                rows.append({**rows[-1], "kind": "throughput", "micro_batch_size": b,
+                             "accumulation_steps": 64 // b, "capacity_bytes": int(0.9 * 2**30),
+                             "outcome": "ok", "samples_per_s": speed, "peak_reserved_bytes": b * per_b})  # fmt: skip
+    write_atomic(pa.Table.from_pylist(rows), folder / "probes.parquet")
+
+
+def test_oom_figure_boundary_against_capacity_and_the_planner_choice(oom_report):
+    figures = dict(drawn(oom_report))
+    assert "oom" in figures
+    ax = figures["oom"].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if len(ln.get_xdata())}
+    assert sorted(lines) == ["b* bf16 adamw", "b* fp32 adamw"]
+    fp32 = lines["b* fp32 adamw"]
+    caps = [0.9 * 2**30, 2**30, 2 * 2**30]
+    assert list(fp32.get_xdata()) == pytest.approx(caps, rel=1e-6)
+    assert list(fp32.get_ydata()) == [9, 10, 20]  # floor(cap / 100 MiB)
+    assert list(lines["b* bf16 adamw"].get_ydata()) == [18, 20, 40]
+    from bench.report.figures import load_oom_probes, planner_choices
+
+    choice = planner_choices(load_oom_probes(oom_report.folder, []))
+    # fp32 at 0.9 GiB fits b <= 9: of 4 and 8, 8 x 8 is the faster; bf16 also has 16.
+    assert choice.set_index("group")["micro_batch_size"].to_dict() == {
+        "fp32 adamw": 8,
+        "bf16 adamw": 8,
+    }
+    texts = [t.get_text() for t in ax.texts]
+    assert "8×8, 1,500/s" in texts
 
 
 def test_oom_probes_of_different_searches_are_kept_apart(tmp_path):
@@ -983,7 +1055,7 @@ def test_cli_report_default_folder(tmp_path, sweep):
     assert "B_crit" in r.stdout
     out = tmp_path / "results" / "only" / "report"
     assert (out / "index.html").is_file() and (out / "report.md").is_file()
-    assert len(list((out / "figures").glob("*.png"))) == 5
+    assert len(list((out / "figures").glob("*.png"))) == 6
 
 
 def test_cli_report_a_folder_of_sweeps_reports_each(tmp_path, sweep):

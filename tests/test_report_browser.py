@@ -152,7 +152,7 @@ def test_page_renders_images_load_nothing_leaves(report_page, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     check = render_check(r.stdout)
     assert check["ready"] == "1"
-    assert int(check["images"]) == figures == 5
+    assert int(check["images"]) == figures == 6
     assert check["images-loaded"] == check["images"]
     assert check["csp-violations"] == "0"
     assert page_requests(proxy.requests) == []

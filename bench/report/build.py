@@ -43,6 +43,12 @@ FIGURE_CAPTIONS = {
     "seeds where larger) is not drawn: the notes say so. Crosses at the top mark "
     "micro-batch sizes where a trial ran out of memory; dashed lines and the dotted "
     "boundary come from `bench oom` probes when present.",
+    "oom": "What `bench oom` found, per capacity (its memory cap): the largest micro-batch b* "
+    "that ran its probe steps, and the first that did not (x), one line per precision and "
+    "optimizer. A search under the capacity after the safety margin is a point of its own "
+    "at that smaller capacity. Stars: the (b, k) the planner chose for --target-batch B "
+    "(the fastest of its candidates, each measured under the capacity after the margin), "
+    "with its samples/s.",
     "steps_to_target": "Optimizer steps and samples to reach the target training loss against "
     "effective batch B (log2–log2). Dotted: perfect scaling (steps ∝ 1/B) "
     "through the smallest batch. Solid: least-squares fit of "
@@ -50,6 +56,11 @@ FIGURE_CAPTIONS = {
     "configuration per B; where B_crit lies outside the measured B the fit does not locate "
     "it and only a bound is given. Open triangles: configurations whose median seed "
     "never reached the target.",
+    "time_to_target": "Wall time until the smoothed training loss first reaches the target, "
+    "against effective batch B: median over seeds (a seed that never got there counts as "
+    "never), one point per configuration with its id. The star marks the configuration "
+    "that got there first: what to run when wall time is the budget. Open triangles: "
+    "configurations whose median seed never reached the target.",
     "pareto": "Throughput against the memory a trial adds, coloured by tail loss (the training "
     "loss averaged over the last 5 % of samples; medians over seeds; dark = low), each "
     "point labelled with its configuration id. One row per workload. Circled: "
@@ -62,7 +73,9 @@ FIGURE_TITLES = {
     "loss_curves": "Loss curves",
     "throughput": "Throughput",
     "memory": "Memory a trial adds",
+    "oom": "OOM boundary",
     "steps_to_target": "Steps and samples to target",
+    "time_to_target": "Wall time to target",
     "pareto": "Throughput vs memory (Pareto)",
 }
 
@@ -195,8 +208,12 @@ def figure_objects(report: Report) -> list[tuple[str, object]]:
         "loss_curves": lambda: F.loss_curves(prep, binned, notes),
         "throughput": lambda: F.throughput(prep, notes),
         "memory": lambda: F.memory(prep, probes, notes, report.resolutions),
+        "oom": lambda: F.oom_boundaries(probes, notes),
         "steps_to_target": lambda: F.steps_to_target(
             report.points, {**report.fits, **report.bounds}, report.target, notes
+        ),
+        "time_to_target": lambda: F.time_to_target(
+            report.points, prep.configs, report.target, notes
         ),
         "pareto": lambda: F.pareto(report.summary, notes, report.tolerance),
     }
