@@ -1106,6 +1106,7 @@ def test_cli_report_a_bad_sweep_among_several_does_not_stop_the_others(tmp_path,
             "oom/ (bench oom probes), seed/ (a sweep with no trial rows yet)",
         ),
         ({"notes.txt": b"x"}, "it holds notes.txt"),
+        ({"red\x1b[31m": b"x"}, "it holds red\\x1b[31m"),  # shown, not obeyed
     ],
 )
 def test_cli_report_says_what_a_folder_without_results_holds(tmp_path, layout, needle):

@@ -273,10 +273,10 @@ def _meta(report: Report) -> list[str]:
     src = report.summary["trial_memory_source"].dropna().unique() if len(report.summary) else []
     if len(src):
         lines.append(
-            "memory column: what a trial adds, "
+            "memory column: what a trial adds, as "
             + ", ".join(memory.COUNTERS[c][0] for c in src)
-            + " (first present of allocator reserved, NVML growth, allocator allocated, "
-            "CPU RSS growth)"
+            + "; the first present of allocator reserved, NVML growth, allocator allocated, "
+            "CPU RSS growth"
         )
     for w, res in report.resolutions.items():
         if "trial_memory_bytes" in res:

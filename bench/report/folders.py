@@ -43,10 +43,12 @@ def newest_sweep(root: Path = Path("results")) -> Path:
 def describe(folder: Path) -> str:
     """What ``folder`` holds, in a reader's terms: 'it is empty', or its entries with
     what each looks like ('trials/ with no rows yet', 'oom/: bench oom probes')."""
+    from bench.console import plain  # names from disk go to a terminal: ESC shown, not obeyed
+
     entries = sorted(folder.iterdir(), key=lambda p: p.name)
     if not entries:
         return "the folder is empty"
-    named = [_entry(p) for p in entries[:LISTED]]
+    named = [plain(_entry(p)) for p in entries[:LISTED]]
     if len(entries) > LISTED:
         named.append(f"and {len(entries) - LISTED} more")
     return "it holds " + ", ".join(named)

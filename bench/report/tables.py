@@ -1,4 +1,5 @@
-"""Per-configuration summary, Pareto set, and the rows of the report's tables.
+"""Per-configuration summary (with its Pareto flag), the rows of the report's tables, and the
+legend table that maps configuration ids to their settings.
 
 Every number is a median over a configuration's seeds (its repeats) with the min–max
 spread beside it; metrics come from ok trials only, status counts from all of them.
