@@ -550,7 +550,16 @@ def oom_report(tmp_path_factory):
     return build_report(folder, figures=False)
 
 
-@pytest.mark.parametrize("which", ["report", "seed_report", "oom_report"])
+@pytest.fixture(scope="module")
+def lr_report(tmp_path_factory):
+    """Three learning rates per shape: same throughput and memory, points on one spot."""
+    folder = tmp_path_factory.mktemp("lr") / "s"
+    spec = Synthetic(shapes=((4, 1), (16, 1), (64, 1)), lrs=(0.01, 0.1, 1.0), seeds=(0,))
+    write_synthetic(folder, spec)
+    return build_report(folder, figures=False)
+
+
+@pytest.mark.parametrize("which", ["report", "seed_report", "oom_report", "lr_report"])
 def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, which):
     rep = request.getfixturevalue(which)
     figures = drawn(rep)
@@ -564,7 +573,10 @@ def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, w
                 assert not box.overlaps(ax.get_window_extent(renderer)), (name, ax.get_label())
             for text in legend.get_texts():  # short: ids and what differs, not every key
                 assert len(text.get_text()) <= 60, (name, text.get_text())
-        for ax in fig.axes:
+        for ax in fig.axes:  # point labels (configuration ids) never print over each other
+            boxes = [t.get_window_extent(renderer) for t in ax.texts]
+            for i, a in enumerate(boxes):
+                assert not any(a.overlaps(b) for b in boxes[i + 1 :]), (name, ax.texts[i])
             for axis in (ax.xaxis, ax.yaxis):
                 lo, hi = sorted(axis.get_view_interval())
                 labels = [
@@ -875,8 +887,8 @@ def test_oom_figure_boundary_against_capacity_and_the_planner_choice(oom_report)
         "fp32 adamw": 8,
         "bf16 adamw": 8,
     }
-    texts = [t.get_text() for t in ax.texts]
-    assert "8×8, 1,500/s" in texts
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "planner fp32 adamw at 922 MiB: 8×8, 1,500/s" in labels
 
 
 def test_oom_probes_of_different_searches_are_kept_apart(tmp_path):

@@ -151,7 +151,8 @@ def bytes_axis(ax, axis: str = "y") -> None:
     from matplotlib.ticker import LogLocator
 
     a = ax.yaxis if axis == "y" else ax.xaxis
-    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    # The data's range, not the view's: a linear view's margin reaches below 0.
+    lo, hi = ax.dataLim.intervaly if axis == "y" else ax.dataLim.intervalx
     if lo > 0 and hi / lo >= 4:
         getattr(ax, f"set_{axis}scale")("log", base=2)
         a.set_major_locator(LogLocator(base=2, numticks=10))
@@ -205,6 +206,47 @@ def plain(text: object) -> str:
     """Data strings on a figure: whitespace (newlines, CR) collapsed, and '$' escaped so
     matplotlib does not parse a config value as mathtext (or fail on an unbalanced one)."""
     return " ".join(str(text).split()).replace("$", r"\$")
+
+
+# Point labels: 7 pt text, offset (7, 3) pt from the point; a character is about
+# 0.62 em wide. The axes narrow when the layout makes room for legends and colour bars
+# beside them, so the width a label needs is taken 1.5 times over.
+LABEL_PT, CHAR_EM, LABEL_ROOM = 7.0, 0.62, 1.5
+
+
+def annotate_ids(ax, x, y, ids) -> None:
+    """Each point's id beside it; a point whose label would touch another's joins that
+    label ('C1 C2 C3', 'C1 … C9 (9)'), so ids never print over each other. Call after
+    the axes' scales and limits are set."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    ax.autoscale_view()
+    px = ax.transData.transform(np.column_stack([np.where(ok, x, 1.0), np.where(ok, y, 1.0)]))
+    pt = ax.figure.dpi / 72.0
+    height = LABEL_PT * 1.2 * pt  # a line of 7 pt text
+    clusters: list[list[int]] = []
+    for i in np.flatnonzero(ok):
+        for c in clusters:
+            width = max(len(_id_text([ids[j] for j in c + [i]])), 2) * CHAR_EM * LABEL_PT * pt
+            dx, dy = px[i] - px[c[0]]
+            if abs(dx) < width * LABEL_ROOM and abs(dy) < height:
+                c.append(int(i))
+                break
+        else:
+            clusters.append([int(i)])
+    for c in clusters:
+        ax.annotate(
+            _id_text([ids[j] for j in sorted(c)]),
+            (x[c[0]], y[c[0]]),
+            textcoords="offset points",
+            xytext=(7, 3),
+            fontsize=LABEL_PT,
+        )
+
+
+def _id_text(ids: list) -> str:
+    names = [plain(i) for i in ids]
+    return " ".join(names) if len(names) <= 4 else f"{names[0]} … {names[-1]} ({len(names)})"
 
 
 def legend_text(label: object, n: int = 60) -> str:

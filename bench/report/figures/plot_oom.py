@@ -9,6 +9,7 @@ import pandas as pd
 from bench.report.figures.axes import (
     WIDTH,
     bytes_axis,
+    compact_bytes,
     legend_outside,
     log2_axis,
     new_figure,
@@ -51,7 +52,7 @@ def oom_boundaries(probes: pd.DataFrame | None, notes: list[str]):
         legend_outside(ax)
     fig.suptitle(
         "Largest micro-batch that fits (b*) against capacity, per precision and optimizer;\n"
-        "x: the first that did not; stars: the (b, k) the planner chose"
+        "x: the first that did not; stars: the (b, k) the planner chose (after the margin)"
     )
     return fig
 
@@ -80,12 +81,6 @@ def _draw_choice(ax, c, color) -> None:
         edgecolors=color,
         linewidths=1.2,
         zorder=5,
-        label=f"planner {c.group}: b×k at the capacity after margin",
-    )
-    ax.annotate(
+        label=f"planner {c.group} at {compact_bytes(c.capacity_bytes)}: "
         f"{c.micro_batch_size:g}×{c.accumulation_steps:g}, {c.samples_per_s:,.0f}/s",
-        (c.capacity_bytes, c.micro_batch_size),
-        textcoords="offset points",
-        xytext=(7, -10),
-        fontsize=7,
     )

@@ -7,10 +7,10 @@ import pandas as pd
 
 from bench.report.figures.axes import (
     WIDTH,
+    annotate_ids,
     bytes_axis,
     matches,
     new_figure,
-    plain,
     setup_theme,
     workload_label,
     workload_rows,
@@ -47,6 +47,7 @@ def pareto(summary: pd.DataFrame, notes: list[str], tolerance: dict | None = Non
         _memory_axis(ax, dw, tie)
         if dw["samples_per_s"].min() > 0:
             ax.set_yscale("log")
+        annotate_ids(ax, dw["trial_memory_bytes"], dw["samples_per_s"], list(dw["config_tag"]))
         ax.set_ylabel(f"{workload_label(w)}\nsamples/s (median over seeds)")
         if norm is not None:
             sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
@@ -59,7 +60,7 @@ def pareto(summary: pd.DataFrame, notes: list[str], tolerance: dict | None = Non
 
 
 def _draw_points(ax, dw: pd.DataFrame, cmap):
-    """Every configuration, coloured by its tail loss, with its id; returns the norm."""
+    """Every configuration, coloured by its tail loss; returns the norm."""
     import matplotlib as mpl
 
     loss = dw["tail_loss"].astype(float)
@@ -79,14 +80,6 @@ def _draw_points(ax, dw: pd.DataFrame, cmap):
         edgecolors="0.15",
         linewidths=0.6,
     )
-    for _, row in dw.iterrows():
-        ax.annotate(
-            plain(row["config_tag"]),
-            (row["trial_memory_bytes"], row["samples_per_s"]),
-            textcoords="offset points",
-            xytext=(7, 3),
-            fontsize=7,
-        )
     return norm
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 
 from bench.report.figures.axes import (
     WIDTH,
+    annotate_ids,
     legend_outside,
     log2_axis,
     matches,
@@ -64,14 +65,6 @@ def _draw_reached(ax, reached: pd.DataFrame, color) -> None:
         zorder=3,
         label="configuration (median over seeds)",
     )
-    for _, row in reached.iterrows():
-        ax.annotate(
-            plain(row["tag"]),
-            (row["effective_batch_size"], row["time_to_target_s"]),
-            textcoords="offset points",
-            xytext=(6, 3),
-            fontsize=7,
-        )
     best = reached.loc[reached["time_to_target_s"].idxmin()]
     ax.scatter(
         [best["effective_batch_size"]],
@@ -88,6 +81,10 @@ def _draw_reached(ax, reached: pd.DataFrame, color) -> None:
     if lo > 0:
         ax.set_yscale("log")
         ax.set_ylim(lo / 2, hi * 3)
+    ax.set_xscale("log", base=2)
+    annotate_ids(
+        ax, reached["effective_batch_size"], reached["time_to_target_s"], list(reached["tag"])
+    )
 
 
 def _draw_never(ax, never: pd.DataFrame) -> None:
