@@ -14,7 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_report import NASTY, assert_tables_parse  # tests/ is on sys.path (rootdir-less layout)
+from test_report import (  # tests/ is on sys.path (rootdir-less layout)
+    NASTY,
+    PLANTED,
+    assert_no_markup_from,
+    assert_tables_parse,
+    assert_tables_render,
+    render_markdown,
+)
 
 from bench.config import TrialConfig
 from bench.errors import BenchError
@@ -252,6 +259,35 @@ def test_markdown_parses_with_nasty_labels(tmp_path):
     assert_tables_parse(text, 1)
     assert "<script" not in text
     assert res.regressed
+
+
+def test_markdown_makes_no_markup_from_configuration_values(tmp_path):
+    """Option values with markdown in them (an image, a link, emphasis, code) show as
+    typed in compare's table, which lands in PR comments and the step summary."""
+    planted = " ".join(PLANTED.values())
+    for side, factor in (("b", 1.0), ("c", 0.5)):
+        rows = [
+            {
+                "trial_key": f"k{s}{i}",
+                "workload": "seed-mlp",
+                "mode": "mbgd",
+                "micro_batch_size": 4,
+                "accumulation_steps": 1,
+                "seed": s,
+                "status": "ok",
+                "samples_per_s": 100.0 * factor + s,
+                "config_json": json.dumps({"workload": "seed-mlp", "seed": s, "note": note}),
+            }
+            for s in range(5)
+            for i, note in enumerate((planted, "plain"))  # varies, so labels show it
+        ]
+        write_atomic(trials_table(rows), tmp_path / side / "trials" / "all.parquet")
+    res = C.compare(tmp_path / "b", tmp_path / "c", metrics=[METRICS["samples_per_s"]])
+    assert any(PLANTED["img"] in r.label for r in res.rows)
+    doc = render_markdown(C.markdown(res))
+    assert_no_markup_from(doc, PLANTED)
+    assert assert_tables_render(doc) == 1
+    assert res.regressed  # the rows are real comparisons, not errors
 
 
 def test_parse_threshold_and_metrics():

@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.report import build, curves, scaling, tables
-from bench.report.build import build_report, newest_sweep, write_report
+from bench.report import build, curves, pareto, scaling, tables
+from bench.report.build import build_report, write_report
+from bench.report.folders import newest_sweep
+from bench.report.markdown import md_unescape
 from bench.report.prepare import prepare
 from bench.report.synthetic import Synthetic, write_synthetic
 from bench.store import Results, load_results, trials_table, write_atomic
@@ -181,8 +184,8 @@ def test_report_gives_a_bound_for_b_crit_outside_the_batches(tmp_path, b_crit, t
     write_synthetic(tmp_path, spec)
     rep = build_report(tmp_path, target=0.5)
     assert not rep.fits and list(rep.bounds) == ["seed-mlp"]
-    for doc in (rep.markdown, rep.html):  # both HTML-escape '<' and '>'
-        doc = html.unescape(doc)
+    # As a reader sees them: markdown's escapes and both documents' entities resolved.
+    for doc in (md_unescape(rep.markdown), html.unescape(rep.html)):
         assert text in doc
         assert "B_crit ≈" not in doc
     assert build.summary_numbers(rep)["b_crit"] == {}
@@ -281,7 +284,7 @@ def test_configurations_group_seeds_and_marks_never_reached(report):
     oom = s[s["micro_batch_size"] > 64]
     assert list(oom["oom"]) == [3] and oom["samples_per_s"].isna().all()
     assert "not reached" not in "".join(tables.config_rows(s)[0])
-    md = report.markdown
+    md = md_unescape(report.markdown)
     assert "oom 3" in md
     # B_crit printed in the report
     assert re.search(r"B_crit ≈ \d", md)
@@ -301,7 +304,7 @@ def test_pareto_mask_known_answer():
     s = pd.DataFrame(
         {
             "samples_per_s": [100, 200, 150, 200, np.nan],
-            "peak_memory_bytes": [10, 20, 30, 20, 1],
+            "trial_memory_bytes": [10, 20, 30, 20, 1],
             "tail_loss": [1.0, 1.0, 1.0, 0.9, 0.1],
             # The last step's loss would put 1 on the front instead of 3: not used.
             "final_loss": [1.0, 0.5, 1.0, 0.9, 0.1],
@@ -309,7 +312,7 @@ def test_pareto_mask_known_answer():
     )
     # 0: least memory -> front; 1: dominated by 3 (same speed/memory, lower tail loss);
     # 2: dominated by 1 and 3; 3: front; 4: no throughput -> cannot be placed.
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
 
 
 def test_pareto_front_is_per_workload():
@@ -319,15 +322,15 @@ def test_pareto_front_is_per_workload():
         {
             "workload": ["big", "big", "small", "small", "small"],
             "samples_per_s": [1000.0, 900.0, 10.0, 20.0, 5.0],
-            "peak_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
+            "trial_memory_bytes": [1.0, 2.0, 100.0, 100.0, 200.0],
             "tail_loss": [0.1, 0.2, 3.0, 3.0, 4.0],
         }
     )
     # small: 3 (faster at the same memory and loss) dominates 2 and 4.
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
     # One workload with no loss at all still gets a front over the other objectives.
     s.loc[s["workload"] == "small", "tail_loss"] = np.nan
-    assert list(tables.pareto_mask(s)) == [True, False, False, True, False]
+    assert list(pareto.pareto_mask(s)) == [True, False, False, True, False]
 
 
 def test_config_identity_without_config_json():
@@ -379,14 +382,337 @@ def test_markdown_and_html_survive_nasty_config_values(tmp_path):
     )
     rep = build_report(tmp_path)
     assert any("note=a|b" in lab for lab in rep.summary["config_label"])  # in the label
-    assert_tables_parse(rep.markdown, 2)
+    assert_tables_parse(rep.markdown, 3)
     for text in (rep.markdown, rep.html):
         assert "<script>alert" not in text and "<b>bold" not in text
     assert "&lt;script&gt;alert" in rep.html
     assert len(re.findall(r"<script>", rep.html)) == 1  # only the page's own check script
 
 
+# -- markdown and HTML as a renderer shows them ----------------------------------------------
+
+# Option values that would turn into an image, a link, emphasis, code, a heading or a
+# nested list if a document took them as markup; each holds a marker word of its own.
+PLANTED = {
+    "img": "![img1](http://e.invalid/p.png)",
+    "link": "[link1](http://e.invalid/x)",
+    "em": "*emph1* _emph2_ **strong1** ~~del1~~",
+    "code": "`tick1` ``tick2``",
+    "block": "# hd1 1. - + > x",
+    "auto": "<http://e.invalid/auto1>",
+}
+MARKERS = ("img1", "link1", "emph1", "emph2", "strong1", "del1", "tick1", "tick2", "hd1", "auto1")
+# Elements that planted text must never be inside of, or make.
+MARKUP_TAGS = ("img", "a", "em", "strong", "code", "del", "s", "h1", "h2", "h3", "blockquote")
+
+
+@dataclass
+class Rendered:
+    elements: list[tuple[str, dict, str]]  # (tag, attributes, text inside)
+    text: str  # every text node, in order: what a reader sees
+
+
+def render_html(page: str) -> Rendered:
+    from html.parser import HTMLParser
+
+    elements: list[tuple[str, dict, str]] = []
+    stack: list[int] = []
+    text: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            elements.append((tag, dict(attrs), ""))
+            if tag not in ("img", "br", "hr", "meta", "input"):
+                stack.append(len(elements) - 1)
+
+        def handle_endtag(self, tag):
+            for i in reversed(range(len(stack))):
+                if elements[stack[i]][0] == tag:
+                    del stack[i:]
+                    break
+
+        def handle_data(self, data):
+            text.append(data)
+            for i in stack:
+                tag, attrs, inside = elements[i]
+                elements[i] = (tag, attrs, inside + data)
+
+    Parser(convert_charrefs=True).feed(page)
+    return Rendered(elements, "".join(text))
+
+
+def render_markdown(text: str) -> Rendered:
+    """markdown-it-py, GFM-like (tables, strikethrough, inline HTML); without linkify,
+    which needs linkify-it-py."""
+    markdown_it = pytest.importorskip("markdown_it")
+    return render_html(markdown_it.MarkdownIt("gfm-like", {"linkify": False}).render(text))
+
+
+def assert_no_markup_from(doc: Rendered, planted: dict[str, str]) -> None:
+    """No element made of or around planted text (no image or link to it, no emphasis,
+    code, heading or list), and every planted value shown as the characters it is."""
+    for tag, attrs, inside in doc.elements:
+        assert "e.invalid" not in " ".join(map(str, attrs.values())), (tag, attrs)
+        if tag in MARKUP_TAGS:
+            assert not any(m in inside for m in MARKERS), (tag, inside)
+    for key, value in planted.items():
+        assert value in doc.text, key
+
+
+@pytest.mark.parametrize("key", sorted(PLANTED))
+def test_md_cell_makes_no_markup_in_a_cell_or_a_bullet(key):
+    value = PLANTED[key]
+    text = f"- {tables.md_cell(value)}\n\n" + tables.markdown_table(["a", "b"], [[value, "x"]])
+    doc = render_markdown(text)
+    assert_no_markup_from(doc, {key: value})
+    assert doc.text.count(value) == 2  # in the bullet and in the cell, as typed
+    assert [t for t, _, _ in doc.elements].count("li") == 1  # no list inside the bullet
+
+
+@pytest.mark.parametrize("value", ["red\x1b[31m", "bell\x07", "nul\x00", "del\x7f"])
+def test_md_cell_shows_control_characters_as_escapes(value):
+    # compare prints this markdown to a terminal: an ESC would be obeyed, not shown.
+    cell = tables.md_cell(value)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in cell), repr(cell)
+    assert md_unescape(cell) == value.encode("unicode_escape").decode()  # "red\\x1b[31m"
+
+
+def test_report_markdown_and_html_make_no_markup_from_option_values(tmp_path):
+    for note in (" ".join(PLANTED.values()), "plain"):  # varies, so labels show it
+        write_synthetic(
+            tmp_path,
+            Synthetic(shapes=((4, 1), (16, 1)), extra_config={"workload_options": {"note": note}}),
+        )
+    rep = build_report(tmp_path)
+    assert any(PLANTED["img"] in lab for lab in rep.summary["config_label"])
+    md = render_markdown(rep.markdown)
+    assert_no_markup_from(md, PLANTED)
+    figures = [a for t, a, _ in md.elements if t == "img"]
+    assert [a["src"] for a in figures] == [f"figures/{f.name}.png" for f in rep.figures]
+    assert assert_tables_render(md) == len(markdown_tables(rep.markdown))
+    assert_no_markup_from(render_html(rep.html), PLANTED)
+
+
+def assert_tables_render(doc: Rendered) -> int:
+    """Every row of every rendered table has as many cells as its header row; returns
+    how many tables there are."""
+    tables_: list[list[int]] = []
+    for tag, _, _ in doc.elements:
+        if tag == "table":
+            tables_.append([])
+        elif tag == "tr":
+            tables_[-1].append(0)
+        elif tag in ("th", "td"):
+            tables_[-1][-1] += 1
+    for rows in tables_:
+        assert rows and rows[0] > 0 and set(rows) == {rows[0]}, rows
+    return len(tables_)
+
+
 # -- figures, documents, files -----------------------------------------------------------------
+
+
+def seed_like(folder: Path, **kw) -> Path:
+    """Like experiments/seed.toml on a CPU: two dataset sizes, the tensor and the
+    DataLoader path at one shape, accumulation 8x4 beside 32x1; 2 seeds each."""
+    common = {"seeds": (0, 1), "gpu": False, "rss_start": True, **kw}
+    for samples, path, shapes in (
+        (100, "tensor", ((1, 1), (20, 1), (100, 1))),
+        (10000, "tensor", ((32, 1), (8, 4))),
+        (10000, "dataloader", ((32, 1),)),
+    ):
+        spec = Synthetic(samples=samples, shapes=shapes, extra_config={"data_path": path}, **common)
+        write_synthetic(folder, spec)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seed_report(tmp_path_factory):
+    folder = seed_like(tmp_path_factory.mktemp("seed") / "seed")
+    return build_report(folder, figures=False)
+
+
+def drawn(report) -> list[tuple[str, object]]:
+    """The report's figures as matplotlib Figures, laid out and drawn (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = build.figure_objects(report)
+    for _, fig in figures:
+        FigureCanvasAgg(fig).draw()
+    return figures
+
+
+@pytest.fixture(scope="module")
+def oom_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("oom") / "s"
+    write_synthetic(folder, Synthetic(shapes=((4, 1), (16, 1), (64, 1)), seeds=(0,)))
+    write_oom_searches(folder)
+    return build_report(folder, figures=False)
+
+
+@pytest.fixture(scope="module")
+def lr_report(tmp_path_factory):
+    """Three learning rates per shape: same throughput and memory, points on one spot."""
+    folder = tmp_path_factory.mktemp("lr") / "s"
+    spec = Synthetic(shapes=((4, 1), (16, 1), (64, 1)), lrs=(0.01, 0.1, 1.0), seeds=(0,))
+    write_synthetic(folder, spec)
+    return build_report(folder, figures=False)
+
+
+@pytest.mark.parametrize("which", ["report", "seed_report", "oom_report", "lr_report"])
+def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, which):
+    rep = request.getfixturevalue(which)
+    figures = drawn(rep)
+    assert len(figures) >= 4
+    for name, fig in figures:
+        renderer = fig.canvas.get_renderer()
+        legends = [*fig.legends, *(a.get_legend() for a in fig.axes if a.get_legend())]
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (name, ax.get_label())
+            for text in legend.get_texts():  # short: ids and what differs, not every key
+                assert len(text.get_text()) <= 60, (name, text.get_text())
+        for ax in fig.axes:  # point labels (configuration ids) never print over each other
+            boxes = [t.get_window_extent(renderer) for t in ax.texts]
+            for i, a in enumerate(boxes):
+                assert not any(a.overlaps(b) for b in boxes[i + 1 :]), (name, ax.texts[i])
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = sorted(axis.get_view_interval())
+                labels = [
+                    t.get_text()
+                    for t, loc in zip(
+                        axis.get_majorticklabels(), axis.get_majorticklocs(), strict=True
+                    )
+                    if lo <= loc <= hi and t.get_text()
+                ]
+                assert len(labels) == len(set(labels)), (name, labels)
+
+
+def test_short_labels_and_the_legend_table(seed_report):
+    prep = seed_report.prep
+    short = dict(zip(prep.configs["config_tag"], prep.configs["config_short"], strict=True))
+    assert short["C1"] == "C1 sgd B=1 (1×1)"  # alone at its shape: the shape says it
+    # Two configurations at 32x1 differ by the data path only: that, and nothing else.
+    at32 = sorted(v for v in short.values() if "(32×1)" in v)
+    assert [v.split(" ", 1)[1] for v in at32] == [
+        "mbgd B=32 (32×1) data_path=dataloader",
+        "mbgd B=32 (32×1) data_path=tensor",
+    ]
+    headers, rows, _, shared = tables.legend(prep)
+    assert headers == ["id", "workload", "mode", "b", "k", "B", "data_path", "samples"]
+    assert [r[0] for r in rows] == [f"C{i}" for i in range(1, 7)]
+    assert "optimizer=sgd" in shared and "lr=0.01" in shared
+    md = md_unescape(seed_report.markdown)
+    assert "## Configurations in full" in md
+    assert "| C4 | seed-mlp | mbgd | 32 | 1 | 32 | dataloader | 10000 |" in md
+
+
+def test_throughput_draws_one_line_per_family_never_pools_configurations(seed_report):
+    """32x1 on the tensor and on the DataLoader path, N = 100 and N = 10000: four
+    families (N=100 k=1, N=10000 k=1 tensor, N=10000 k=4, dataloader), each point one
+    configuration, so no line holds two values at one b."""
+    (fig,) = [f for n, f in drawn(seed_report) if n == "throughput"]
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 4
+    for ln in lines:
+        x = list(ln.get_xdata())
+        assert len(x) == len(set(x)), x
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(315.1 * 2**20, 315.6 * 2**20), (0.0, 1.1 * 2**20), (2**28, 2**31)]
+)
+def test_byte_ticks_never_repeat_a_label(lo, hi):
+    """305 MiB three times on one axis (three significant digits over a ~1 MiB range)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bench.report.figures import axes
+
+    fig, ax = axes.new_figure(1, 1)
+    ax = ax[0, 0]
+    ax.plot([1, 2], [lo, hi])
+    axes.bytes_axis(ax, "y")
+    FigureCanvasAgg(fig).draw()
+    ticks = zip(ax.yaxis.get_majorticklabels(), ax.yaxis.get_majorticklocs(), strict=True)
+    labels = [t.get_text() for t, v in ticks if lo * 0.999 <= v <= hi * 1.001 and t.get_text()]
+    assert len(labels) >= 3 and len(labels) == len(set(labels)), labels
+
+
+# -- memory a trial adds, resolution, Pareto ties ------------------------------------------------
+
+
+def test_cpu_memory_is_growth_and_noise_below_resolution_is_said_not_drawn(tmp_path):
+    """A CPU sweep whose trials add nothing but noise (±50 KiB) on a ~300 MiB process:
+    the tables show the growth, the memory figure is left out with a note that says what
+    the spread is, and memory does not decide the Pareto front."""
+    folder = seed_like(tmp_path / "s", memory_per_sample_bytes=0, rss_noise_bytes=50 * 2**10)
+    rep = build_report(folder)
+    assert (rep.summary["trial_memory_bytes"] < 2**20).all()  # growth, not the process
+    assert set(rep.summary["trial_memory_source"]) == {"cpu_rss_growth_bytes"}
+    assert "memory" not in [f.name for f in rep.figures]
+    (note,) = [n for n in rep.notes if n.startswith("memory (seed-mlp)")]
+    assert "below what it resolves" in note and "median over 6 configurations" in note
+    res = rep.resolutions["seed-mlp"]["trial_memory_bytes"]
+    assert res.spread_bytes is not None and res.step_bytes is None  # no env record: no CPU count
+    assert rep.tolerance["seed-mlp"]["trial_memory_bytes"] == res.bytes > 0
+    # With memory a tie, the front is what samples/s and tail loss decide alone.
+    s = rep.summary
+    alone = pareto.pareto_mask(s.assign(trial_memory_bytes=0.0), rep.tolerance)
+    assert list(s["pareto"]) == list(alone)
+
+
+def test_cpu_memory_growth_above_resolution_is_drawn_per_family(tmp_path):
+    folder = seed_like(tmp_path / "s", memory_per_sample_bytes=2**20)  # 1 MiB per sample
+    (folder / "env").mkdir()
+    (folder / "env" / "e.json").write_text(json.dumps({"cpu_count": 2}))
+    rep = build_report(folder, figures=False)
+    res = rep.resolutions["seed-mlp"]["cpu_rss_growth_bytes"]
+    assert res.step_bytes == 2 * 32 * 4096 * 2  # two readings, 32 pages per CPU, 2 CPUs
+    row = rep.summary.set_index("config_tag").loc["C6"]  # bgd B=100: b = 100
+    assert row["trial_memory_bytes"] == pytest.approx(100 * 2**20, rel=0.01)
+    (fig,) = [f for n, f in drawn(rep) if n == "memory"]
+    lines = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 4  # one per family, as throughput
+    assert not [n for n in rep.notes if n.startswith("memory (")]
+
+
+def test_pareto_ties_within_tolerance():
+    s = pd.DataFrame(
+        {
+            "workload": ["w"] * 3,
+            "samples_per_s": [1000.0, 1000.0, 1020.0],
+            "trial_memory_bytes": [10 * 2**20, 10.3 * 2**20, 10.3 * 2**20],
+            "tail_loss": [1.0, 1.0, 1.0],
+        }
+    )
+    # Exact: 0 (least memory) and 2 (fastest) are on the front, 1 is dominated by both.
+    assert list(pareto.pareto_mask(s)) == [True, False, True]
+    # 0.3 MiB is within a 0.5 MiB resolution and 2 % within a 3 % spread: all tie.
+    tol = {"w": {"trial_memory_bytes": 0.5 * 2**20, "samples_per_s": 0.03, "tail_loss": 0.0}}
+    assert list(pareto.pareto_mask(s, tol)) == [True, True, True]
+    # Memory a tie, speed not: 2 is faster by more than 1 %, the others are dominated.
+    tol["w"]["samples_per_s"] = 0.01
+    assert list(pareto.pareto_mask(s, tol)) == [False, False, True]
+
+
+def test_pareto_tolerances_come_from_the_spread_across_seeds():
+    t = pd.DataFrame(
+        {
+            "workload": ["w"] * 6,
+            "status": ["ok"] * 6,
+            "config_id": ["a", "a", "b", "b", "c", "c"],
+            "samples_per_s": [100.0, 110.0, 200.0, 204.0, 50.0, 50.0],
+            "tail_loss": [1.0, 1.2, 0.5, 0.6, 0.3, 0.3],
+            "trial_memory_bytes": [1.0] * 6,
+        }
+    )
+    tol = pareto.tolerances(t, {})
+    # samples/s: ranges relative to the median 10/105, 4/202, 0 -> median 0.0198
+    assert tol["w"]["samples_per_s"] == pytest.approx(4 / 202)
+    assert tol["w"]["tail_loss"] == pytest.approx(0.1)  # ranges 0.2, 0.1, 0
+    assert tol["w"]["trial_memory_bytes"] == 0.0  # no resolution given
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -396,7 +722,14 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_figures_png_and_svg(report):
     names = [f.name for f in report.figures]
-    assert names == ["loss_curves", "throughput", "memory", "steps_to_target", "pareto"]
+    assert names == [
+        "loss_curves",
+        "throughput",
+        "memory",
+        "steps_to_target",
+        "time_to_target",
+        "pareto",
+    ]  # "oom" only where bench oom probes are present
     for f in report.figures:
         w, h = png_size(f.png)
         assert 600 <= w <= 1200 and 250 <= h <= 1400, (f.name, w, h)
@@ -499,6 +832,63 @@ def test_oom_probes_drawn_and_tolerated(tmp_path, sweep):
 
     p = load_oom_probes(folder, [])
     assert sorted(p.loc[p["outcome"] == "oom", "micro_batch_size"]) == [32, 64]
+
+
+def write_oom_searches(folder: Path) -> None:
+    """bench oom's probes for two precisions at caps of 1 and 2 GiB, 10 % margin, and
+    throughput probes for --target-batch 64 under the 1 GiB cap after the margin. fp32
+    fits b <= cap / 100 MiB, bf16 twice that."""
+    import pyarrow as pa
+
+    mib, rows = 2**20, []
+    for precision, per_b in (("fp32", 100 * mib), ("bf16", 50 * mib)):
+        for cap in (2**30, 2 * 2**30, int(0.9 * 2**30)):
+            fits = cap // per_b
+            for b in sorted({1, 2, 4, 8, 16, 32, 64, fits, fits + 1}):
+                rows.append(
+                    {
+                        "search_key": f"{precision}-{cap}",
+                        "kind": "boundary",
+                        "workload": "seed-mlp",
+                        "precision": precision,
+                        "micro_batch_size": b,
+                        "accumulation_steps": 1,
+                        "capacity_bytes": cap,
+                        "outcome": "ok" if b <= fits else "oom",
+                        "peak_reserved_bytes": b * per_b if b <= fits else None,
+                        "samples_per_s": None,  # from_pylist takes the first row's keys
+                        "config_json": json.dumps({"optimizer": "adamw"}),
+                    }
+                )
+        for b, speed in ((4, 900.0), (8, 1500.0), (16, 1200.0)):
+            if b * per_b <= 0.9 * 2**30:
+                rows.append({**rows[-1], "kind": "throughput", "micro_batch_size": b,
+                             "accumulation_steps": 64 // b, "capacity_bytes": int(0.9 * 2**30),
+                             "outcome": "ok", "samples_per_s": speed, "peak_reserved_bytes": b * per_b})  # fmt: skip
+    write_atomic(pa.Table.from_pylist(rows), folder / "probes.parquet")
+
+
+def test_oom_figure_boundary_against_capacity_and_the_planner_choice(oom_report):
+    figures = dict(drawn(oom_report))
+    assert "oom" in figures
+    ax = figures["oom"].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if len(ln.get_xdata())}
+    assert sorted(lines) == ["b* bf16 adamw", "b* fp32 adamw"]
+    fp32 = lines["b* fp32 adamw"]
+    caps = [0.9 * 2**30, 2**30, 2 * 2**30]
+    assert list(fp32.get_xdata()) == pytest.approx(caps, rel=1e-6)
+    assert list(fp32.get_ydata()) == [9, 10, 20]  # floor(cap / 100 MiB)
+    assert list(lines["b* bf16 adamw"].get_ydata()) == [18, 20, 40]
+    from bench.report.figures import load_oom_probes, planner_choices
+
+    choice = planner_choices(load_oom_probes(oom_report.folder, []))
+    # fp32 at 0.9 GiB fits b <= 9: of 4 and 8, 8 x 8 is the faster; bf16 also has 16.
+    assert choice.set_index("group")["micro_batch_size"].to_dict() == {
+        "fp32 adamw": 8,
+        "bf16 adamw": 8,
+    }
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "planner fp32 adamw at 922 MiB: 8×8, 1,500/s" in labels
 
 
 def test_oom_probes_of_different_searches_are_kept_apart(tmp_path):
@@ -633,7 +1023,7 @@ def test_trials_only_and_old_schema(tmp_path):
     assert len(rep.summary) == 3
     assert [f.name for f in rep.figures] == ["throughput", "memory", "pareto"]
     assert any("no steps table" in n for n in rep.notes)
-    assert_tables_parse(rep.markdown, 2)
+    assert_tables_parse(rep.markdown, 3)
 
 
 def test_single_run_folder(tmp_path, sweep):
@@ -677,7 +1067,74 @@ def test_cli_report_default_folder(tmp_path, sweep):
     assert "B_crit" in r.stdout
     out = tmp_path / "results" / "only" / "report"
     assert (out / "index.html").is_file() and (out / "report.md").is_file()
-    assert len(list((out / "figures").glob("*.png"))) == 5
+    assert len(list((out / "figures").glob("*.png"))) == 6
+
+
+def test_cli_report_a_folder_of_sweeps_reports_each(tmp_path, sweep):
+    import shutil
+
+    root = tmp_path / "results"
+    for name in ("seed", "smoke"):
+        shutil.copytree(sweep, root / name, ignore=shutil.ignore_patterns("report"))
+    (root / "oom" / "s1").mkdir(parents=True)  # bench oom's folder: no trials, not a sweep
+    r = run_cli("report", str(root), "--target-loss", "0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == f"{root}: 2 sweeps (seed, smoke), a report for each"
+    for name, line in zip(("seed", "smoke"), lines[1:], strict=True):
+        assert line.startswith(f"report: {root / name / 'report' / 'index.html'} (")
+        assert (root / name / "report" / "report.md").is_file()
+    assert not (root / "report").exists() and not (root / "oom" / "report").exists()
+    # --out: one folder per sweep under it.
+    r = run_cli("report", str(root), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/index.html")) == [
+        "seed",
+        "smoke",
+    ]
+
+
+def test_cli_report_a_bad_sweep_among_several_does_not_stop_the_others(tmp_path, sweep):
+    import shutil
+
+    root = tmp_path / "results"
+    shutil.copytree(sweep, root / "good", ignore=shutil.ignore_patterns("report"))
+    shutil.move(_corrupt(tmp_path), root / "bad")
+    r = run_cli("report", str(root), cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "1 of 2 sweeps not reported: bad:" in line and "corrupted parquet" in line, line
+    assert (root / "good" / "report" / "index.html").is_file()
+    assert not (root / "bad" / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "needle"),
+    [
+        ({}, "the folder is empty"),
+        ({"trials": None}, "trials/ with no rows yet"),
+        (
+            {"oom/s1/probes.parquet": b"", "seed/trials": None},
+            "oom/ (bench oom probes), seed/ (a sweep with no trial rows yet)",
+        ),
+        ({"notes.txt": b"x"}, "it holds notes.txt"),
+        ({"red\x1b[31m": b"x"}, "it holds red\\x1b[31m"),  # shown, not obeyed
+    ],
+)
+def test_cli_report_says_what_a_folder_without_results_holds(tmp_path, layout, needle):
+    root = tmp_path / "results"
+    root.mkdir()
+    for rel, data in layout.items():
+        path = root / rel
+        if data is None:
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    r = run_cli("report", str(root), cwd=tmp_path)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert f"no results in {root}: " in line and needle in line, line
 
 
 def _corrupt(tmp_path: Path) -> Path:

@@ -152,12 +152,42 @@ def test_page_renders_images_load_nothing_leaves(report_page, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     check = render_check(r.stdout)
     assert check["ready"] == "1"
-    assert int(check["images"]) == figures == 5
+    assert int(check["images"]) == figures == 6
     assert check["images-loaded"] == check["images"]
     assert check["csp-violations"] == "0"
     assert page_requests(proxy.requests) == []
     assert "<h1>bench report</h1>" in r.stdout and "<table>" in r.stdout
     assert "mlp &lt;i&gt;&amp;amp;&lt;/i&gt; | x" in r.stdout  # escaped, shown as text
+
+
+@pytest.fixture(scope="module")
+def wide_page(tmp_path_factory) -> Path:
+    """A report whose labels and settings are long: long option values that vary."""
+    folder = tmp_path_factory.mktemp("browser-wide") / "sweep"
+    for note in ("a-long-option-value-" * 6, "another-long-option-value-" * 6):
+        write_synthetic(
+            folder,
+            Synthetic(
+                shapes=((1, 1), (16, 1), (16, 4)),
+                seeds=(0,),
+                extra_config={"workload_options": {"note": note}, "data_path": "dataloader"},
+            ),
+        )
+    rep = build_report(folder)
+    write_report(rep, folder / "report")
+    return folder / "report" / "index.html"
+
+
+def test_page_is_no_wider_than_a_1280_px_window(wide_page, tmp_path):
+    with RecordingProxy() as proxy:
+        r = chromium(
+            ["--dump-dom", "--window-size=1280,1000", wide_page.as_uri()], tmp_path, proxy.port
+        )
+    assert r.returncode == 0, r.stderr[-2000:]
+    check = render_check(r.stdout)
+    assert check["ready"] == "1" and check["csp-violations"] == "0"
+    assert int(check["inner-width"]) == 1280
+    assert int(check["scroll-width"]) <= int(check["inner-width"]), check
 
 
 def test_negative_control_detects_requests_and_broken_images(tmp_path):

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report import curves, scaling, tables
+from bench.report import curves, memory, pareto, scaling, tables
+from bench.report.folders import describe
 from bench.report.markdown import markdown_table, md_cell
 from bench.report.prepare import STATUSES, Prepared, prepare
 from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
@@ -31,12 +32,23 @@ FIGURE_CAPTIONS = {
     "reads (centred mean over about as many samples as the largest batch holds), as bin means "
     "of at most 200 points per trial "
     "(plotting only; every number in the tables uses every step).",
-    "throughput": "Samples per second against micro-batch b and effective batch B = b·k, median "
-    "over seeds with min–max band, one colour per accumulation k.",
-    "memory": "Peak memory against micro-batch size: every memory counter the trials recorded "
-    "(torch allocator, NVML, or process RSS on CPU). Crosses at the top mark micro-batch "
-    "sizes where a trial ran out of memory; dashed lines and the dotted boundary come "
-    "from `bench oom` probes when present.",
+    "throughput": "Samples per second against micro-batch b and effective batch B = b·k. One "
+    "line per family of configurations that are alike in everything but the batch shape "
+    "(named by what differs between families), each point one configuration: median over "
+    "its seeds with min–max band.",
+    "memory": "Memory a trial adds against micro-batch size: on CUDA the caching allocator's "
+    "reserved and allocated peaks (reset at the trial's start) and NVML's growth over its "
+    "baseline; on CPU the RSS high-water mark minus the RSS at the trial's start. A counter "
+    "whose configurations all lie within what it resolves (its step, or the spread across "
+    "seeds where larger) is not drawn: the notes say so. Crosses at the top mark "
+    "micro-batch sizes where a trial ran out of memory; dashed lines and the dotted "
+    "boundary come from `bench oom` probes when present.",
+    "oom": "What `bench oom` found, per capacity (its memory cap): the largest micro-batch b* "
+    "that ran its probe steps, and the first that did not (x), one line per precision and "
+    "optimizer. A search under the capacity after the safety margin is a point of its own "
+    "at that smaller capacity. Stars: the (b, k) the planner chose for --target-batch B "
+    "(the fastest of its candidates, each measured under the capacity after the margin), "
+    "with its samples/s.",
     "steps_to_target": "Optimizer steps and samples to reach the target training loss against "
     "effective batch B (log2–log2). Dotted: perfect scaling (steps ∝ 1/B) "
     "through the smallest batch. Solid: least-squares fit of "
@@ -44,17 +56,27 @@ FIGURE_CAPTIONS = {
     "configuration per B; where B_crit lies outside the measured B the fit does not locate "
     "it and only a bound is given. Open triangles: configurations whose median seed "
     "never reached the target.",
-    "pareto": "Throughput against peak memory, coloured by tail loss (the training loss "
-    "averaged over the last 5 % of samples; medians over seeds). "
-    "One row per workload. Circled: Pareto-optimal configurations (no other of the same "
-    "workload is at least as fast, as small and as low in loss, and better in one).",
+    "time_to_target": "Wall time until the smoothed training loss first reaches the target, "
+    "against effective batch B: median over seeds (a seed that never got there counts as "
+    "never), one point per configuration with its id. The star marks the configuration "
+    "that got there first: what to run when wall time is the budget. Open triangles: "
+    "configurations whose median seed never reached the target.",
+    "pareto": "Throughput against the memory a trial adds, coloured by tail loss (the training "
+    "loss averaged over the last 5 % of samples; medians over seeds; dark = low), each "
+    "point labelled with its configuration id. One row per workload. Circled: "
+    "Pareto-optimal configurations (no other of the same workload is at least as fast, as "
+    "small and as low in loss, and better in one, where differences within the tolerances "
+    "of the Pareto table are ties). A shaded band: every configuration within the memory "
+    "resolution.",
 }
 FIGURE_TITLES = {
     "loss_curves": "Loss curves",
     "throughput": "Throughput",
-    "memory": "Peak memory and OOM boundary",
+    "memory": "Memory a trial adds",
+    "oom": "OOM boundary",
     "steps_to_target": "Steps and samples to target",
-    "pareto": "Throughput vs peak memory (Pareto)",
+    "time_to_target": "Wall time to target",
+    "pareto": "Throughput vs memory (Pareto)",
 }
 
 
@@ -75,16 +97,10 @@ class Report:
     html: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
     smoothed: scaling.Smoothed | None = None
-
-
-def newest_sweep(root: Path = Path("results")) -> Path:
-    """The sweep folder (one holding ``trials/``) under ``root`` written most recently."""
-    if not root.is_dir():
-        raise BenchError(f"no results folder at {root} (give RESULTS)")
-    found = [p for p in root.iterdir() if (p / "trials").is_dir()]
-    if not found:
-        raise BenchError(f"no sweep folder (with trials/) under {root}; give RESULTS")
-    return max(found, key=lambda p: ((p / "trials").stat().st_mtime, p.name))
+    # Per workload: each memory counter's memory.Resolution, and the Pareto front's ties
+    # (pareto.tolerances).
+    resolutions: dict = field(default_factory=dict)
+    tolerance: dict = field(default_factory=dict)
 
 
 def build_report(
@@ -103,6 +119,8 @@ def build_report(
     if target is not None and not math.isfinite(target):
         raise BenchError(f"--target-loss must be a finite number, got {target}")
     results = load_results(folder)
+    if not len(results.trials):
+        raise BenchError(f"results are empty: no trial rows in {folder} ({describe(folder)})")
     lap("load")
     prep = prepare(results)
     del results  # the full steps table: only prep's lean columns are needed from here
@@ -128,7 +146,9 @@ def build_report(
     )
     points = scaling.scaling_points(prep.trials, reach)
     fits, bounds = _critical_batch_fits(points, notes)
-    summary = tables.config_summary(prep, points)
+    resolutions = memory.resolutions(prep.trials, memory.cpu_count(folder))
+    tolerance = pareto.tolerances(prep.trials, resolutions)
+    summary = tables.config_summary(prep, points, tolerance)
     lap("analyse")
 
     report = Report(
@@ -141,6 +161,8 @@ def build_report(
         fits=fits,
         bounds=bounds,
         notes=notes,
+        resolutions=resolutions,
+        tolerance=tolerance,
     )
     if figures:
         report.figures = render_figures(report)
@@ -172,7 +194,8 @@ def _critical_batch_fits(points: pd.DataFrame, notes: list[str]) -> tuple[dict, 
     return fits, bounds
 
 
-def render_figures(report: Report) -> list:
+def figure_objects(report: Report) -> list[tuple[str, object]]:
+    """(name, matplotlib Figure) of every figure the results can fill, in report order."""
     from bench.report import figures as F
 
     notes = report.notes
@@ -184,17 +207,25 @@ def render_figures(report: Report) -> list:
     builders = {
         "loss_curves": lambda: F.loss_curves(prep, binned, notes),
         "throughput": lambda: F.throughput(prep, notes),
-        "memory": lambda: F.memory(prep, probes, notes),
+        "memory": lambda: F.memory(prep, probes, notes, report.resolutions),
+        "oom": lambda: F.oom_boundaries(probes, notes),
         "steps_to_target": lambda: F.steps_to_target(
             report.points, {**report.fits, **report.bounds}, report.target, notes
         ),
-        "pareto": lambda: F.pareto(report.summary, notes),
+        "time_to_target": lambda: F.time_to_target(
+            report.points, prep.configs, report.target, notes
+        ),
+        "pareto": lambda: F.pareto(report.summary, notes, report.tolerance),
     }
+    built = ((name, build()) for name, build in builders.items())
+    return [(name, fig) for name, fig in built if fig is not None]
+
+
+def render_figures(report: Report) -> list:
+    from bench.report import figures as F
+
     out = []
-    for name, build in builders.items():
-        fig = build()
-        if fig is None:
-            continue
+    for name, fig in figure_objects(report):
         png, svg = F.render(fig)
         out.append(
             F.RenderedFigure(
@@ -239,13 +270,18 @@ def _meta(report: Report) -> list[str]:
             f"{w}: {fit.bound_text()} (fit over {fit.points} batch sizes, "
             f"B = {fit.b_lo:g}–{fit.b_hi:g})"
         )
-    src = report.summary["peak_memory_source"].dropna().unique() if len(report.summary) else []
+    src = report.summary["trial_memory_source"].dropna().unique() if len(report.summary) else []
     if len(src):
         lines.append(
-            "peak memory column: "
-            + ", ".join(map(str, src))
-            + " (first present of reserved, NVML process, NVML used, allocated, CPU RSS)"
+            "memory column: what a trial adds, as "
+            + ", ".join(memory.COUNTERS[c][0] for c in src)
+            + "; the first present of allocator reserved, NVML growth, allocator allocated, "
+            "CPU RSS growth"
         )
+    for w, res in report.resolutions.items():
+        if "trial_memory_bytes" in res:
+            name = w if isinstance(w, str) else "(unknown workload)"
+            lines.append(f"{name}: memory resolves {res['trial_memory_bytes'].text()}")
     return lines
 
 
@@ -254,7 +290,9 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
     return [
         (
             "Configurations",
-            "One row per configuration (seeds grouped): median over ok seeds, (min–max) where seeds "
+            "One row per configuration (seeds grouped), named by its id, its batch shape and "
+            "what tells it apart from others of that shape (every setting: Configurations in "
+            "full). Median over ok seeds, (min–max) where seeds "
             f"differ. Tail loss: the training loss averaged over the last {TAIL_FRACTION:.0%} of samples seen "
             "(the last step's loss is one batch's, noise at small B). Steps/time to target: "
             "median over seeds that ran, a seed that never reached counts as never; (r/n) = "
@@ -263,10 +301,18 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
             tables.config_rows(s),
             tables.CONFIG_ALIGN,
         ),
+        _legend_table(report),
         (
             "Pareto set",
             "Per workload, the configurations no other of that workload beats on samples/s, "
-            "peak memory and tail loss at once (workloads are not on one scale).",
+            "memory and tail loss at once (workloads are not on one scale). Differences "
+            "within a tolerance are ties, so that noise does not decide: "
+            + "; ".join(
+                f"{w if isinstance(w, str) else '(unknown workload)'}: {pareto.tolerance_text(t)}"
+                for w, t in report.tolerance.items()
+            )
+            + ". Samples/s and tail loss: the median seed-to-seed range over configurations "
+            "with ≥ 2 seeds (exact without repeats); memory: its resolution.",
             tables.PARETO_HEADERS,
             tables.pareto_rows(s),
             tables.PARETO_ALIGN,
@@ -274,12 +320,23 @@ def _tables(report: Report) -> list[tuple[str, str, list[str], list[list[object]
     ]
 
 
+def _legend_table(report: Report) -> tuple[str, str, list[str], list[list[object]], list[str]]:
+    headers, rows, align, shared = tables.legend(report.prep)
+    intro = (
+        "What each id in the tables and figures stands for: every setting that differs "
+        "between configurations of this report."
+    )
+    if shared:
+        intro += " The same in all: " + ", ".join(shared) + "."
+    return ("Configurations in full", intro, headers, rows, align)
+
+
 def markdown(report: Report) -> str:
     lines = ["# bench report", ""]
     lines += [f"- {md_cell(m)}" for m in _meta(report)]
     lines.append("")
     for title, intro, headers, rows, align in _tables(report):
-        lines += [f"## {title}", "", intro, "", markdown_table(headers, rows, align)]
+        lines += [f"## {title}", "", md_cell(intro), "", markdown_table(headers, rows, align)]
     for f in report.figures:
         lines += [f"## {f.title}", "", f"![{f.title}](figures/{f.name}.png)", "", f.caption, ""]
     if report.notes:

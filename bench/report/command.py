@@ -20,7 +20,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         type=Path,
         default=None,
-        help="results folder (a sweep or a single run); default: the newest sweep under results/",
+        help="results folder (a sweep, a single run, or a folder of sweeps: one report "
+        "each); default: the newest sweep under results/",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: RESULTS/report)"
@@ -36,27 +37,56 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def report_main(args: argparse.Namespace) -> int:
-    from bench.report.build import build_report, newest_sweep, write_report
+    """One report per results folder that ``args.results`` holds: itself when it is a
+    sweep or a run, else each sweep directly under it (``results/`` with ``seed/`` and
+    ``smoke/``), each to its own ``report/`` (or ``--out/<sweep>``). A sweep that fails
+    does not stop the others; the failures are one error at the end."""
+    from bench.console import plain
+    from bench.report.folders import newest_sweep, results_folders
 
-    folder = args.results if args.results is not None else newest_sweep(Path("results"))
-    out = args.out if args.out is not None else folder / "report"
+    root = args.results
+    folders = [newest_sweep(Path("results"))] if root is None else results_folders(root)
+    several = len(folders) > 1
+    if several:
+        names = ", ".join(f.name for f in folders)
+        print(plain(f"{root}: {len(folders)} sweeps ({names}), a report for each"))
+    failed = []
+    for folder in folders:
+        out = folder / "report" if args.out is None else args.out
+        if several and args.out is not None:
+            out = args.out / folder.name
+        try:
+            print(plain(_report_one(folder, out, args.target_loss)))
+        except BenchError as exc:
+            if not several:
+                raise
+            failed.append(f"{folder.name}: {exc}")
+    if failed:
+        raise BenchError(
+            f"{len(failed)} of {len(folders)} sweeps not reported: " + "; ".join(failed)
+        )
+    return 0
+
+
+def _report_one(folder: Path, out: Path, target: float | None) -> str:
+    """Build and write one folder's report; returns the line that says what it holds."""
+    from bench.report.build import build_report, write_report
+    from bench.report.scaling import format_targets
+
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} exists and is not a folder")
-    report = build_report(folder, target=args.target_loss)
+    report = build_report(folder, target=target)
     try:
         write_report(report, out)
     except OSError as exc:
         raise BenchError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     fits = "; ".join(f"{w}: {f.b_crit_text()}" for w, f in {**report.fits, **report.bounds}.items())
-    from bench.report.scaling import format_targets
-
-    target = f", target loss {format_targets(report.target)}" if report.target is not None else ""
-    print(
+    shown = f", target loss {format_targets(report.target)}" if report.target is not None else ""
+    return (
         f"report: {out / 'index.html'} ({len(report.summary)} configurations, "
-        f"{len(report.prep.trials)} trials, {len(report.figures)} figures{target}"
+        f"{len(report.prep.trials)} trials, {len(report.figures)} figures{shown}"
         f"{'; ' + fits if fits else ''})"
     )
-    return 0
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:

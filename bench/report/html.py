@@ -16,7 +16,8 @@ import html
 
 from bench.report.figures import RenderedFigure
 
-# Records image loading and blocked requests as data-* attributes on #render-check.
+# Records image loading, blocked requests and whether the page is wider than the window
+# (horizontal overflow) as data-* attributes on #render-check.
 CHECK_SCRIPT = """(function () {
   var violations = 0;
   function mark() {
@@ -28,6 +29,8 @@ CHECK_SCRIPT = """(function () {
     m.setAttribute("data-images", String(imgs.length));
     m.setAttribute("data-images-loaded", String(loaded));
     m.setAttribute("data-csp-violations", String(violations));
+    m.setAttribute("data-scroll-width", String(document.documentElement.scrollWidth));
+    m.setAttribute("data-inner-width", String(window.innerWidth));
     m.setAttribute("data-ready", "1");
   }
   document.addEventListener("securitypolicyviolation", function () { violations++; mark(); });
@@ -38,7 +41,10 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
        max-width: 1200px; padding: 0 1rem; color: #222; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
-table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; }
+p, li, h1, h2, figcaption { overflow-wrap: anywhere; }
+/* A wide table scrolls inside its own box; the page never gets wider than the window. */
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem;
+        display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; vertical-align: top; }
 th { background: #f3f3f3; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report import labels, memory
 from bench.store import Results
 
 # Config columns of the trials table, used when a row has no config_json.
@@ -69,6 +70,9 @@ TRIAL_NUMERIC = (
     "nvml_peak_used_bytes",
     "nvml_process_peak_bytes",
     "cpu_peak_rss_bytes",
+    "cpu_baseline_rss_bytes",
+    "nvml_baseline_used_bytes",
+    "nvml_baseline_process_bytes",
     "energy_j",
     "flops_per_step",
     "mfu",
@@ -79,9 +83,10 @@ TRIAL_NUMERIC = (
 # so only these are kept and no column is copied unless it must be converted.
 STEP_KEEP = ("trial_key", "step", "samples", "samples_seen", "loss", "time_s")
 
-# The one "peak memory" a summary shows, first non-null wins. The caching allocator's
+# ``bench compare``'s "peak memory", first non-null wins. The caching allocator's
 # reserved peak is what decides a CUDA OOM; NVML's per-process figure adds the CUDA
 # context; on a CPU run only the process RSS exists. The source is reported alongside.
+# The report's tables show what a trial adds instead (``memory.TRIAL_MEMORY_SOURCES``).
 PEAK_MEMORY_SOURCES = (
     "peak_reserved_bytes",
     "nvml_process_peak_bytes",
@@ -92,24 +97,18 @@ PEAK_MEMORY_SOURCES = (
 
 STATUSES = ("ok", "oom", "diverged", "failed")
 
-# Keys that never distinguish configurations in a label (shown elsewhere or identity).
-_LABEL_SKIP = {
-    "seed",
-    "mode",
-    "batch_size",
-    "accumulation_steps",
-    "micro_batch_size",
-    "effective_batch_size",
-}
-
 
 @dataclass
 class Prepared:
-    """Trials with ``config_id``/``config_label``/``peak_memory_bytes``; sorted steps."""
+    """Trials with ``config_id``, their names (``config_label``, ``config_tag``,
+    ``config_short``: see ``labels``) and ``peak_memory_bytes``; sorted steps."""
 
     trials: pd.DataFrame
     steps: pd.DataFrame
-    configs: pd.DataFrame  # one row per configuration: id, label, config columns
+    configs: pd.DataFrame  # one row per configuration: id, names, config columns
+    # One row per configuration (index config_id, configs' order), one column per key of
+    # its configuration other than the batch shape, as text: the legend table's source.
+    settings: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
 
 
@@ -138,44 +137,6 @@ def config_id_of(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, dict):
-        return ",".join(f"{k}={_fmt_value(x)}" for k, x in sorted(v.items()))
-    return str(v)
-
-
-def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """workload_options (a nested table) flattened so each option can vary on its own."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                out[f"{k}.{k2}"] = v2
-        else:
-            out[k] = v
-    return out
-
-
-def _int_or_none(v: Any) -> int | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if math.isfinite(f) else None
-
-
-def _shape_text(mode: Any, b: Any, k: Any, big_b: Any) -> str:
-    b, k, big_b = _int_or_none(b), _int_or_none(k), _int_or_none(big_b)
-    if big_b is None and b is not None and k is not None:
-        big_b = b * k
-    parts = [str(mode) if isinstance(mode, str) and mode else "?"]
-    if big_b is not None:
-        parts.append(f"B={big_b}" + (f" ({b}×{k})" if b is not None and k is not None else ""))
-    return " ".join(parts)
-
-
 def prepare(results: Results) -> Prepared:
     """Coerce types, derive configuration identity and labels. Raises BenchError when
     there is nothing to report."""
@@ -185,14 +146,18 @@ def prepare(results: Results) -> Prepared:
     _coerce(trials)
     dicts = [config_dict(r) for _, r in trials.iterrows()]
     trials["config_id"] = [config_id_of(d) for d in dicts]
-    trials["config_label"] = trials["config_id"].map(_labels(trials, dicts))
+    flat, shapes = _flat_and_shapes(trials, dicts)
+    trials["config_label"] = trials["config_id"].map(labels.full_labels(shapes, flat))
     trials["peak_memory_bytes"], trials["peak_memory_source"] = _peak_memory(trials)
+    memory.add_growth(trials)
+    configs = _configs(trials)
+    settings = _name_configs(trials, configs, flat, shapes)
     steps = lean_steps(results.steps)
     notes = []
     versions = sorted({int(v) for v in trials["schema_version"].dropna()})
     if versions:
         notes.append("schema_version " + ", ".join(map(str, versions)))
-    return Prepared(trials=trials, steps=steps, configs=_configs(trials), notes=notes)
+    return Prepared(trials=trials, steps=steps, configs=configs, settings=settings, notes=notes)
 
 
 def _coerce(trials: pd.DataFrame) -> None:
@@ -214,34 +179,35 @@ def _coerce(trials: pd.DataFrame) -> None:
     )
 
 
-def _labels(trials: pd.DataFrame, dicts: list[dict[str, Any]]) -> dict[str, str]:
-    """Per config_id: the batch shape and the keys whose values vary across
-    configurations; the id appended where two configurations would print alike."""
-    flat_by_id: dict[str, dict[str, Any]] = {}
+def _flat_and_shapes(
+    trials: pd.DataFrame, dicts: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Per config_id: its flattened configuration and its batch-shape text."""
+    flat: dict[str, dict[str, Any]] = {}
     for cid, d in zip(trials["config_id"], dicts, strict=True):
-        flat_by_id.setdefault(cid, _flatten(d))
-    all_keys = sorted({k for f in flat_by_id.values() for k in f})
-    varying = [
-        k
-        for k in all_keys
-        if k not in _LABEL_SKIP
-        and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat_by_id.values()})
-        > 1
-    ]
+        flat.setdefault(cid, labels.flatten(d))
     first = trials.drop_duplicates("config_id").set_index("config_id")
-    labels = {}
-    for cid, f in flat_by_id.items():
-        r = first.loc[cid]
-        text = _shape_text(
+    shapes = {
+        cid: labels.shape_text(
             r["mode"], r["micro_batch_size"], r["accumulation_steps"], r["effective_batch_size"]
         )
-        extra = [f"{k}={_fmt_value(f[k])}" for k in varying if k in f]
-        labels[cid] = " ".join([text, *extra])
-    # Labels must identify: if two configurations print alike, add the id.
-    seen: dict[str, int] = {}
-    for lab in labels.values():
-        seen[lab] = seen.get(lab, 0) + 1
-    return {cid: (lab if seen[lab] == 1 else f"{lab} [{cid[:6]}]") for cid, lab in labels.items()}
+        for cid, r in first.iterrows()
+    }
+    return flat, shapes
+
+
+def _name_configs(
+    trials: pd.DataFrame, configs: pd.DataFrame, flat: dict, shapes: dict
+) -> pd.DataFrame:
+    """Tags and short labels (``labels.short_labels``) on trials and configs, in place;
+    returns the settings table of the configurations."""
+    order = list(configs["config_id"])
+    workload = dict(zip(configs["config_id"], configs["workload"], strict=True))
+    tags, short = labels.short_labels(order, shapes, flat, workload)
+    for frame in (trials, configs):
+        frame["config_tag"] = frame["config_id"].map(tags)
+        frame["config_short"] = frame["config_id"].map(short)
+    return labels.settings_table(order, flat)
 
 
 def _peak_memory(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

@@ -9,7 +9,9 @@ Used by the report/compare tests (known B_crit, known throughput change) and by
   chosen so that L(S(B)) = target exactly; per-step noise has a relative sd of
   noise / sqrt(B) (a mean over B samples);
 - throughput saturates with the micro-batch: samples/s = peak * b / (b + b_half);
-- memory grows linearly with the micro-batch; micro-batches above ``oom_above`` OOM.
+- memory grows linearly with the micro-batch; micro-batches above ``oom_above`` OOM;
+  with ``rss_start`` the CPU row is a growth over a start reading that drifts from trial to
+  trial (a worker's earlier trials), plus ``rss_noise_bytes`` of noise.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Synthetic:
     memory_per_sample_bytes: int = 2 * 2**20
     memory_factor: float = 1.0
     oom_above: int | None = None
+    rss_start: bool = False  # record cpu_baseline_rss_bytes, as a CPU sweep does
+    rss_noise_bytes: float = 0.0  # sd of the CPU growth's noise (abs of a normal draw)
     gpu: bool = True
     device: str = "cuda:0 (synthetic)"
     sweep: str = "synthetic"
@@ -146,6 +150,11 @@ def _trial(spec: Synthetic, cfg: TrialConfig, rng: np.random.Generator) -> tuple
         nvml_process_peak_bytes=int(mem + 400 * 2**20) if spec.gpu else None,
         cpu_peak_rss_bytes=int(mem * 1.5),
     )
+    if spec.rss_start:
+        start = spec.memory_base_bytes + int(rng.integers(0, 8 * 2**20))
+        growth = mem - spec.memory_base_bytes * spec.memory_factor
+        noise = abs(spec.rss_noise_bytes * rng.standard_normal())
+        row.update(cpu_baseline_rss_bytes=start, cpu_peak_rss_bytes=int(start + growth + noise))
     return row, records.steps_table(values)
 
 

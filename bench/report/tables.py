@@ -1,4 +1,5 @@
-"""Per-configuration summary, Pareto set, and the rows of the report's tables.
+"""Per-configuration summary (with its Pareto flag), the rows of the report's tables, and the
+legend table that maps configuration ids to their settings.
 
 Every number is a median over a configuration's seeds (its repeats) with the min–max
 spread beside it; metrics come from ok trials only, status counts from all of them.
@@ -14,23 +15,22 @@ import pandas as pd
 # markdown_table and md_cell are importable from here too, where the report's rows are.
 from bench.report.markdown import markdown_table, md_cell  # noqa: F401
 from bench.report.metrics import format_value
+from bench.report.pareto import pareto_mask
 from bench.report.prepare import STATUSES, Prepared
 
 SUMMARY_METRICS = (
     ("samples_per_s", ""),
     ("step_time_ms_median", ""),
-    ("peak_memory_bytes", "bytes"),
+    ("trial_memory_bytes", "bytes"),
     ("tail_loss", ""),
 )
 
-# Pareto objectives: (column, True if higher is better).
-# The loss is tail_loss (bench.store.tail_loss), not the last step's: at B = 1 that is
-# one sample's loss, and a front decided by it would be decided by noise.
-PARETO_OBJECTIVES = (("samples_per_s", True), ("peak_memory_bytes", False), ("tail_loss", False))
 
-
-def config_summary(prep: Prepared, points: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per configuration (order of ``prep.configs``)."""
+def config_summary(
+    prep: Prepared, points: pd.DataFrame | None = None, tolerance: dict | None = None
+) -> pd.DataFrame:
+    """One row per configuration (order of ``prep.configs``); ``tolerance`` as from
+    ``pareto.tolerances`` decides what counts as a tie on the Pareto front."""
     t = prep.trials
     rows = []
     for _, c in prep.configs.iterrows():
@@ -48,8 +48,8 @@ def config_summary(prep: Prepared, points: pd.DataFrame | None = None) -> pd.Dat
             row[f"{m}_lo"] = float(v.min()) if len(v) else np.nan
             row[f"{m}_hi"] = float(v.max()) if len(v) else np.nan
             row[f"{m}_n"] = len(v)
-        src = ok["peak_memory_source"].dropna()
-        row["peak_memory_source"] = src.mode().iloc[0] if len(src) else None
+        src = ok["trial_memory_source"].dropna()
+        row["trial_memory_source"] = src.mode().iloc[0] if len(src) else None
         row["device"] = ", ".join(sorted({str(d) for d in g["device"].dropna()})) or None
         rows.append(row)
     summary = pd.DataFrame(rows)
@@ -65,44 +65,8 @@ def config_summary(prep: Prepared, points: pd.DataFrame | None = None) -> pd.Dat
             summary["config_id"].map(p["seeds_reached"]).fillna(0).astype(int)
         )
         summary["seeds_ran"] = summary["config_id"].map(p["seeds"]).fillna(0).astype(int)
-    summary["pareto"] = pareto_mask(summary)
+    summary["pareto"] = pareto_mask(summary, tolerance)
     return summary
-
-
-def pareto_mask(summary: pd.DataFrame) -> np.ndarray:
-    """Non-dominated configurations, within each workload: losses of different workloads
-    are not on one scale, nor are their samples (an image is not a sequence), so one
-    workload's configurations never dominate another's. Within a workload every trial
-    counts samples alike. See ``_front`` for the rule."""
-    mask = np.zeros(len(summary), dtype=bool)
-    if "workload" not in summary.columns:
-        return _front(summary)
-    groups = summary.groupby("workload", dropna=False, sort=False).indices
-    for idx in groups.values():
-        mask[idx] = _front(summary.iloc[idx])
-    return mask
-
-
-def _front(summary: pd.DataFrame) -> np.ndarray:
-    """Non-dominated rows: none other is at least as good on every objective and better
-    on one. Objectives without any value are left out; rows missing a value on a used
-    objective cannot be on the front."""
-    if not len(summary):
-        return np.zeros(0, dtype=bool)
-    used = [(c, hi) for c, hi in PARETO_OBJECTIVES if summary[c].notna().any()]
-    if not used:
-        return np.zeros(len(summary), dtype=bool)
-    # Everything as "lower is better".
-    m = np.column_stack(
-        [(-summary[c] if hi else summary[c]).to_numpy(dtype=float) for c, hi in used]
-    )
-    valid = np.isfinite(m).all(axis=1)
-    mask = np.zeros(len(summary), dtype=bool)
-    for i in np.flatnonzero(valid):
-        others = m[valid]
-        dominated = np.any(np.all(others <= m[i], axis=1) & np.any(others < m[i], axis=1))
-        mask[i] = not dominated
-    return mask
 
 
 def spread(row: pd.Series, m: str, unit: str = "") -> str:
@@ -140,7 +104,7 @@ CONFIG_HEADERS = [
     "status",
     "samples/s",
     "step time (ms)",
-    "peak memory",
+    "memory",
     "tail loss",
     "steps to target",
     "time to target (s)",
@@ -154,13 +118,13 @@ def config_rows(summary: pd.DataFrame) -> list[list[str]]:
     for _, r in summary.iterrows():
         rows.append(
             [
-                r["config_label"],
+                r["config_short"],
                 r["workload"] if isinstance(r["workload"], str) else "-",
                 str(int(r["seeds"])),
                 status_text(r),
                 spread(r, "samples_per_s"),
                 spread(r, "step_time_ms_median"),
-                spread(r, "peak_memory_bytes", "bytes"),
+                spread(r, "trial_memory_bytes", "bytes"),
                 spread(r, "tail_loss"),
                 reach_text(r, "steps_to_target", "steps"),
                 reach_text(r, "time_to_target_s"),
@@ -177,15 +141,52 @@ def pareto_rows(summary: pd.DataFrame) -> list[list[str]]:
     )
     return [
         [
-            r["config_label"],
+            r["config_short"],
             r["workload"] if isinstance(r["workload"], str) else "-",
             format_value(r["samples_per_s"]),
-            format_value(r["peak_memory_bytes"], "bytes"),
+            format_value(r["trial_memory_bytes"], "bytes"),
             format_value(r["tail_loss"]),
         ]
         for _, r in front.iterrows()
     ]
 
 
-PARETO_HEADERS = ["configuration", "workload", "samples/s", "peak memory", "tail loss"]
+PARETO_HEADERS = ["configuration", "workload", "samples/s", "memory", "tail loss"]
 PARETO_ALIGN = ["l", "l", "r", "r", "r"]
+
+
+def legend(prep: Prepared) -> tuple[list[str], list[list[str]], list[str], list[str]]:
+    """The table that maps each tag to its full configuration: (headers, rows, align, and
+    the settings every configuration shares as ``key=value``). Columns: tag, workload,
+    the batch shape, then one per key whose value differs between configurations."""
+    settings = prep.settings.drop(columns=["workload"], errors="ignore")
+    varying = [k for k in settings.columns if settings[k].nunique() > 1]
+    shared = [
+        f"{k}={settings[k].iloc[0]}"
+        for k in settings.columns
+        if k not in varying and len(settings) and settings[k].iloc[0] != ""
+    ]
+    headers = ["id", "workload", "mode", "b", "k", "B", *varying]
+    rows = []
+    for _, c in prep.configs.iterrows():
+        shape = [_count(c["micro_batch_size"]), _count(c["accumulation_steps"])]
+        rows.append(
+            [
+                c["config_tag"],
+                c["workload"] if isinstance(c["workload"], str) else "-",
+                c["mode"] if isinstance(c["mode"], str) else "-",
+                *shape,
+                _count(c["effective_batch_size"]),
+                *(settings.at[c["config_id"], k] or "-" for k in varying),
+            ]
+        )
+    align = ["l", "l", "l", "r", "r", "r", *["l"] * len(varying)]
+    return headers, rows, align, shared
+
+
+def _count(v: object) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{f:.0f}" if math.isfinite(f) else "-"

@@ -74,19 +74,106 @@ def compact_bytes(v: float) -> str:
     return f"{v:.0f} B"
 
 
+_UNITS = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def _unit(v: float) -> tuple[str, float]:
+    return next(((u, s) for u, s in _UNITS if abs(v) >= s), ("B", 1))
+
+
+def bytes_text(values: list[float], one_unit: bool = False) -> list[str]:
+    """Tick labels for byte counts, each in its own unit (``one_unit``: all in the
+    largest's, as on a linear axis), with the fewest decimals that keep different values
+    apart and each label within 5 % of the smallest gap between ticks: 315.2 MiB,
+    315.4 MiB, never 315 MiB twice (nor 1 MiB for 1.4 MiB)."""
+    finite = sorted({float(v) for v in values if np.isfinite(v)})
+    common = _unit(max((abs(v) for v in finite), default=0.0)) if one_unit else None
+    gaps = np.diff(finite)
+    gap = float(gaps.min()) if len(gaps) else math.inf
+    texts: list[str] = []
+    for decimals in range(7):
+        texts = []
+        worst = 0.0
+        for v in values:
+            if not np.isfinite(v):
+                texts.append("")
+                continue
+            unit, scale = common or _unit(v)
+            texts.append(f"{v / scale:.{decimals}f} {unit}")
+            worst = max(worst, abs(round(v / scale, decimals) * scale - v))
+        if len({t for t in texts if t}) == len(finite) and worst <= 0.05 * gap:
+            break
+    return texts
+
+
+def _bytes_locator():
+    from matplotlib.ticker import Locator, MaxNLocator
+
+    class BytesLocator(Locator):
+        """Round numbers of the unit the axis reaches (0, 256, 512 KiB), not of bytes
+        (0, 250000, 500000, which read 244.1 KiB)."""
+
+        def __call__(self):
+            lo, hi = self.axis.get_view_interval()
+            return self.tick_values(lo, hi)
+
+        def tick_values(self, vmin, vmax):
+            _, scale = _unit(max(abs(vmin), abs(vmax)))
+            steps = [1, 2, 2.5, 4, 5, 8, 10] if scale > 1 else [1, 2, 2.5, 5, 10]
+            return MaxNLocator(6, steps=steps).tick_values(vmin / scale, vmax / scale) * scale
+
+    return BytesLocator()
+
+
+def _bytes_formatter():
+    from matplotlib.ticker import Formatter
+
+    class BytesFormatter(Formatter):
+        """Tick labels by ``bytes_text``: the decimals are chosen over all ticks at once,
+        so neighbouring ticks never repeat a label."""
+
+        def __call__(self, x, pos=None):
+            return bytes_text([x])[0] if x > 0 else ("0" if x == 0 else "")
+
+        def format_ticks(self, values):
+            linear = self.axis is not None and self.axis.get_scale() == "linear"
+            texts = bytes_text([float(v) for v in values], one_unit=linear)
+            return [
+                t if v > 0 else "0" if v == 0 else "" for t, v in zip(texts, values, strict=True)
+            ]
+
+    return BytesFormatter()
+
+
 def bytes_axis(ax, axis: str = "y") -> None:
-    """Log2 byte axis when the values span 4x or more, else linear; compact labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+    """Log2 byte axis when the values span 4x or more, else linear; labels in one unit
+    with enough decimals that no two ticks read alike."""
+    from matplotlib.ticker import LogLocator
 
     a = ax.yaxis if axis == "y" else ax.xaxis
-    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    # The data's range, not the view's: a linear view's margin reaches below 0.
+    lo, hi = ax.dataLim.intervaly if axis == "y" else ax.dataLim.intervalx
     if lo > 0 and hi / lo >= 4:
         getattr(ax, f"set_{axis}scale")("log", base=2)
         a.set_major_locator(LogLocator(base=2, numticks=10))
     else:
         getattr(ax, f"set_{axis}scale")("linear")
-        a.set_major_locator(MaxNLocator(6))
-    a.set_major_formatter(FuncFormatter(lambda v, _pos: compact_bytes(v) if v > 0 else ""))
+        a.set_major_locator(_bytes_locator())
+    a.set_major_formatter(_bytes_formatter())
+
+
+def legend_outside(ax, **kw):
+    """A legend to the right of ``ax``, outside it: constrained layout makes room for it,
+    and no line or point is hidden under it. A legend seaborn drew is moved there."""
+    kw.setdefault("fontsize", 7)
+    kw.setdefault("title_fontsize", 7)
+    where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0}
+    if ax.get_legend() is not None and "handles" not in kw:
+        import seaborn as sns
+
+        sns.move_legend(ax, **where, **kw)
+        return ax.get_legend()
+    return ax.legend(**where, **kw)
 
 
 def log2_axis(ax, axis: str = "x") -> None:
@@ -119,6 +206,54 @@ def plain(text: object) -> str:
     """Data strings on a figure: whitespace (newlines, CR) collapsed, and '$' escaped so
     matplotlib does not parse a config value as mathtext (or fail on an unbalanced one)."""
     return " ".join(str(text).split()).replace("$", r"\$")
+
+
+# Point labels: 7 pt text, offset (7, 3) pt from the point; a character is about
+# 0.62 em wide. The axes narrow when the layout makes room for legends and colour bars
+# beside them, so the width a label needs is taken 1.5 times over.
+LABEL_PT, CHAR_EM, LABEL_ROOM = 7.0, 0.62, 1.5
+
+
+def annotate_ids(ax, x, y, ids) -> None:
+    """Each point's id beside it; a point whose label would touch another's joins that
+    label ('C1 C2 C3', 'C1 … C9 (9)'), so ids never print over each other. Call after
+    the axes' scales and limits are set."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    ax.autoscale_view()
+    px = ax.transData.transform(np.column_stack([np.where(ok, x, 1.0), np.where(ok, y, 1.0)]))
+    pt = ax.figure.dpi / 72.0
+    height = LABEL_PT * 1.2 * pt  # a line of 7 pt text
+    clusters: list[list[int]] = []
+    for i in np.flatnonzero(ok):
+        for c in clusters:
+            width = max(len(_id_text([ids[j] for j in c + [i]])), 2) * CHAR_EM * LABEL_PT * pt
+            dx, dy = px[i] - px[c[0]]
+            if abs(dx) < width * LABEL_ROOM and abs(dy) < height:
+                c.append(int(i))
+                break
+        else:
+            clusters.append([int(i)])
+    for c in clusters:
+        ax.annotate(
+            _id_text([ids[j] for j in sorted(c)]),
+            (x[c[0]], y[c[0]]),
+            textcoords="offset points",
+            xytext=(7, 3),
+            fontsize=LABEL_PT,
+        )
+
+
+def _id_text(ids: list) -> str:
+    names = [plain(i) for i in ids]
+    return " ".join(names) if len(names) <= 4 else f"{names[0]} … {names[-1]} ({len(names)})"
+
+
+def legend_text(label: object, n: int = 60) -> str:
+    """A legend entry from data: ``plain``, cut to ``n`` characters. Entries start with
+    the configuration's id, so a cut one still names it; the legend table has the rest."""
+    text = plain(label)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def workload_label(w) -> str:

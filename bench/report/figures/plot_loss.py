@@ -9,9 +9,10 @@ import pandas as pd
 
 from bench.report import curves
 from bench.report.figures.axes import (
+    legend_outside,
+    legend_text,
     matches,
     new_figure,
-    plain,
     setup_theme,
     workload_label,
     workload_rows,
@@ -100,7 +101,7 @@ def _draw_config(ax, bands, partial, cid, c: pd.Series, colors: _Colors, accum_m
         marker=accum_marker.get(k),
         markevery=max(1, len(d) // 8),
         markersize=4,
-        label=plain(c["config_label"]),
+        label=legend_text(c["config_short"]),
     )
     ax.fill_between(d["x"], d["lo"], d["hi"], color=colors.palette[cid], alpha=0.18, linewidth=0)
     # Where not every seed has a value, the seeds that do, each on its own.
@@ -123,22 +124,18 @@ def _legend(fig, ax, colors: _Colors, accum_marker: dict) -> None:
     """Configurations by name; or, when too many to name, a batch-size colour bar and a
     key to line styles (mode) and markers (accumulation)."""
     if colors.norm is None:
-        ax.legend(
-            fontsize=7,
-            loc="upper right",
-            title="mean, band = seed min–max\n(faint: single seeds past a seed's end)",
-            title_fontsize=7,
-        )
+        legend_outside(ax)
         return
     import matplotlib as mpl
     from matplotlib.lines import Line2D
 
     sm = mpl.cm.ScalarMappable(norm=colors.norm, cmap=colors.cmap)
-    cb = fig.colorbar(sm, ax=ax)
+    # Below the axes: the legend of line styles takes the space to the right.
+    cb = fig.colorbar(sm, ax=ax, location="bottom", shrink=0.8)
     cb.set_label("log2 effective batch B")
     handles = [Line2D([], [], color="0.3", linestyle=s, label=m) for m, s in MODE_STYLE.items()]
     handles += [
         Line2D([], [], color="0.3", marker=mk, linestyle="", label=f"k={k}")
         for k, mk in accum_marker.items()
     ]
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    legend_outside(ax, handles=handles)

@@ -1,4 +1,5 @@
-"""Peak memory against micro-batch, with OOM trials and the boundaries ``bench oom`` found."""
+"""Memory a trial adds against micro-batch, per counter, where it is more than noise;
+OOM trials and the boundaries ``bench oom`` found."""
 
 from __future__ import annotations
 
@@ -6,73 +7,146 @@ import numpy as np
 import pandas as pd
 
 from bench.report.figures.axes import (
-    MEMORY_SERIES,
     WIDTH,
     bytes_axis,
     compact_bytes,
+    legend_outside,
     log2_axis,
     matches,
     new_figure,
+    plain,
     setup_theme,
     workload_label,
     workload_rows,
 )
+from bench.report.figures.families import families
 from bench.report.figures.probes import probe_boundaries
+from bench.report.memory import COUNTERS, drawn_counters, within
+from bench.report.metrics import format_value
+
+COUNTER_STYLE = {
+    "peak_reserved_bytes": "-",
+    "peak_allocated_bytes": ":",
+    "nvml_growth_bytes": "--",
+    "cpu_rss_growth_bytes": "-",
+    "cpu_peak_rss_bytes": "-",
+}
 
 
-def memory(prep, probes: pd.DataFrame | None, notes: list[str]):
-    """One row per workload: every memory counter of the ok trials, crosses where trials
-    ran out of memory, and the probes of ``probes`` (as from ``load_oom_probes``)."""
+def memory(prep, probes: pd.DataFrame | None, notes: list[str], resolutions: dict):
+    """One row per workload: each memory counter of its ok trials (``memory.COUNTERS``)
+    whose configurations differ by more than its resolution (``resolutions``, as from
+    ``memory.resolutions``), one line per configuration family; crosses where trials ran
+    out of memory; the probes of ``probes`` (as from ``load_oom_probes``). A counter
+    within its resolution is a note, not a line; None when nothing is left to draw."""
     t = prep.trials
-    ok = t[t["status"] == "ok"]
-    series = [c for c in MEMORY_SERIES if ok[c].notna().any()]
-    oom = t[t["status"] == "oom"]
+    ok = t[(t["status"] == "ok") & t["micro_batch_size"].notna()]
+    oom = t[(t["status"] == "oom") & t["micro_batch_size"].notna()]
     have_probes = probes is not None and len(probes)
-    if not series and not len(oom) and not have_probes:
-        notes.append("memory: no memory columns, OOM trials or OOM probes")
+    shown = _counters_to_draw(ok, resolutions, notes)
+    if not any(shown.values()) and not len(oom) and not have_probes:
+        notes.append("memory: no counter differs by more than it resolves; no memory figure")
         return None
     sns = setup_theme()
     from matplotlib.transforms import blended_transform_factory
 
-    workloads = workload_rows(t, notes, "memory")
+    workloads = [w for w in workload_rows(t, notes, "memory") if _has_any(w, shown, oom, probes)]
     fig, axes = new_figure(len(workloads), 1, width=WIDTH)
     for r, w in enumerate(workloads):
         ax = axes[r, 0]
-        d = ok[matches(ok["workload"], w) & ok["micro_batch_size"].notna()]
-        long = _draw_series(sns, ax, d, series)
-        trans = blended_transform_factory(ax.transData, ax.transAxes)
-        o = oom[matches(oom["workload"], w) & oom["micro_batch_size"].notna()]
-        _draw_oom_trials(ax, o, trans)
+        d = ok[matches(ok["workload"], w)]
+        long = _draw_counters(sns, prep, ax, d, shown.get(w, []))
+        if shown.get(w):
+            _draw_resolution(ax, d, resolutions.get(w, {}).get(shown[w][0]))
+        o = oom[matches(oom["workload"], w)]
+        _draw_oom_trials(ax, o, blended_transform_factory(ax.transData, ax.transAxes))
         if have_probes:
             _draw_probes(ax, _probes_of(probes, w))
-        if len(long) or len(o) or have_probes:
-            _axes(ax, long, o, probes if have_probes else None)
+        _axes(ax, long, o, probes if have_probes else None)
         ax.set_xlabel("micro-batch size b")
-        ax.set_ylabel(f"{workload_label(w)}\npeak memory")
-    fig.suptitle("Peak memory against micro-batch (median, band = min–max)")
+        ax.set_ylabel(f"{workload_label(w)}\nmemory a trial adds")
+    fig.suptitle(
+        "Memory a trial adds against micro-batch: median over seeds, band = min–max;\n"
+        "one line per counter and family of configurations alike but for the batch shape"
+    )
     return fig
 
 
-def _draw_series(sns, ax, d: pd.DataFrame, series: list[str]) -> pd.DataFrame:
-    """One line per memory counter; returns the long table drawn."""
-    if not series:
+def _counters_to_draw(ok: pd.DataFrame, resolutions: dict, notes: list[str]) -> dict:
+    """Per workload, the counters whose configuration medians differ by more than the
+    counter resolves; a note for each that does not."""
+    shown: dict = {}
+    for w, g in ok.groupby("workload", dropna=False, sort=False):
+        shown[w] = []
+        for c in drawn_counters(g):
+            res = resolutions.get(w, {}).get(c)
+            medians = g.groupby("config_id")[c].median()
+            if res is not None and within(medians, res):
+                notes.append(
+                    f"memory ({workload_label(w)}): {COUNTERS[c][0]} of every configuration "
+                    f"lies within {format_value(medians.max() - medians.min(), 'bytes')} "
+                    f"({format_value(medians.min(), 'bytes')} to "
+                    f"{format_value(medians.max(), 'bytes')}), below what it resolves, "
+                    f"{res.text()}: no difference measured, not drawn"
+                )
+            else:
+                shown[w].append(c)
+    return shown
+
+
+def _has_any(w, shown: dict, oom: pd.DataFrame, probes) -> bool:
+    if shown.get(w) or matches(oom["workload"], w).any():
+        return True
+    return probes is not None and len(_probes_of(probes, w)) > 0
+
+
+def _draw_counters(sns, prep, ax, d: pd.DataFrame, counters: list[str]) -> pd.DataFrame:
+    """One line per (counter, configuration family); returns the long table drawn."""
+    if not counters or not len(d):
         return pd.DataFrame()
-    long = d.melt(
-        id_vars=["micro_batch_size"], value_vars=series, var_name="series", value_name="bytes"
-    ).dropna(subset=["bytes"])
-    if len(long):
-        long["series"] = long["series"].map(MEMORY_SERIES)
-        sns.lineplot(
-            data=long,
-            x="micro_batch_size",
-            y="bytes",
-            hue="series",
-            estimator="median",
-            errorbar=("pi", 100),
-            marker="o",
-            ax=ax,
-        )
+    cids = [c for c in prep.configs["config_id"] if c in set(d["config_id"])]
+    fam = families(prep, cids)
+    long = d.assign(family=d["config_id"].map(fam).map(plain)).melt(
+        id_vars=["micro_batch_size", "family"],
+        value_vars=counters,
+        var_name="counter",
+        value_name="bytes",
+    )
+    long = long.dropna(subset=["bytes"])
+    long["counter"] = long["counter"].map(lambda c: COUNTERS[c][0])
+    styles = {COUNTERS[c][0]: COUNTER_STYLE[c] for c in counters}
+    sns.lineplot(
+        data=long,
+        x="micro_batch_size",
+        y="bytes",
+        hue="family" if long["family"].nunique() > 1 else None,
+        style="counter",
+        dashes={k: _dash(v) for k, v in styles.items()},
+        estimator="median",
+        errorbar=("pi", 100),
+        marker="o",
+        ax=ax,
+    )
     return long
+
+
+def _draw_resolution(ax, d: pd.DataFrame, res) -> None:
+    """A band from the lowest configuration median up by the counter's resolution: a
+    point inside it is not told apart from the lowest."""
+    if res is None or not res.bytes:
+        return
+    lowest = float(d.groupby("config_id")[res.column].median().min())
+    ax.axhspan(
+        lowest,
+        lowest + res.bytes,
+        color="0.88",
+        zorder=0,
+        label=f"resolution above the lowest: {compact_bytes(res.bytes)}",
+    )
+
+
+def _dash(style: str):
+    return {"-": "", ":": (1, 2), "--": (4, 2)}[style]
 
 
 def _draw_oom_trials(ax, o: pd.DataFrame, trans) -> None:
@@ -110,7 +184,9 @@ def _axes(ax, long: pd.DataFrame, o: pd.DataFrame, probes: pd.DataFrame | None) 
     log2_axis(ax, "x")
     if len(long):
         bytes_axis(ax, "y")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        legend_outside(ax, handles=handles, labels=labels)
 
 
 def _draw_probes(ax, p: pd.DataFrame) -> None:

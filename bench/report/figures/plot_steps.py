@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.figures.axes import (
+    legend_outside,
     log2_axis,
     matches,
     new_figure,
@@ -42,7 +43,7 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
             _panel(ax, p, ycol, fit, palette)
             ax.set_xlabel("effective batch size B")
             ax.set_ylabel(f"{workload_label(w)}\n{ylabel}" if col == 0 else ylabel)
-            ax.legend(fontsize=7, loc="upper right" if col == 0 else "upper left")
+        legend_outside(axes[r, 1])
         if fit is not None:
             _fit_box(axes[r, 0], fit)
         elif np.isfinite(p["steps_to_target"]).any():

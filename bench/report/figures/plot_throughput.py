@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from bench.report.figures.axes import (
+    legend_outside,
     log2_axis,
     matches,
     new_figure,
+    plain,
     setup_theme,
     workload_label,
     workload_rows,
 )
+from bench.report.figures.families import families
 
 
 def throughput(prep, notes: list[str]):
-    """One row per workload; one line per accumulation k, median over seeds, min–max band."""
+    """One row per workload; one line per configuration family (``families``), each
+    point one configuration: median over its seeds, band = min–max."""
     t = prep.trials[(prep.trials["status"] == "ok") & prep.trials["samples_per_s"].notna()]
     if not len(t):
         notes.append("throughput: no ok trial has samples_per_s")
@@ -25,10 +27,9 @@ def throughput(prep, notes: list[str]):
     fig, axes = new_figure(len(workloads), 2)
     for r, w in enumerate(workloads):
         d = t[matches(t["workload"], w)].copy()
-        d["accumulation"] = "k=" + d["accumulation_steps"].fillna(1).astype(int).astype(str)
-        d["precision"] = d["precision"].fillna("?")
-        order = sorted(pd.unique(d["accumulation"]), key=lambda s: int(s[2:]))
-        style = "precision" if d["precision"].nunique() > 1 else None
+        cids = [c for c in prep.configs["config_id"] if c in set(d["config_id"])]
+        d["family"] = d["config_id"].map(families(prep, cids)).map(plain)
+        order = sorted(d["family"].unique())
         for col, x in enumerate(("micro_batch_size", "effective_batch_size")):
             ax = axes[r, col]
             dd = d[d[x].notna() & (d[x] > 0)]
@@ -38,9 +39,8 @@ def throughput(prep, notes: list[str]):
                 data=dd,
                 x=x,
                 y="samples_per_s",
-                hue="accumulation",
+                hue="family",
                 hue_order=order,
-                style=style,
                 estimator="median",
                 errorbar=("pi", 100),
                 marker="o",
@@ -51,5 +51,10 @@ def throughput(prep, notes: list[str]):
             ax.set_xlabel("micro-batch size b" if col == 0 else "effective batch size B = b·k")
             ax.set_ylabel(f"{workload_label(w)}\nsamples/s" if col == 0 else "")
             ax.set_ylim(bottom=0)
-    fig.suptitle("Throughput: median over seeds, band = min–max")
+            if col == 1:
+                legend_outside(ax, title="configurations alike but for b, k, B")
+    fig.suptitle(
+        "Throughput: one line per family of configurations alike but for the batch shape; "
+        "median over seeds, band = min–max"
+    )
     return fig

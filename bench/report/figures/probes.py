@@ -52,14 +52,13 @@ def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
     ``_probe_frame``): its label, capacity, the smallest micro-batch that did not
     fit (``first_bad``, NaN if none), whether that was an OOM or a kill from outside
     (``bad_outcome``), and the largest ok micro-batch below it (``last_ok``)."""
-    cols = ["search", "label", "capacity_bytes", "first_bad", "bad_outcome", "last_ok"]
+    cols = ["search", "label", "group", "capacity_bytes", "first_bad", "bad_outcome", "last_ok"]
     rows = []
     for search, q in p.groupby("search", sort=False):
         cap = float(q["capacity_bytes"].fillna(0).iloc[0])
         # What tells searches apart in a reader's terms: capacity, precision, optimizer.
-        parts = [compact_bytes(cap) if cap > 0 else "device"]
-        for col in ("precision", "optimizer"):
-            parts += [str(v) for v in pd.unique(q[col].dropna())]
+        group = [str(v) for col in ("precision", "optimizer") for v in pd.unique(q[col].dropna())]
+        parts = [compact_bytes(cap) if cap > 0 else "device", *group]
         bad = q[q["outcome"].isin(["oom", "killed"])].sort_values("micro_batch_size")
         okb = q.loc[q["outcome"] == "ok", "micro_batch_size"].dropna()
         first_bad = float(bad["micro_batch_size"].iloc[0]) if len(bad) else np.nan
@@ -68,6 +67,7 @@ def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
             {
                 "search": search,
                 "label": " ".join(plain(x) for x in parts),
+                "group": " ".join(plain(x) for x in group) or "-",
                 "capacity_bytes": cap,
                 "first_bad": first_bad,
                 "bad_outcome": bad["outcome"].iloc[0] if len(bad) else None,
@@ -81,6 +81,29 @@ def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def planner_choices(p: pd.DataFrame) -> pd.DataFrame:
+    """Per capacity, the (b, k) ``bench oom --target-batch`` would choose: of its
+    throughput probes (k = B / b, run under the capacity after the margin) that ran ok,
+    the fastest. Columns: capacity_bytes, micro_batch_size, accumulation_steps,
+    samples_per_s, group (precision and optimizer)."""
+    cols = ["capacity_bytes", "micro_batch_size", "accumulation_steps", "samples_per_s", "group"]
+    t = p[(p["kind"] == "throughput") & (p["outcome"] == "ok") & p["samples_per_s"].notna()]
+    rows = []
+    for _, q in t.groupby(["capacity_bytes", "precision", "optimizer"], dropna=False):
+        best = q.loc[q["samples_per_s"].astype(float).idxmax()]
+        group = [str(v) for v in (best["precision"], best["optimizer"]) if isinstance(v, str)]
+        rows.append(
+            {
+                "capacity_bytes": float(best["capacity_bytes"]),
+                "micro_batch_size": float(best["micro_batch_size"]),
+                "accumulation_steps": float(best["accumulation_steps"]),
+                "samples_per_s": float(best["samples_per_s"]),
+                "group": " ".join(plain(x) for x in group) or "-",
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
 def _newest_per_key(probes: list[ProbeRecord]) -> list[ProbeRecord]:
     """A probe measured again (--fresh, or after a kill) supersedes its older rows."""
     last = {p.probe_key: i for i, p in enumerate(probes) if p.probe_key is not None}
@@ -92,7 +115,8 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
     outside the cap ended it), capacity (0 = no cap), peak, and the search it belongs to
     (``search_key``, else workload + precision + capacity)."""
     cols = ["micro_batch_size", "outcome", "capacity_bytes", "peak_bytes"]
-    cols += ["workload", "precision", "optimizer", "search"]
+    cols += ["workload", "precision", "optimizer", "search", "kind", "accumulation_steps"]
+    cols += ["samples_per_s"]
     rows = []
     for p in probes:
         if not p.micro_batch_size or p.micro_batch_size <= 0 or p.outcome is None:
@@ -109,10 +133,19 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
                 "precision": precision,
                 "optimizer": _config_value(p, "optimizer"),
                 "search": p.search_key or f"{p.workload}|{precision}|{cap or 0}",
+                "kind": p.kind,
+                "accumulation_steps": p.accumulation_steps,
+                "samples_per_s": p.samples_per_s,
             }
         )
     df = pd.DataFrame(rows, columns=cols)
-    for c in ("micro_batch_size", "capacity_bytes", "peak_bytes"):
+    for c in (
+        "micro_batch_size",
+        "capacity_bytes",
+        "peak_bytes",
+        "accumulation_steps",
+        "samples_per_s",
+    ):
         df[c] = pd.to_numeric(df[c]).astype(float)
     return df
 
