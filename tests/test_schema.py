@@ -300,6 +300,15 @@ def test_the_schema_carries_the_upper_bounds():
     fields = config_schema()["properties"]
     assert fields["seed"]["maximum"] == 2**63 - 1
     assert fields["lr"]["maximum"] == 1e12 and fields["gamma"]["maximum"] == 1
+    spec = spec_schema()
+    assert spec["properties"]["max_points"] == {
+        "default": 100000,
+        "description": spec["properties"]["max_points"]["description"],
+        "maximum": 2**63 - 1,
+        "minimum": 1,
+        "title": "Max Points",
+        "type": "integer",
+    }
 
 
 def fields_accepting(words: str) -> list[str]:
