@@ -62,8 +62,8 @@ def number(bound: str, *constraints: Any, above: str = "") -> Any:
 
 
 # Upper bounds of the float settings, each in a sane range. An lr or weight decay of
-# 1e300 does not fit the float32 parameters it multiplies: every optimizer step failed
-# ("value cannot be converted to type float without overflow"). An lr of 1e12 diverges
+# 1e300 does not fit the float32 parameters it multiplies: every optimizer step would
+# fail ("value cannot be converted to type float without overflow"). An lr of 1e12 diverges
 # within steps (seed-mlp: a non-finite loss at step 3), what divergence tests want; a
 # weight decay of 1000 is past any that trains. lr x weight_decay stays below 1e15, far
 # inside float32 (3.4e38), so every update converts.
