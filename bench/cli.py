@@ -160,10 +160,16 @@ def parse_option(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--option expects key=value, got {text!r}")
+    from bench.config import NESTED_TOO_DEEP, check_nesting
+
+    where = f"--option {key.strip()}"
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"{where}: {NESTED_TOO_DEEP}") from None
+    check_nesting(value, where=where)
     return key.strip(), value
 
 
@@ -218,13 +224,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         prepared = prepare(config)  # every input error surfaces here, before OUT is touched
     except Exception as exc:
-        from bench.failures import describe, is_oom
+        from bench.failures import is_oom
+        from bench.workloads import data_does_not_fit
 
         if not is_oom(exc):
             raise
-        raise ConfigError(
-            f"workload {config.workload!r}: its data does not fit in memory: {describe(exc)}"
-        ) from None
+        raise data_does_not_fit(config.workload, exc) from None
     if not str(args.out).strip():
         raise ConfigError("--out must name a folder")
     out = Path(args.out)

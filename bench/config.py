@@ -21,7 +21,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Lt, MinLen
+from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import ConfigDict, StringConstraints, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
@@ -36,14 +36,43 @@ NORMALIZE = ("sample", "micro")
 DATA_PATHS = ("tensor", "dataloader")
 
 
-def integer(minimum: int, note: str = "") -> Any:
-    """An int field (bools refused) of at least ``minimum``."""
-    return Annotated[int, Ge(minimum), Accepts(f"an integer >= {minimum}{note}")]
+# Results hold every integer as int64 (bench.records): a larger one would pass, train,
+# and then fail to be written, so integers are bounded where they are validated.
+INT64_MAX = 2**63 - 1
+INT64_TEXT = f"at most 2**63 - 1 = {INT64_MAX} (results hold integers as int64)"
+# The largest finite float32: the bound of settings compared with float32 tensors
+# (gradient norms, losses), where no other bound is natural.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TEXT = f"at most {FLOAT32_MAX:.4g} (the largest float32)"
 
 
-def number(bound: str, *constraints: Any) -> Any:
-    """A finite float field (ints taken as floats, bools refused); ``bound`` in words."""
-    return Annotated[float, *constraints, Accepts(f"a number {bound}")]
+def integer(minimum: int, note: str = "", *, maximum: int = INT64_MAX, above: str = "") -> Any:
+    """An int field (bools refused) in [``minimum``, ``maximum``]; ``above``: what a
+    larger value is told (default: the int64 bound)."""
+    above = above or (INT64_TEXT if maximum == INT64_MAX else f"at most {maximum}")
+    return Annotated[
+        int, Ge(minimum), Le(maximum), Accepts(f"an integer >= {minimum}{note}", above=above)
+    ]
+
+
+def number(bound: str, *constraints: Any, above: str = "") -> Any:
+    """A finite float field (ints taken as floats, bools refused); ``bound`` in words,
+    ``above``: what a value past its upper bound is told."""
+    return Annotated[float, *constraints, Accepts(f"a number {bound}", above=above)]
+
+
+# Upper bounds of the float settings, each in a sane range. An lr or weight decay of
+# 1e300 does not fit the float32 parameters it multiplies: every optimizer step would
+# fail ("value cannot be converted to type float without overflow"). An lr of 1e12 diverges
+# within steps (seed-mlp: a non-finite loss at step 3), what divergence tests want; a
+# weight decay of 1000 is past any that trains. lr x weight_decay stays below 1e15, far
+# inside float32 (3.4e38), so every update converts.
+LR_MAX = 1e12
+WEIGHT_DECAY_MAX = 1000.0
+# A decay factor above 1 grows the lr geometrically: gamma ** t overflows a float.
+GAMMA_MAX = 1.0
+TIME_LIMIT_MAX_S = 365 * 24 * 3600.0  # a year: a longer per-trial limit is a typo
+PEAK_TFLOPS_MAX = 1e6  # an exaflop/s, beyond any one device
 
 
 WorkloadName = Annotated[str, MinLen(1), Accepts("a workload name")]
@@ -92,18 +121,20 @@ class TrialConfig:
     """Loss normalisation across a window: per sample or per micro-batch."""
     # optimisation
     optimizer: Literal[OPTIMIZERS] = "sgd"
-    lr: number(">= 0", Ge(0)) = 0.01
+    lr: number(">= 0", Ge(0), Le(LR_MAX), above=f"at most {LR_MAX:g}") = 0.01
     momentum: number("in [0, 1)", Ge(0), Lt(1)) = 0.0
-    weight_decay: number(">= 0", Ge(0)) = 0.0
+    weight_decay: number(
+        ">= 0", Ge(0), Le(WEIGHT_DECAY_MAX), above=f"at most {WEIGHT_DECAY_MAX:g}"
+    ) = 0.0
     scheduler: Literal[SCHEDULERS] = "constant"
     scheduler_interval: Literal[INTERVALS] = "step"
     warmup: integer(0) = 0
     """Scheduler intervals of linear warm-up (linear-warmup, cosine)."""
     step_size: integer(1) = 1
     """Step decay: intervals between decays."""
-    gamma: number("> 0", Gt(0)) = 0.1
+    gamma: number("> 0", Gt(0), Le(GAMMA_MAX), above="at most 1 (a decay factor)") = 0.1
     """Step decay factor."""
-    grad_clip: number("> 0", Gt(0)) | None = None
+    grad_clip: number("> 0", Gt(0), Le(FLOAT32_MAX), above=FLOAT32_TEXT) | None = None
     # It costs one foreach norm, ~15 us on seed-mlp's ~100 us CPU step, so it is sampled.
     grad_norm_every: integer(0, " (0: never)") = 16
     """Global gradient norm every N optimizer steps (1: every step; 0: never)."""
@@ -112,7 +143,7 @@ class TrialConfig:
     """Optimizer steps between evaluations; none: at the end of every epoch; 0: never."""
     patience: integer(1) | None = None
     """Evaluations without improvement before stopping; none: never stop early."""
-    min_delta: number(">= 0", Ge(0)) = 0.0
+    min_delta: number(">= 0", Ge(0), Le(FLOAT32_MAX), above=FLOAT32_TEXT) = 0.0
     restore_best: Flag = False
     # execution
     precision: Literal[PRECISIONS] = "fp32"
@@ -125,8 +156,13 @@ class TrialConfig:
     """Optimizer steps excluded from throughput."""
     flush_every: integer(1) = 64
     """Optimizer steps between host syncs for losses and timings."""
-    time_limit_s: number("> 0", Gt(0)) | None = None
-    peak_tflops: number("> 0", Gt(0)) | None = None
+    time_limit_s: (
+        number("> 0", Gt(0), Le(TIME_LIMIT_MAX_S), above=f"at most {TIME_LIMIT_MAX_S:.0f} (a year)")
+        | None
+    ) = None
+    peak_tflops: (
+        number("> 0", Gt(0), Le(PEAK_TFLOPS_MAX), above=f"at most {PEAK_TFLOPS_MAX:g}") | None
+    ) = None
     """The device's peak for MFU (overrides the table)."""
 
     @model_validator(mode="wrap")
@@ -174,7 +210,7 @@ class TrialConfig:
 
     def plan(self, samples: int) -> Plan:
         """The epoch / window / step plan of this configuration over ``samples`` (N)."""
-        return make_plan(
+        plan = make_plan(
             samples=samples,
             batch_size=self.batch_size,
             accumulation_steps=self.accumulation_steps,
@@ -184,6 +220,12 @@ class TrialConfig:
             drop_last=self.drop_last,
             partial_window=self.partial_window,
         )
+        if plan.total_steps > INT64_MAX:  # planned_steps, an int64 column
+            raise ConfigError(
+                f"{plan.total_steps} planned optimizer steps ({plan.steps_per_epoch} per epoch x "
+                f"{self.epochs} epochs) exceed 2**63 - 1: lower epochs or set max_steps"
+            )
+        return plan
 
     @property
     def trial_key(self) -> str:
@@ -217,6 +259,27 @@ def floats_as_floats(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: float(v) if k in FLOAT_FIELDS and _is_int(v) else v for k, v in values.items()}
 
 
+# Levels of arrays and tables a value may nest. A spec or config needs 4 or so; tomllib
+# raises RecursionError past ~500, and a value just under that leaves little stack to
+# the recursive walks after it (validation, dataclasses.asdict, hashing).
+MAX_NESTING = 32
+NESTED_TOO_DEEP = f"nested too deep: arrays and tables go at most {MAX_NESTING} levels deep"
+
+
+def check_nesting(value: Any, *, where: str = "") -> None:
+    """ConfigError (one line) when ``value`` nests lists or tables past MAX_NESTING.
+    Iterative: it must not recurse into what it guards against."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            if depth >= MAX_NESTING:
+                raise ConfigError(f"{where}: {NESTED_TOO_DEEP}" if where else NESTED_TOO_DEEP)
+            stack.extend((child, depth + 1) for child in item)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; every failure becomes one ConfigError line."""
     path = Path(path)
@@ -227,9 +290,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{path}: {NESTED_TOO_DEEP}") from None
+    check_nesting(data, where=str(path))
+    return data
 
 
 def _is_int(v: Any) -> bool:
@@ -261,6 +328,8 @@ def parse_size(text: str | int, *, key: str = "size") -> int:
         value = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
     if value <= 0:
         raise ConfigError(f"{key} must be > 0 bytes, got {text!r}")
+    if value > INT64_MAX:
+        raise ConfigError(f"{key} must be {INT64_TEXT}, got {text!r}")
     return value
 
 

@@ -34,9 +34,11 @@ class ConfigError(BenchError):
 
 @dataclass(frozen=True)
 class Accepts:
-    """``Annotated`` metadata: what a field accepts, in words, for its error message."""
+    """``Annotated`` metadata: what a field accepts, in words, for its error message;
+    ``above``: what a value past the field's upper bound is told (``at most 1000``)."""
 
     text: str
+    above: str = ""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -105,7 +107,10 @@ def _message(error: Mapping[str, Any], root: Any) -> str:
     if kind == "value_error":
         return f"{path}: {ctx.get('error', error['msg'])}" if path else str(ctx.get("error"))
     annotation = _walk(root, loc)
-    accepted = _accepts(annotation)
+    accepts = _accepts(annotation)
+    accepted = accepts.text if accepts else _plain(annotation)
+    if kind in ("less_than_equal", "less_than") and accepts and accepts.above:
+        return f"{path} must be {accepts.above}, got {value!r}"
     if kind.startswith("missing"):
         return f"missing key {path!r}" + (f": {accepted}" if accepted else "")
     choices = _choices(annotation)
@@ -152,11 +157,14 @@ def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
         return annotation, metadata
 
 
-def _accepts(annotation: Any) -> str:
-    bare, metadata = _unwrap(annotation)
-    for item in reversed(metadata):
-        if isinstance(item, Accepts):
-            return item.text
+def _accepts(annotation: Any) -> Accepts | None:
+    _, metadata = _unwrap(annotation)
+    return next((m for m in reversed(metadata) if isinstance(m, Accepts)), None)
+
+
+def _plain(annotation: Any) -> str:
+    """What a field without ``Accepts`` takes, from its type."""
+    bare, _ = _unwrap(annotation)
     if hasattr(bare, "__pydantic_fields__"):
         return "a table"
     return {bool: "true or false", str: "a string", int: "an integer", float: "a number"}.get(

@@ -348,3 +348,65 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+# -- hostile values: one line, exit 2, nothing written -----------------------------------
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seed", str(2**63)], "seed must be at most 2**63 - 1 = 9223372036854775807"),
+        (["--samples", str(2**63)], "samples must be at most 2**63 - 1"),
+        (["--max-steps", str(2**64)], "max_steps must be at most 2**63 - 1"),
+        (["--lr", "1e300"], "lr must be at most 1e+12, got 1e+300"),
+        (["--weight-decay", "1e300"], "weight_decay must be at most 1000"),
+        (["--gamma", "2", "--scheduler", "step"], "gamma must be at most 1"),
+        (["--grad-clip", "1e300"], "grad_clip must be at most"),
+        (["--time-limit-s", "1e300"], "time_limit_s must be at most 31536000"),
+        (["--peak-tflops", "1e300"], "peak_tflops must be at most"),
+        (["--epochs", str(2**62)], "planned optimizer steps"),
+        (["--config", "deep.toml"], "deep.toml: nested too deep"),
+        (["--config", "deep_value.toml"], "deep_value.toml: nested too deep"),
+        (["--option", f"x={DEEP}"], "--option x: nested too deep"),
+        (["--samples", str(10**12)], "its data does not fit in memory"),
+        (["--option", f"val_samples={10**12}"], "its data does not fit in memory"),
+    ],
+)
+def test_values_past_what_a_column_or_a_float_holds_are_refused(tmp_path, capsys, args, message):
+    (tmp_path / "deep.toml").write_text(f"batch_size = {DEEP}\n")
+    # Parsable, but deeper than any config: refused before it reaches validation.
+    (tmp_path / "deep_value.toml").write_text(f"[workload_options]\nx = {'[' * 100}{']' * 100}\n")
+    out = tmp_path / "out"
+    argv = ["run", "--workload", "seed-mlp", "--samples", "100", "--batch-size", "10"]
+    argv += ["--device", "cpu", *args, "--out", str(out)]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rc = main(argv)
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_oom_config_nested_too_deep_is_one_line(tmp_path, capsys):
+    (tmp_path / "deep.toml").write_text(f"batch_size = {DEEP}\n")
+    assert main(["oom", "--config", str(tmp_path / "deep.toml"), "--workload", "seed-mlp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deep" in err, err
+
+
+def test_the_largest_int64_seed_trains_and_is_written(tmp_path):
+    out = tmp_path / "out"
+    r = bench("run", "--workload", "seed-mlp", "--samples", "64", "--batch-size", "32",
+              "--device", "cpu", "--seed", str(2**63 - 1), "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert store.load_results(out).trials.iloc[0].seed == 2**63 - 1

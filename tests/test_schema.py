@@ -4,6 +4,7 @@ keys that do not depend on how a configuration is validated."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.cli import main
 from bench.config import TrialConfig, config_schema
@@ -265,3 +268,84 @@ def test_a_bad_spec_is_one_line_naming_the_key_path(top, tables, message):
     assert "\n" not in str(info.value)
     assert str(info.value).startswith("s.toml: ")
     assert message in str(info.value)
+
+
+# -- upper bounds: what the results columns and float32 tensors hold -----------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"seed": 2**63},
+            "seed must be at most 2**63 - 1 = 9223372036854775807 (results hold integers as "
+            "int64), got 9223372036854775808",
+        ),
+        ({"batch_size": 2**64}, "batch_size must be at most 2**63 - 1"),
+        ({"lr": 1e300}, "lr must be at most 1e+12, got 1e+300"),
+        ({"weight_decay": 1001}, "weight_decay must be at most 1000, got 1001"),
+        ({"gamma": 2}, "gamma must be at most 1 (a decay factor), got 2"),
+        ({"grad_clip": 1e39}, "grad_clip must be at most 3.403e+38 (the largest float32)"),
+        ({"time_limit_s": 4e7}, "time_limit_s must be at most 31536000 (a year), got 40000000.0"),
+        ({"peak_tflops": 2e6}, "peak_tflops must be at most 1e+06, got 2000000.0"),
+    ],
+)
+def test_a_value_past_an_upper_bound_is_one_line_naming_it(kwargs, message):
+    with pytest.raises(ConfigError) as info:
+        TrialConfig(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_the_schema_carries_the_upper_bounds():
+    fields = config_schema()["properties"]
+    assert fields["seed"]["maximum"] == 2**63 - 1
+    assert fields["lr"]["maximum"] == 1e12 and fields["gamma"]["maximum"] == 1
+    spec = spec_schema()
+    assert spec["properties"]["max_points"] == {
+        "default": 100000,
+        "description": spec["properties"]["max_points"]["description"],
+        "maximum": 2**63 - 1,
+        "minimum": 1,
+        "title": "Max Points",
+        "type": "integer",
+    }
+
+
+def fields_accepting(words: str) -> list[str]:
+    fields = TrialConfig.__pydantic_fields__.items()
+    return [k for k, f in fields if f"text='{words}" in str(f.rebuild_annotation())]
+
+
+INT_FIELDS, FLOAT_FIELDS = fields_accepting("an integer"), fields_accepting("a number")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(INT_FIELDS),
+    value=st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([2**63 - 1, 2**63, 2**64])),
+)
+def test_an_accepted_integer_fits_its_int64_column(key, value):
+    import pyarrow as pa
+
+    assert len(INT_FIELDS) == 13 and "seed" in INT_FIELDS
+    try:
+        config = TrialConfig(**{key: value})
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    pa.array([getattr(config, key)], pa.int64())  # raises past int64
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(FLOAT_FIELDS), value=st.floats(allow_nan=True, allow_infinity=True))
+def test_an_accepted_float_is_finite_and_fits_float32(key, value):
+    import struct
+
+    assert len(FLOAT_FIELDS) == 8 and "lr" in FLOAT_FIELDS
+    try:
+        config = TrialConfig(**{key: value})
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert math.isfinite(getattr(config, key))
+    struct.pack("f", getattr(config, key))  # raises OverflowError past float32

@@ -483,3 +483,181 @@ def test_postgres_storage_without_a_driver_names_the_extra(monkeypatch, tmp_path
     )
     with pytest.raises(ConfigError, match=r"pip install 'bench\[postgres\]'"):
         parse_storage("postgresql://u@h/db", tmp_path)
+
+
+# -- hostile values: one line, exit 2, nothing written -----------------------------------
+
+
+def hostile(top: str = "", tables: str = "[grid]\nbatch_size = [8]\n") -> str:
+    return f'# q\nname = "h"\ndevice = "cpu"\n{top}\n[workload]\nname = "seed-mlp"\n{tables}'
+
+
+DEEP = "[" * 5000 + "]" * 5000
+HOSTILE = {
+    "seed past int64": (
+        "seeds = [0, 9223372036854775808]",
+        "[grid]\nbatch_size = [8]\n",
+        "seeds[1] must be at most 2**63 - 1",
+    ),
+    "samples too large for memory": (
+        "",
+        "[base]\nsamples = 1000000000000\n[grid]\nbatch_size = [8]\n",
+        "its data does not fit in memory",
+    ),
+    "val_samples too large for memory": (
+        "",
+        "[workload.options]\nval_samples = 1000000000000\n[grid]\nbatch_size = [8]\n",
+        "its data does not fit in memory",
+    ),
+    "nested 5000 deep": ("", f"[grid]\nbatch_size = {DEEP}\n", "nested too deep"),
+    "lr overflows": ("", "[grid]\nlr = [1e300]\n", "grid.lr[0] must be at most 1e+12, got 1e+300"),
+    "weight decay overflows": ("", "[base]\nweight_decay = 1e300\n[grid]\nlr = [1]\n", "at most"),
+    "gamma grows": ("", "[base]\ngamma = 2.0\n[grid]\nlr = [1]\n", "gamma must be at most 1"),
+    "time limit of 1e300 s": (
+        "",
+        "[budget]\ntime_limit_s = 1e300\n[grid]\nlr = [1]\n",
+        "time_limit_s must be at most",
+    ),
+    "planned steps past int64": (
+        "",
+        "[base]\nsamples = 100\nepochs = 4611686018427387904\n[grid]\nbatch_size = [1]\n",
+        "planned optimizer steps",
+    ),
+    "sampler seed past numpy's": (
+        "",
+        '[grid]\nlr = [0.1, 1]\n[search]\nn_trials = 2\nseed = 4294967296\nminimize = "final_loss"\n',
+        "search.seed must be at most 2**32 - 1",
+    ),
+    "memory cap past int64": ('memory_cap = "99999999TiB"', "[grid]\nlr = [1]\n", "memory_cap"),
+    "10**12 grid points": (
+        "",
+        "[grid]\n"
+        + "\n".join(
+            f"{k} = [{', '.join(str(2**i) for i in range(1, 11))}]"
+            for k in (
+                "batch_size",
+                "accumulation_steps",
+                "max_steps",
+                "warmup",
+                "step_size",
+                "grad_norm_every",
+                "eval_every",
+                "timing_warmup_steps",
+                "flush_every",
+                "patience",
+                "epochs",
+                "samples",
+            )
+        ),  # fmt: skip
+        "has 1,000,000,000,000 points",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE), ids=sorted(HOSTILE))
+def test_hostile_values_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case):
+    top, tables, expected = HOSTILE[case]
+    spec = write(tmp_path, hostile(top, tables))
+    results = tmp_path / "results"
+    from bench.cli import main
+
+    # Not a dry run: a value that passed validation would train and write.
+    assert main(["sweep", str(spec), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1, err
+    assert expected in err and "Traceback" not in err, err
+    assert not results.exists()
+
+
+def test_char_lm_data_too_large_is_refused_before_it_is_drawn(tmp_path, capsys):
+    from bench.cli import main
+
+    text = hostile("", "[base]\nsamples = 1000000000000\n[grid]\nbatch_size = [8]\n")
+    spec = write(tmp_path, text.replace('"seed-mlp"', '"char-lm"'))
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its data does not fit in memory" in err, err
+
+
+def test_a_grid_is_counted_before_it_is_built(tmp_path, capsys):
+    from bench.cli import main
+
+    axis = ", ".join(str(i) for i in range(1, 401))
+    text = hostile(
+        "", f"[base]\nsamples = 1000\n[grid]\nbatch_size = [{axis}]\nwarmup = [{axis}]\n"
+    )
+    spec = write(tmp_path, text)
+    # 400 x 400 = 160,000 points, over the default limit: refused with the count.
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "has 160,000 points (cases x grid x seeds = 1 x 160,000 x 1)" in err, err
+    assert "max_points = 100,000" in err
+    # The limit is the spec's to raise; a smaller grid under a lower limit is refused too.
+    assert (
+        main(
+            [
+                "sweep",
+                str(write(tmp_path, GOOD.replace("seeds = [", "max_points = 2\nseeds = ["))),
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
+    assert "has 12 points" in capsys.readouterr().err
+    raised = text.replace('device = "cpu"', 'device = "cpu"\nmax_points = 200000')
+    assert load_spec(write(tmp_path, raised)).spec_hash  # expands
+
+
+def test_max_points_is_not_part_of_the_sweeps_identity(tmp_path):
+    a = load_spec(write(tmp_path, GOOD, "a.toml"))
+    b = load_spec(
+        write(tmp_path, GOOD.replace("seeds = [", "max_points = 50\nseeds = ["), "b.toml")
+    )
+    assert a.spec_hash == b.spec_hash
+
+
+def test_dry_run_streams_points_as_they_are_built(tmp_path, capsys, monkeypatch):
+    """The listing starts before the grid is expanded: when the first trial line is
+    printed, only the configurations before it have been built."""
+    import io
+
+    from bench.cli import main
+    from bench.config import TrialConfig
+
+    built: list[int] = []
+    real = TrialConfig.from_mapping.__func__
+
+    def counting(cls, values, **kw):
+        built.append(1)
+        return real(cls, values, **kw)
+
+    monkeypatch.setattr(TrialConfig, "from_mapping", classmethod(counting))
+    seen_at_first_point: list[int] = []
+
+    class Out(io.StringIO):
+        def write(self, s):
+            if s.startswith("  ") and not seen_at_first_point:
+                seen_at_first_point.append(len(built))
+            return super().write(s)
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    lrs = ", ".join(str(0.001 * i) for i in range(1, 2001))
+    spec = write(tmp_path, hostile("", f"[base]\nsamples = 100\n[grid]\nlr = [{lrs}]\n"))
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    out = sys.stdout.getvalue().splitlines()
+    assert len(built) > 2000  # every point was built in the end (and each value checked)
+    assert seen_at_first_point and seen_at_first_point[0] < 2000 + 10, seen_at_first_point
+    assert out[1].startswith("grid: 2,000 points (cases x grid x seeds = 1 x 2,000 x 1)")
+    assert out[-1].startswith("grid: 2000 distinct points, 2000 trials, spec hash ")
+    assert sum(line.startswith("  ") for line in out) == 2000
+
+
+def test_results_must_name_a_folder(tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    spec = write(tmp_path, GOOD)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(spec), "--results", "", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--results" in err and "must name a folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.toml"]

@@ -9,6 +9,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.sweep.spec import SweepSpec
+
+
+def results_folder(text: str) -> Path:
+    """``--results DIR``: an empty name would be the current folder, unasked."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder ('.' for the current one)")
+    return Path(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--results",
-        type=Path,
+        type=results_folder,
         default=Path("results"),
         metavar="DIR",
         help="results root; the sweep writes DIR/<sweep>/ (default: results)",
@@ -55,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from bench.sweep.runner import check_flags
-    from bench.sweep.spec import describe_point, load_spec
+    from bench.sweep.spec import load_spec
 
     threads = getattr(args, "threads", None)
     check_flags(args.workers, threads)  # before anything else: --dry-run refuses them too
@@ -63,25 +74,12 @@ def main(args: argparse.Namespace) -> int:
         from bench.sweep.storage import parse_storage
 
         parse_storage(args.storage, Path(args.results))  # refuse a bad URL before any work
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, expand=not args.dry_run)
     from bench.meters import check_environment
 
     check_environment()  # workers inherit this environment; a typo would fail every trial
     if args.dry_run:
-        print(f"sweep {spec.name}: {spec.question.splitlines()[0] if spec.question else ''}")
-        mode = (
-            f"search ({spec.search.sampler}, {spec.search.n_trials} trials)"
-            if spec.search
-            else "grid"
-        )
-        print(
-            f"{mode}: {len(spec.points)} distinct points, {spec.total} trials, spec hash {spec.spec_hash}"
-        )
-        for p in spec.points:
-            print(f"  {p.key}  {describe_point(p.params)}")
-        for params, reason in spec.skipped:
-            print(f"  skipped  {describe_point(params)}: {reason}")
-        return 0
+        return dry_run(spec)
     from bench.sweep.runner import run_sweep
 
     summary = run_sweep(
@@ -100,3 +98,26 @@ def main(args: argparse.Namespace) -> int:
 
         print(f"BENCH_SWEEP_SUMMARY {json_summary(summary)}", file=sys.stderr)
     return summary.exit_code
+
+
+def dry_run(spec: SweepSpec) -> int:
+    """List the spec's trials and skipped points as they are built (a large grid starts
+    printing at once), then the count and the spec hash."""
+    from bench.sweep.spec import Expansion, Skipped, count_points, describe_point
+
+    mode = (
+        f"search ({spec.search.sampler}, {spec.search.n_trials} trials)" if spec.search else "grid"
+    )
+    print(f"sweep {spec.name}: {spec.question.splitlines()[0] if spec.question else ''}")
+    _, size = count_points(len(spec.cases), spec.axes, len(spec.seeds))
+    print(f"{mode}: {size}, listed as they are built")
+    walk = Expansion(spec, f"{spec.path}: ")
+    for item in walk:
+        if isinstance(item, Skipped):
+            print(f"  skipped  {describe_point(item.params)}: {item.reason}")
+        else:
+            print(f"  {item.key}  {describe_point(item.params)}")
+    walk.check()
+    total = spec.search.n_trials if spec.search else len(walk.keys)
+    print(f"{mode}: {len(walk.keys)} distinct points, {total} trials, spec hash {walk.spec_hash}")
+    return 0

@@ -23,13 +23,15 @@ Nothing here writes anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.errors import BenchError, ConfigError, validation_error
 
@@ -109,11 +111,20 @@ class SweepSpec:
         return _build(self.base, self.cases[case], values, seed)
 
 
+def count_points(cases: int, axes: Mapping[str, Sequence[Any]], seeds: int) -> tuple[int, str]:
+    """Points of cases x grid x seeds, counted without building any, and in words."""
+    grid = math.prod(len(v) for v in axes.values())
+    total = cases * grid * seeds
+    words = f"{total:,} point{'' if total == 1 else 's'}"
+    return total, f"{words} (cases x grid x seeds = {cases:,} x {grid:,} x {seeds:,})"
+
+
 # -- loading ---------------------------------------------------------------------------
 
 
-def load_spec(path: str | Path, *, check_workloads: bool = True) -> SweepSpec:
-    """Read, validate and expand a spec file. Raises ConfigError (one line) when bad."""
+def load_spec(path: str | Path, *, check_workloads: bool = True, expand: bool = True) -> SweepSpec:
+    """Read, validate and expand a spec file. Raises ConfigError (one line) when bad.
+    ``expand=False``: no points yet (walk them with :class:`Expansion`)."""
     from bench.config import read_toml
 
     path = Path(path)
@@ -122,7 +133,7 @@ def load_spec(path: str | Path, *, check_workloads: bool = True) -> SweepSpec:
     raw = read_toml(path)
     text = path.read_text(encoding="utf-8")
     try:
-        return parse_spec(raw, path=path, text=text, check_workloads=check_workloads)
+        return parse_spec(raw, path=path, text=text, check_workloads=check_workloads, expand=expand)
     except BenchError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
@@ -157,6 +168,7 @@ def parse_spec(
     path: Path | None = None,
     text: str = "",
     check_workloads: bool = True,
+    expand: bool = True,
 ) -> SweepSpec:
     from pydantic import ValidationError
 
@@ -191,6 +203,11 @@ def parse_spec(
     for i, case in enumerate(cases):
         _check_value_types({**layer, **case}, at, f"cases[{i}]")
     axes = {axis: tuple(values) for axis, values in axes_of(raw.get("grid", {})).items()}
+    size, words = count_points(len(cases) or 1, axes, len(model.seeds))
+    if size > model.max_points:  # counted, not built: a product can outgrow any memory
+        limit = f"max_points = {model.max_points:,}"
+        advice = "narrow the grid, split the spec, or raise max_points (a top-level key)"
+        raise ConfigError(f"{at}the spec has {words}, more than {limit}: {advice}")
     for axis, values in axes.items():
         for j, v in enumerate(values):
             # Each value must be valid on its own; only combinations may be skipped.
@@ -213,7 +230,7 @@ def parse_spec(
         constraints=tuple(constraints),
         search=search,
     )
-    return _expand(spec, at, check_workloads=check_workloads)
+    return _expand(spec, at, check_workloads=check_workloads) if expand else spec
 
 
 def _search(
@@ -288,15 +305,14 @@ def _build(
     return TrialConfig.from_mapping(merged, where="point")
 
 
-def _n_train(config: TrialConfig, cache: dict, at: str) -> int:
-    """Training-set size N of a config's workload, building each workload once."""
-    ident = (
-        config.workload,
-        json.dumps(dict(config.workload_options), sort_keys=True, default=str),
-        config.samples,
-    )
+def _n_train(config: TrialConfig, cache: dict) -> int:
+    """Training-set size N of a config's workload, building each workload once. Data too
+    large for memory is bad input here, as for ``bench run`` (in a trial, an oom)."""
+    options = json.dumps(dict(config.workload_options), sort_keys=True, default=str)
+    ident = (config.workload, options, config.samples)
     if ident not in cache:
-        from bench.workloads import build_workload
+        from bench.failures import is_oom
+        from bench.workloads import build_workload, data_does_not_fit
 
         try:
             cache[ident] = build_workload(
@@ -304,10 +320,13 @@ def _n_train(config: TrialConfig, cache: dict, at: str) -> int:
             ).n_train
         except BenchError as exc:
             cache[ident] = exc
-    value = cache[ident]
-    if isinstance(value, BenchError):
-        raise value
-    return value
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            cache[ident] = data_does_not_fit(config.workload, exc)
+    if isinstance(cache[ident], BenchError):
+        raise cache[ident]
+    return cache[ident]
 
 
 def _check_workload(name: str, options: Mapping[str, Any], at: str, checked: set) -> None:
@@ -331,83 +350,104 @@ def display_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True)
 
 
-def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:
-    axis_names = list(spec.axes)
-    combos = list(itertools.product(*(spec.axes[a] for a in axis_names))) or [()]
-    points: list[Point] = []
-    seen: dict[str, Point] = {}
-    skipped: list[tuple[dict, str]] = []
-    duplicates = 0
-    n_cache: dict = {}
-    checked: set = set()
-    devices_checked: set = set()
-    many_cases = len(spec.cases) > 1
-    for ci, case in enumerate(spec.cases):
-        for combo in combos:
-            values = dict(zip(axis_names, combo, strict=True))
-            for seed in spec.seeds:
-                params: dict[str, Any] = {}
-                if many_cases:
-                    params["case"] = ci
-                params.update({a: display_value(v) for a, v in values.items()})
-                if len(spec.seeds) > 1:
-                    params["seed"] = seed
-                try:
-                    config = _build(spec.base, case, values, seed)
-                except ConfigError as exc:
-                    skipped.append((params, str(exc)))
-                    continue
-                if check_workloads:
-                    _check_workload(config.workload, config.workload_options, at, checked)
-                    if config.device not in devices_checked:
-                        _check_device(config.device, at)
-                        devices_checked.add(config.device)
-                    try:
-                        validate_point(config, n_cache)
-                    except ConfigError as exc:
-                        skipped.append((params, str(exc)))
+class Skipped(NamedTuple):
+    """A point invalid only in combination (b > N, say): listed, not run."""
+
+    params: Mapping[str, Any]
+    reason: str
+
+
+class Expansion:
+    """Walks cases x grid x seeds one point at a time, building each as it goes: a
+    listing starts at once, and memory holds trial keys, not every config. Yields a
+    :class:`Point` per new trial key and a :class:`Skipped` per invalid point (a repeated
+    key counts in ``duplicates``); then :meth:`check` refuses a spec with nothing valid."""
+
+    def __init__(self, spec: SweepSpec, at: str = "", *, check_workloads: bool = True) -> None:
+        self.spec, self.at, self.check_workloads = spec, at, check_workloads
+        self.keys: set[str] = set()
+        self.duplicates = self.skipped = 0
+        self.first_skipped: Skipped | None = None
+        self._built: dict = {}  # workload sizes, by workload and options
+        self._checked: set = set()  # workloads and devices found to exist
+
+    def __iter__(self) -> Iterator[Point | Skipped]:
+        names = list(self.spec.axes)
+        for ci, case in enumerate(self.spec.cases):
+            for combo in itertools.product(*(self.spec.axes[a] for a in names)):
+                for seed in self.spec.seeds:
+                    item = self._point(ci, case, dict(zip(names, combo, strict=True)), seed)
+                    if isinstance(item, Skipped):
+                        self.skipped += 1
+                        self.first_skipped = self.first_skipped or item
+                    elif item.key in self.keys:
+                        self.duplicates += 1
                         continue
-                key = config.trial_key
-                if key in seen:
-                    duplicates += 1
-                    continue
-                shown = {k: display_value(v) for k, v in _flat(case).items()}
-                shown.update({a: display_value(v) for a, v in values.items()})
-                if len(spec.seeds) > 1:
-                    shown["seed"] = seed
-                point = Point(config, params, _describe(shown))
-                seen[key] = point
-                points.append(point)
-    if not points and spec.search is None:
-        first = f"; first: {_describe(skipped[0][0])}: {skipped[0][1]}" if skipped else ""
-        raise ConfigError(f"{at}every grid point is invalid ({len(skipped)} points){first}")
-    if spec.search is not None and not points and not spec.search.ranges:
-        first = f"; first: {_describe(skipped[0][0])}: {skipped[0][1]}" if skipped else ""
-        raise ConfigError(f"{at}the search space has no valid point{first}")
-    spec_hash = _hash(spec, points)
-    return SweepSpec(
-        **{
-            **{f.name: getattr(spec, f.name) for f in fields(spec)},
-            "points": tuple(points),
-            "skipped": tuple(skipped),
-            "duplicates": duplicates,
-            "spec_hash": spec_hash,
-            "points_by_key": dict(seen),
-        }
+                    else:
+                        self.keys.add(item.key)
+                    yield item
+
+    def _point(self, ci: int, case: Mapping, values: dict, seed: int) -> Point | Skipped:
+        seeds = {"seed": seed} if len(self.spec.seeds) > 1 else {}
+        params = {"case": ci} if len(self.spec.cases) > 1 else {}
+        params |= {a: display_value(v) for a, v in values.items()} | seeds
+        try:
+            config = _build(self.spec.base, case, values, seed)
+        except ConfigError as exc:
+            return Skipped(params, str(exc))
+        if self.check_workloads:  # an unknown workload, option or device: a bad spec
+            _check_workload(config.workload, config.workload_options, self.at, self._checked)
+            if ("device", config.device) not in self._checked:
+                _check_device(config.device, self.at)
+                self._checked.add(("device", config.device))
+            try:
+                validate_point(config, self._built)
+            except ConfigError as exc:
+                return Skipped(params, str(exc))
+        shown = {k: display_value(v) for k, v in {**_flat(case), **values}.items()}
+        return Point(config, params, describe_point(shown | seeds))
+
+    def check(self) -> None:
+        """ConfigError when a grid has no valid point, or a search nothing to choose."""
+        first = self.first_skipped
+        first = f"; first: {describe_point(first.params)}: {first.reason}" if first else ""
+        if not self.keys and self.spec.search is None:
+            raise ConfigError(
+                f"{self.at}every grid point is invalid ({self.skipped} points){first}"
+            )
+        if self.spec.search is not None and not self.keys and not self.spec.search.ranges:
+            raise ConfigError(f"{self.at}the search space has no valid point{first}")
+
+    @property
+    def spec_hash(self) -> str:
+        return _hash(self.spec, self.keys)
+
+
+def _expand(spec: SweepSpec, at: str, *, check_workloads: bool) -> SweepSpec:
+    walk = Expansion(spec, at, check_workloads=check_workloads)
+    items = list(walk)
+    walk.check()
+    points = [p for p in items if isinstance(p, Point)]
+    return dataclasses.replace(
+        spec,
+        points=tuple(points),
+        skipped=tuple(tuple(p) for p in items if isinstance(p, Skipped)),
+        duplicates=walk.duplicates,
+        spec_hash=walk.spec_hash,
+        points_by_key={p.key: p for p in points},
     )
 
 
 def validate_point(config: TrialConfig, cache: dict) -> None:
     """Raise ConfigError when a config cannot run: its plan (b > N, k past the epoch ...)."""
-    config.plan(_n_train(config, cache, ""))
+    config.plan(_n_train(config, cache))
 
 
 def _flat(case: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in case.items() if k != "workload_options"}
-    out.update(
-        {f"workload_options.{k}": v for k, v in (case.get("workload_options") or {}).items()}
-    )
-    return out
+    options = (case.get("workload_options") or {}).items()
+    return {k: v for k, v in case.items() if k != "workload_options"} | {
+        f"workload_options.{k}": v for k, v in options
+    }
 
 
 def _check_device(device: str, at: str) -> None:
@@ -421,11 +461,11 @@ def _check_device(device: str, at: str) -> None:
         raise ConfigError(f"{at}{exc}") from None
 
 
-def _describe(params: Mapping[str, Any]) -> str:
+def describe_point(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items()) or "(base)"
 
 
-def _hash(spec: SweepSpec, points: list[Point]) -> str:
+def _hash(spec: SweepSpec, keys: Iterable[str]) -> str:
     """Identity of what the sweep means: its trials (keys) and how it searches.
 
     Comments, whitespace and key order do not change it; any change to a trial's
@@ -433,7 +473,7 @@ def _hash(spec: SweepSpec, points: list[Point]) -> str:
     """
     body = {
         "name": spec.name,
-        "keys": sorted(p.key for p in points),
+        "keys": sorted(keys),
         "objectives": [[o.column, o.direction] for o in spec.objectives],
         "constraints": [[c.column, c.op, c.limit] for c in spec.constraints],
         "memory_cap_bytes": spec.memory_cap_bytes,
@@ -453,7 +493,3 @@ def _hash(spec: SweepSpec, points: list[Point]) -> str:
     }
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def describe_point(params: Mapping[str, Any]) -> str:
-    return _describe(params)

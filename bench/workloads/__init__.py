@@ -66,6 +66,14 @@ def check_options(
             )
 
 
+def data_does_not_fit(name: str, exc: BaseException) -> ConfigError:
+    """The one line for a workload whose data cannot be built in this machine's memory
+    (``bench run``, and a spec's points, which build it to know N)."""
+    from bench.failures import describe
+
+    return ConfigError(f"workload {name!r}: its data does not fit in memory: {describe(exc)}")
+
+
 def build_workload(
     name: str, *, samples: int | None = None, options: Mapping[str, Any] | None = None
 ) -> Workload:

@@ -13,6 +13,7 @@ The training loop only needs three things from a workload:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,30 @@ def stream_generator(data_seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, nbytes: int) -> None:
+    """Raise before anything is allocated when ``nbytes`` exceed this machine's RAM: such
+    data cannot be built (workloads build it on the CPU), and drawing it chunk by chunk
+    would run for minutes before the allocator or the OOM killer said so. The error is
+    torch's out-of-memory type (a RuntimeError), so every caller treats it as the
+    allocator's own: bad input when building a spec or ``bench run``, an oom in a trial."""
+    total = physical_memory_bytes()
+    if total is not None and nbytes > total:
+        from bench.config import format_bytes
+
+        raise torch.OutOfMemoryError(
+            f"{what} take {format_bytes(nbytes)}, more than the "
+            f"{format_bytes(total)} of memory this machine has"
+        )
+
+
 def draw_rows(
     count: int, data_seed: int, stream: str, draw: Callable[[torch.Generator, int], Batch]
 ) -> Batch:
@@ -108,6 +133,8 @@ def draw_rows(
     its own, does not change with it."""
     g = stream_generator(data_seed, stream)
     first = draw(g, ROW_CHUNK)
+    row_bytes = sum(t[0].numel() * t.element_size() for t in first)
+    check_fits(f"{count} {stream} rows", count * row_bytes)
     # The whole result is allocated before the rest is drawn: a count too large for the
     # machine fails here, at once, instead of growing chunk by chunk into the OOM killer.
     out = tuple(torch.empty((count, *t.shape[1:]), dtype=t.dtype) for t in first)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.errors import ConfigError
-from bench.workloads.base import Batch, Workload
+from bench.workloads.base import Batch, Workload, check_fits
 from bench.workloads.options import check_float, check_int
 
 PAD_ID = 256
@@ -330,6 +330,8 @@ def build(
     # Documents in stream order; document i is held out when i % VAL_EVERY == 0 and
     # fewer than val_samples are held out yet. Enough documents for both splits:
     total = max(n + val_samples, VAL_EVERY * (val_samples - 1) + 1)
+    # Lengths (int64) and padded token rows (int64, seq_len + 1 wide), before drawing them.
+    check_fits(f"{total} documents of up to {seq_len + 1} tokens", total * (seq_len + 2) * 8)
     lengths = document_lengths(total, min_len=min_len, max_len=seq_len + 1, data_seed=data_seed)
     need = int(lengths.sum())
     data = read_corpus(corpus, need)
