@@ -285,8 +285,8 @@ def throwaway_postgres(tmp: Path):
     initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
         raise Skip("no PostgreSQL: pass --postgres-url or install Debian's postgresql package")
-    folder = tmp / "pg"
-    folder.mkdir()
+    # Its own folder, not under the script's (mode 0700, owned by whoever runs this).
+    folder = Path(tempfile.mkdtemp(prefix="bench-faults-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
         import pwd
@@ -299,19 +299,14 @@ def throwaway_postgres(tmp: Path):
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = folder / "data", free_port()
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(folder / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
     try:
+        for cmd in (
+            [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+            [pg_ctl, "-D", str(data), "-o", opts, "-l", str(folder / "log"), "-w", "start"],
+        ):
+            p = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+            if p.returncode != 0:
+                raise Skip(f"{Path(cmd[0]).name} failed: {tail(p.stderr + p.stdout)}")
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run(
@@ -319,6 +314,7 @@ def throwaway_postgres(tmp: Path):
             capture_output=True,
             timeout=60,
         )
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -340,6 +336,18 @@ def terminate_bench_connections(url: str) -> int:
         return cur.fetchone()[0]
 
 
+def check_server(url: str) -> None:
+    """A --postgres-url that does not answer is bad input: one line, exit 2."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=10).close()
+    except psycopg2.Error as exc:
+        why = next(x.strip() for x in f"{exc}\n?".splitlines() if x.strip())
+        print(f"bench_faults: --postgres-url does not answer: {why}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def pg_kill(tmp: Path, rng: random.Random, kills: int, url: str | None) -> Scenario:
     try:
         import psycopg2  # noqa: F401
@@ -348,6 +356,8 @@ def pg_kill(tmp: Path, rng: random.Random, kills: int, url: str | None) -> Scena
     with contextlib.ExitStack() as stack:
         if url is None:
             url = stack.enter_context(throwaway_postgres(tmp))
+        else:
+            check_server(url)
         name = f"faults-pg-{uuid.uuid4().hex[:8]}"  # a fresh study even on a shared server
         spec, log = write_spec(tmp, name)
         sc = Scenario("pg-kill", spec, log, [tmp / "host-a", tmp / "host-b"], storage=url)
@@ -527,6 +537,7 @@ def tally(sc: Scenario) -> dict:
     results, study_error = study_results(sc)
     n_trainings, expected, unexpected = rerun_counts(sc, key_of)
     temp = [p for f in sc.folders for p in f.rglob(".*.tmp")]
+    per_run = Counter(label for _, label in trainings(sc.log))
     return {
         "configurations": len(key_of),
         "trainings": n_trainings,
@@ -543,7 +554,9 @@ def tally(sc: Scenario) -> dict:
         ),
         "rows not ok": sum(n for s, n in statuses.items() if s != "ok"),
         "temporary files left": len(temp),
-        "runs (label: exit code)": " ".join(f"{r.label}:{r.rc}" for r in sc.runs),
+        "runs (label: exit code, trainings)": ", ".join(
+            f"{r.label}: {r.rc}, {per_run[r.label]}" for r in sc.runs
+        ),
         "_study_error": study_error,
         "_unreadable": unreadable,
     }  # fmt: skip
