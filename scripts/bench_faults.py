@@ -185,6 +185,8 @@ def finish(sc: Scenario, proc: subprocess.Popen, run: Run) -> None:
         sc.notes.append(f"run {run.label} (exit {run.rc}) printed a traceback: {tail(err)}")
     elif run.rc not in (0, -signal.SIGKILL) and not run.cut:
         sc.notes.append(f"run {run.label} exit {run.rc}: {tail(err)}")
+    elif run.cut == "disk full" and not tail(err).startswith("bench: error: disk full at "):
+        sc.notes.append(f"run {run.label} on a full disk ended with: {tail(err)}")
     reap(sc, proc.pid)
 
 
@@ -554,8 +556,9 @@ def tally(sc: Scenario) -> dict:
         ),
         "rows not ok": sum(n for s, n in statuses.items() if s != "ok"),
         "temporary files left": len(temp),
-        "runs (label: exit code, trainings)": ", ".join(
-            f"{r.label}: {r.rc}, {per_run[r.label]}" for r in sc.runs
+        "runs: exit (trainings)": "; ".join(
+            f"{r.label} {'killed' if r.rc == -signal.SIGKILL else r.rc} ({per_run[r.label]})"
+            for r in sc.runs
         ),
         "_study_error": study_error,
         "_unreadable": unreadable,
