@@ -641,14 +641,11 @@ def main() -> int:
             verdicts[name] = run_scenario(name, Path(tmp), args)
     ran = {k: v for k, v in verdicts.items() if v is not None}
     failed = [k for k, v in ran.items() if not v]
-    print(
-        f"\n{len(ran)} scenario(s) ran, {len(verdicts) - len(ran)} skipped; "
-        + (
-            f"claim broken in: {', '.join(failed)}"
-            if failed
-            else "nothing lost, nothing trained twice"
-        )
-    )
+    if failed:
+        verdict = f"claim broken in: {', '.join(failed)}"
+    else:
+        verdict = "nothing lost, nothing trained twice" if ran else "nothing measured"
+    print(f"\n{len(ran)} scenario(s) ran, {len(verdicts) - len(ran)} skipped; {verdict}")
     return 1 if failed else 0
 
 
