@@ -241,12 +241,14 @@ def journal_kill(tmp: Path, rng: random.Random, kills: int) -> Scenario:
         label = f"k{i}"
         proc = start_sweep(sc, sc.folders[0], label, workers=2)
         run = sc.runs[-1]
-        # Kill while this run's workers train: after its first model build, plus up to 2.5 s.
-        started = wait_until(
-            lambda label=label: any(r == label for _, r in trainings(log)), 120, proc
-        )
-        if started:
-            time.sleep(rng.uniform(0.0, 2.5))
+        wait_until(lambda label=label: any(r == label for _, r in trainings(log)), 120, proc)
+        # The kills spread over the sweep: after 0 to twice this run's share of the rows
+        # still to write, then within a trial (~0.4 s), so a kill lands mid-training.
+        done = rows_written(sc.folders[0])
+        share = 2 * (TRIALS - done) // (kills - i + 1)
+        target = done + rng.randint(0, max(0, share))
+        wait_until(lambda t=target: rows_written(sc.folders[0]) >= t, 120, proc)
+        time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)  # the coordinator only, as a crash does
             run.cut = "kill -9"
