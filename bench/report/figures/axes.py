@@ -258,3 +258,23 @@ def legend_text(label: object, n: int = 60) -> str:
 
 def workload_label(w) -> str:
     return plain(w) if isinstance(w, str) else "(unknown workload)"
+
+
+def draw_not_reached(ax, never) -> None:
+    """Open triangles at the top of the axes for the batch sizes (``never``'s
+    ``effective_batch_size``) whose median seed never reached the target."""
+    from matplotlib.transforms import blended_transform_factory
+
+    xs = never["effective_batch_size"].astype(float)
+    ax.scatter(
+        xs,
+        [0.96] * len(xs),
+        transform=blended_transform_factory(ax.transData, ax.transAxes),
+        marker="^",
+        s=50,
+        facecolors="none",
+        edgecolors="crimson",
+        zorder=4,
+        clip_on=False,
+        label="not reached (median seed)",
+    )

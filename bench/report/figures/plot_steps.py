@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.figures.axes import (
+    draw_not_reached,
     legend_outside,
     log2_axis,
     matches,
@@ -66,7 +67,7 @@ def _panel(ax, p: pd.DataFrame, ycol: str, fit: CriticalBatchFit | None, palette
     if len(reached):
         _draw_reached(ax, p, reached, ycol, fit, palette)
     if len(never):
-        _draw_never(ax, never)
+        draw_not_reached(ax, never)
     log2_axis(ax, "x")
     if len(reached):
         log2_axis(ax, "y")
@@ -102,24 +103,6 @@ def _draw_reached(ax, p, reached, ycol: str, fit: CriticalBatchFit | None, palet
     )
     if fit.bound is None:
         ax.axvline(fit.b_crit, color=palette[3], linestyle="--", linewidth=0.8)
-
-
-def _draw_never(ax, never: pd.DataFrame) -> None:
-    from matplotlib.transforms import blended_transform_factory
-
-    xs = never["effective_batch_size"].astype(float)
-    ax.scatter(
-        xs,
-        [0.96] * len(xs),
-        transform=blended_transform_factory(ax.transData, ax.transAxes),
-        marker="^",
-        s=50,
-        facecolors="none",
-        edgecolors="crimson",
-        zorder=4,
-        clip_on=False,
-        label="not reached (median seed)",
-    )
 
 
 def _fit_box(ax, fit: CriticalBatchFit) -> None:

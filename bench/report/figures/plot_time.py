@@ -9,6 +9,7 @@ import pandas as pd
 from bench.report.figures.axes import (
     WIDTH,
     annotate_ids,
+    draw_not_reached,
     legend_outside,
     log2_axis,
     matches,
@@ -42,7 +43,7 @@ def time_to_target(points: pd.DataFrame, configs: pd.DataFrame, target, notes: l
             _draw_reached(ax, reached, color)
         never = p[~np.isfinite(p["time_to_target_s"])]
         if len(never):
-            _draw_never(ax, never)
+            draw_not_reached(ax, never)
         bs = p["effective_batch_size"].astype(float)
         ax.set_xlim(bs.min() / 1.4, bs.max() * 1.4)  # the triangles sit in axes coordinates
         log2_axis(ax, "x")
@@ -84,21 +85,4 @@ def _draw_reached(ax, reached: pd.DataFrame, color) -> None:
     ax.set_xscale("log", base=2)
     annotate_ids(
         ax, reached["effective_batch_size"], reached["time_to_target_s"], list(reached["tag"])
-    )
-
-
-def _draw_never(ax, never: pd.DataFrame) -> None:
-    from matplotlib.transforms import blended_transform_factory
-
-    ax.scatter(
-        never["effective_batch_size"].astype(float),
-        [0.96] * len(never),
-        transform=blended_transform_factory(ax.transData, ax.transAxes),
-        marker="^",
-        s=50,
-        facecolors="none",
-        edgecolors="crimson",
-        zorder=4,
-        clip_on=False,
-        label="not reached (median seed)",
     )
