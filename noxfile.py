@@ -70,7 +70,7 @@ def compare(session: nox.Session) -> None:
 @nox.session
 def benchmarks(session: nox.Session) -> None:
     """The benchmark scripts whose figures docs/benchmarks.md quotes."""
-    install(session)
+    install(session, "[postgres]")  # bench_faults.py's PostgreSQL scenario
     for script in sorted(os.listdir("scripts")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", f"scripts/{script}")
