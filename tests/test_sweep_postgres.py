@@ -19,12 +19,22 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
-from test_sweep import ENV, REPO, _coordinators, _finish, _ran_here, counted_spec, runs_per_tag
+from test_sweep import (
+    ENV,
+    REPO,
+    _coordinators,
+    _finish,
+    _ran_here,
+    _wait_for,
+    counted_spec,
+    runs_per_tag,
+)
 
 from bench.store import load_results
 from bench.sweep.postgres import PostgresCoordination, key64
@@ -49,53 +59,74 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Cluster:
+    """A throwaway PostgreSQL cluster: initdb + pg_ctl in a temp dir, trust auth, a free
+    loopback port; as the ``postgres`` system user when running as root, since initdb
+    refuses root."""
+
+    def __init__(self) -> None:
+        initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not (initdb and self.pg_ctl):
+            pytest.skip(
+                "no PostgreSQL: set BENCH_TEST_POSTGRES_URL or install Debian's postgresql package"
+            )
+        self.as_user: list[str] = []
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        if os.geteuid() == 0:
+            try:
+                import pwd
+
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no 'postgres' user to run the server as")
+            os.chown(self.folder, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data = self.folder / "data"
+        port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {self.folder} -c fsync=off"
+        self.opts += " -c max_connections=50"
+        self._pg_ctl("-o", self.opts, "-w", "start")
+
+    def _run(self, *cmd: str, check: bool = True) -> None:
+        subprocess.run([*self.as_user, *cmd], check=check, capture_output=True, timeout=120)
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> None:
+        # -l on every start: without it the server writes to pg_ctl's captured stdout and
+        # holds that pipe open, so subprocess.run would wait for the server to exit.
+        log = str(self.folder / "log")
+        self._run(self.pg_ctl, "-D", str(self.data), "-l", log, *args, check=check)
+
+    def restart(self, down_s: float) -> None:
+        """Stop fast (every session cut), stay down ``down_s`` (connections refused),
+        start again with the same options."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+        time.sleep(down_s)
+        self._pg_ctl("-o", self.opts, "-w", "start")
+
+    def remove(self) -> None:
+        self._pg_ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     url = os.environ.get("BENCH_TEST_POSTGRES_URL")
     if url:
         yield url
         return
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip(
-            "no PostgreSQL: set BENCH_TEST_POSTGRES_URL or install Debian's postgresql package"
-        )
-    as_user: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    if os.geteuid() == 0:
-        # initdb refuses to run as root: run the cluster as the postgres system user.
-        try:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server as")
-        os.chown(folder, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    port = _free_port()
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=50"
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(folder / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(folder, ignore_errors=True)
+    with _cluster() as cluster:
+        yield cluster.url
 
 
 def test_three_coordinators_on_postgres_run_each_key_once(tmp_path, postgres_url):
@@ -253,3 +284,39 @@ def test_changed_spec_on_postgres_names_the_delete_command(tmp_path, postgres_ur
     assert p.returncode == 2 or p.returncode == 1, p.stderr
     assert f"optuna delete-study --study-name {name} --storage postgresql" in p.stderr
     assert "Traceback" not in p.stderr and not other.exists()
+
+
+def test_a_server_restart_is_waited_out(tmp_path):
+    """The server stopped fast (every connection cut) after the first row and started
+    3 s later: the sweep waits with a line saying so and the driver's reason, exits 0,
+    one training and one row per key. Its own cluster: a restart would cut the other
+    tests' server."""
+    n = 6
+    spec, log = counted_spec(tmp_path, "restart", n, delay=1.0)
+    results = tmp_path / "results"
+    with _cluster() as cluster:
+        err = tmp_path / "stderr"
+        with err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench", "sweep", str(spec), "--workers", "1"]
+                + ["--results", str(results), "--storage", cluster.url],
+                env={**ENV, "BENCH_SWEEP_RECONNECT_S": "60"},
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+            try:
+                _wait_for(lambda: any(results.rglob("trials/*.parquet")), 60)
+                cluster.restart(down_s=3.0)
+                rc = proc.wait(timeout=120)
+            finally:
+                proc.kill()
+        out = err.read_text()
+        assert rc == 0, out[-2000:]
+        assert "lost the connection to PostgreSQL" in out and "Traceback" not in out, out
+        assert "reachable again after" in out, out
+        # The waiting line gives the driver's reason, not Optuna's wrapper of it.
+        assert "An exception is raised during the commit" not in out, out
+        assert runs_per_tag(log) == Counter({i: 1 for i in range(n)}), out
+        rows = _rows_per_key([results], "restart")
+        assert len(rows) == n and set(rows.values()) == {1}, out

@@ -92,6 +92,17 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error under ``exc``: Optuna wraps SQLAlchemy's in a message
+    about invalid data in the commit, which a lost connection is not."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
+            return seen.orig
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def connect_args(url: str) -> dict[str, Any]:
     """Dead peers are noticed in seconds (TCP keepalives), not hours; the connections are
     named, so an operator can find a sweep's in pg_stat_activity."""
@@ -140,7 +151,7 @@ class Reconnects:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:160]
+        reason = " ".join(str(_driver_error(exc)).split())[:160]
         self.log(
             f"lost the connection to PostgreSQL at {self.where} ({reason}); "
             f"reconnecting, waiting up to {self.limit_s:.0f} s"
