@@ -175,7 +175,7 @@ class Session:
             url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url)
         )
         self.reconnects = reconnects
-        self.held: list[int] = []  # advisory-lock keys this session holds, in order
+        self.held: list[int] = []  # advisory-lock keys held on this connection, in order
         self._conn: Any = None
 
     def _connection(self) -> Any:
