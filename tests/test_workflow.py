@@ -183,6 +183,7 @@ def replay(repo: Path, base: str, work: Path, rounds: int) -> tuple[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # an unchanged head was once called "regressed" (-22 %) with 2 rounds
 # The planted slowdown doubles the step: two rounds (what keeps this test short) cannot
 # call a 20 % change reliably here, where one process's step time moves by tens of
 # percent (a 20 % plant was once called "~"); scripts/detection_power.py measures what

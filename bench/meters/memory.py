@@ -23,12 +23,14 @@ its interval (the same script measures how much).
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 import threading
 from collections.abc import Callable
 
 _PAGE_SIZE = resource.getpagesize()
+_RSS_COUNTER_SLACK = 32 * (os.cpu_count() or 1) * _PAGE_SIZE + 4 * _PAGE_SIZE
 _STATUS = "/proc/self/status"
 _STATM = "/proc/self/statm"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -71,8 +73,10 @@ def reset_rss_high_water() -> bool:
         return False
     hwm, rss = rss_high_water_bytes(), _status_bytes("VmRSS:")
     # Accepted writes of an unknown value are silently ignored by old kernels; check that
-    # the mark really came down to (about) the current RSS.
-    return hwm is not None and rss is not None and hwm <= rss + 4 * _PAGE_SIZE
+    # the mark really came down to (about) the current RSS. "About": VmRSS is read from
+    # per-CPU batched counters that may lag the mark by up to 32 pages per CPU (a
+    # tighter bound refused a working reset now and then, starting a needless sampler).
+    return hwm is not None and rss is not None and hwm <= rss + _RSS_COUNTER_SLACK
 
 
 class PeriodicSampler:
