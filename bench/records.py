@@ -408,32 +408,36 @@ def _effective_batch(config) -> int | None:
     return config.batch_size * config.accumulation_steps
 
 
+def config_columns(config) -> dict[str, Any]:
+    """The trials columns a TrialConfig fills by itself, before a plan resolves its sizes
+    (``bench.trial`` overrides those with the plan's). ``config`` is a TrialConfig."""
+    return {
+        "trial_key": config.trial_key,
+        "workload": config.workload,
+        "mode": config.mode,
+        "samples": config.samples,
+        "micro_batch_size": config.batch_size,
+        "accumulation_steps": config.accumulation_steps,
+        "effective_batch_size": _effective_batch(config),
+        "normalize": config.normalize,
+        "partial_window": config.partial_window,
+        "drop_last": config.drop_last,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "scheduler": config.scheduler,
+        "precision": config.precision,
+        "data_path": config.data_path,
+        "seed": config.seed,
+        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
+    }
+
+
 def unreported_trial_row(config, *, status: str, error: str, sweep: str | None) -> dict:
     """The trials row of a trial whose process never reported (killed, timed out,
     crashed): its configuration, the status and error the caller decided, null for
     everything it did not live to measure. ``config`` is a TrialConfig."""
     return trial_row(
-        trial_key=config.trial_key,
-        sweep=sweep,
-        workload=config.workload,
-        mode=config.mode,
-        samples=config.samples,
-        micro_batch_size=config.batch_size,
-        accumulation_steps=config.accumulation_steps,
-        effective_batch_size=_effective_batch(config),
-        normalize=config.normalize,
-        partial_window=config.partial_window,
-        drop_last=config.drop_last,
-        optimizer=config.optimizer,
-        lr=config.lr,
-        scheduler=config.scheduler,
-        precision=config.precision,
-        data_path=config.data_path,
-        seed=config.seed,
-        status=status,
-        error=error,
-        config_json=json.dumps(config.to_dict(), sort_keys=True, default=str),
-        started_at=now(),
+        **config_columns(config), sweep=sweep, status=status, error=error, started_at=now()
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,26 +192,17 @@ def _measured_run(
 def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: str | None) -> dict:
     """What was asked for: the configuration as the plan resolved it."""
     return {
-        "trial_key": config.trial_key,
+        **records.config_columns(config),
         "sweep": sweep,
-        "workload": config.workload,
         "mode": plan.mode,
         "samples": plan.samples,
         "micro_batch_size": plan.micro_batch_size,
         "accumulation_steps": plan.accumulation_steps,
         "effective_batch_size": plan.effective_batch_size,
-        "normalize": config.normalize,
         "partial_window": plan.partial_window,
         "drop_last": plan.drop_last,
-        "optimizer": config.optimizer,
-        "lr": config.lr,
-        "scheduler": config.scheduler,
-        "precision": config.precision,
-        "data_path": config.data_path,
-        "seed": config.seed,
         "data_sha256": data_sha256(workload),
         "planned_steps": plan.total_steps,
-        "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
     }
 
 
