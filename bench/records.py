@@ -68,6 +68,9 @@ class TrialRecord:
     precision: str | None = None
     data_path: str | None = None
     seed: int | None = None
+    # the model's layers whose output depends on the batching, found by inspecting it:
+    # "BatchNorm2d×9,Dropout×2" ("" none, null not inspected; bench.workloads.batch_layers)
+    batch_dependent_layers: str | None = None
     # outcome
     status: str | None = None  # ok / oom / diverged / failed
     error: str | None = None

@@ -15,7 +15,7 @@ from bench.errors import ConfigError
 from bench.failures import describe, is_oom
 from bench.plan import Plan
 from bench.train import TrainOutcome, train
-from bench.workloads import build_workload
+from bench.workloads import batch_layers, build_workload
 from bench.workloads.base import Workload, data_sha256
 
 
@@ -202,6 +202,7 @@ def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: s
         "partial_window": plan.partial_window,
         "drop_last": plan.drop_last,
         "data_sha256": data_sha256(workload),
+        "batch_dependent_layers": batch_layers.batch_dependent_layers(workload),
         "planned_steps": plan.total_steps,
     }
 

@@ -87,3 +87,104 @@ def test_step_slowdown_is_checked_and_absent_by_default():
     for bad in (-0.1, 11.0):
         with pytest.raises(ConfigError, match="step_slowdown"):
             build_workload("seed-mlp", samples=16, options={"step_slowdown": bad})
+
+
+# -- batch-dependent layers: norm and dropout options, the resnet workload ---------------
+
+
+def test_teacher_mlp_defaults_build_the_plain_mlp_with_the_same_weights():
+    # norm and dropout left out: the model and its initial weights are those of mlp()
+    # without them, so results of the plain workload keep their meaning.
+    from bench.workloads.base import mlp
+
+    torch.manual_seed(3)
+    plain = build_workload("teacher-mlp", samples=16).make_model()
+    torch.manual_seed(3)
+    reference = mlp([32, 128, 128, 10])
+    assert [type(m) for m in plain] == [type(m) for m in reference]
+    for a, b in zip(plain.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # A norm layer draws nothing when built: the Linear weights stay the plain ones.
+    torch.manual_seed(3)
+    normed = build_workload("teacher-mlp", samples=16, options={"norm": "batch"}).make_model()
+    linears = [m for m in normed if isinstance(m, torch.nn.Linear)]
+    assert torch.equal(linears[0].weight, reference[0].weight)
+    assert torch.equal(linears[-1].weight, reference[-1].weight)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, ""),
+        ({"dropout": 0.1}, "Dropout×2"),
+        ({"norm": "batch"}, "BatchNorm1d×2"),
+        ({"norm": "batch", "dropout": 0.2, "depth": 3}, "BatchNorm1d×3,Dropout×3"),
+        ({"norm": "ghost"}, "GhostBatchNorm1d×2"),
+        ({"norm": "batch-eval"}, ""),  # per sample: its running statistics stay fixed
+        ({"norm": "layer", "dropout": 0.1}, "Dropout×2"),
+    ],
+)
+def test_batch_dependent_layers_are_found_by_inspecting_the_model(options, expected):
+    from bench.workloads.batch_layers import batch_dependent_layers
+
+    workload = build_workload("teacher-mlp", samples=16, options=options)
+    state = torch.get_rng_state()
+    assert batch_dependent_layers(workload) == expected
+    assert torch.equal(state, torch.get_rng_state())  # built on the meta device
+
+
+def test_inspection_restores_modes_and_unbuildable_models_are_null():
+    from bench.workloads.base import ClassificationWorkload
+    from bench.workloads.batch_layers import batch_dependent_layers, describe
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.0)).eval()
+    assert describe(model) == "BatchNorm1d×1" and not model[0].training
+    x = torch.zeros(2, 4)
+
+    def needs_data():
+        return torch.nn.Linear(4, int(torch.ones(()).item()))  # reads a tensor it makes
+
+    workload = ClassificationWorkload(name="w", train=(x,), val=(x,), make_model=needs_data)
+    assert batch_dependent_layers(workload) is None
+
+
+def test_batch_eval_stays_in_eval_mode_and_ghost_norm_is_batch_norm_per_slice():
+    from bench.workloads import norms
+
+    frozen = norms.feature_norm("batch-eval", 4)
+    frozen.train()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    frozen.double()
+    assert not frozen.training
+    torch.testing.assert_close(frozen(x), x / (1 + frozen.eps) ** 0.5, rtol=1e-15, atol=0)
+    assert torch.equal(frozen.running_mean, torch.zeros(4, dtype=torch.float64))
+    ghost, plain = norms.feature_norm("ghost", 4).double(), torch.nn.BatchNorm1d(4).double()
+    x = torch.randn(3 * norms.GHOST_BATCH, 4, dtype=torch.float64)
+    expected = torch.cat([plain(c) for c in x.split(norms.GHOST_BATCH)])
+    assert torch.equal(ghost(x), expected)
+    assert torch.equal(ghost.running_var, plain.running_var)  # 3 updates, one a slice
+
+
+@pytest.mark.parametrize("name", ["teacher-mlp", "resnet"])
+def test_a_bad_norm_names_the_option_and_the_choices(name):
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"option norm must be one of .*got 'batchnorm'"):
+        build_workload(name, samples=16, options={"norm": "batchnorm"})
+
+
+def test_resnet_data_grows_with_n_and_its_model_classifies_32x32_images():
+    from bench.workloads.batch_layers import batch_dependent_layers
+
+    small = build_workload("resnet", samples=50, options={"val_samples": 20, "width": 4})
+    large = build_workload("resnet", samples=ROW_CHUNK + 1, options={"val_samples": 20, "width": 4})
+    for a, b in zip(small.train, large.train, strict=True):
+        assert torch.equal(a, b[:50])
+    assert small.train[0].shape == (50, 3, 32, 32) and torch.equal(small.val[1], large.val[1])
+    counts = torch.bincount(large.train[1], minlength=10)
+    assert counts.min() > ROW_CHUNK / 40  # every class is common (none below a quarter)
+    model = small.make_model()
+    assert model(small.train[0][:2]).shape == (2, 10)
+    assert batch_dependent_layers(small) == "BatchNorm2d×9"  # stem, 3 stages x 2, 2 shortcuts
+    grouped = build_workload("resnet", samples=16, options={"norm": "group", "blocks": 2})
+    assert batch_dependent_layers(grouped) == ""

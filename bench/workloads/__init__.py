@@ -18,6 +18,7 @@ BUILTIN = {
     "seed-mlp": "bench.workloads.seed_mlp:build",
     "teacher-mlp": "bench.workloads.teacher_mlp:build",
     "char-lm": "bench.workloads.char_lm:build",
+    "resnet": "bench.workloads.resnet:build",
 }
 
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.workloads.norms import feature_norm
+
 Batch = tuple[torch.Tensor, ...]
 
 
@@ -78,12 +80,16 @@ class ClassificationWorkload(Workload):
         return F.cross_entropy(model(x), y, reduction="sum")
 
 
-def mlp(sizes: list[int], *, dropout: float = 0.0) -> nn.Sequential:
-    """Linear layers of the given sizes with ReLU between them (and dropout, if asked)."""
+def mlp(sizes: list[int], *, dropout: float = 0.0, norm: str = "none") -> nn.Sequential:
+    """Linear layers of the given sizes with ReLU between them (and a normalisation
+    layer before each ReLU and dropout after it, if asked: ``bench.workloads.norms``)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
+            normalise = feature_norm(norm, b)
+            if normalise is not None:
+                layers.append(normalise)
             layers.append(nn.ReLU())
             if dropout:
                 layers.append(nn.Dropout(dropout))

@@ -4,6 +4,12 @@ Labels come from a fixed random teacher network (argmax of its logits), with a f
 ``label_noise`` replaced by random classes, so the best reachable loss is known to be
 above zero and SGD / MBGD / BGD really differ in how fast they get there. The student's
 ``width`` and ``depth`` set its memory footprint (activations grow with width x batch).
+
+``norm`` (none, batch, batch-eval, ghost, layer: ``bench.workloads.norms``) puts a
+normalisation layer before each hidden ReLU and ``dropout`` a dropout layer after it:
+the layers that make k micro-batches of b train unlike one batch of b·k
+(docs/notes/accumulation-audit.md). Their defaults (none, 0) build the plain MLP, with
+the same initial weights as the MLP without those options.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from bench.workloads.base import ClassificationWorkload, draw_rows, mlp, stream_generator
+from bench.workloads.norms import MLP_NORMS, check_norm
 from bench.workloads.options import check_float, check_int
 
 
@@ -25,6 +32,7 @@ def build(
     teacher_width: int = 64,
     label_noise: float = 0.1,
     dropout: float = 0.0,
+    norm: str = "none",
     data_seed: int = 0,
 ) -> ClassificationWorkload:
     n = check_int("samples", 8192 if samples is None else samples, 1)
@@ -36,6 +44,7 @@ def build(
     teacher_width = check_int("teacher_width", teacher_width, 1)
     label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
     dropout = check_float("dropout", dropout, 0.0, 0.99)
+    norm = check_norm(norm, MLP_NORMS)
     data_seed = check_int("data_seed", data_seed, 0)
     # The teacher: a fixed two-layer net, from a stream of its own (not from N).
     g = stream_generator(data_seed, "teacher")
@@ -55,7 +64,7 @@ def build(
         name="teacher-mlp",
         train=train,
         val=val,
-        make_model=lambda: mlp(sizes, dropout=dropout),
+        make_model=lambda: mlp(sizes, dropout=dropout, norm=norm),
         options={
             "val_samples": val_samples,
             "in_features": in_features,
@@ -65,6 +74,7 @@ def build(
             "teacher_width": teacher_width,
             "label_noise": label_noise,
             "dropout": dropout,
+            "norm": norm,
             "data_seed": data_seed,
         },
     )
