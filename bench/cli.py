@@ -49,6 +49,7 @@ EXTERNAL = {
         "compare_main",
         "compare two result sets for a pull request",
     ),
+    "audit": ("bench.audit_command", "add_arguments", "main", "does (b, k) train like (b·k, 1)?"),
 }
 
 
