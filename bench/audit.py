@@ -62,6 +62,7 @@ class AuditRow:
     param_distance_rel: float
     buffer_distance_rel: float | None
     train_loss_diff_max: float
+    train_loss_diff_mean: float  # over the steps: less at the mercy of one batch
     train_loss_diff_final: float
     val_loss_diff_max: float | None
     val_loss_diff_final: float | None
@@ -134,7 +135,8 @@ def _max_final(d: np.ndarray) -> tuple[float | None, float | None]:
 
 def compare(a: RunResult, b: RunResult) -> dict[str, Any]:
     """The distances of one pair (``b`` the reference)."""
-    train_max, train_final = _max_final(loss_differences(a.losses, b.losses))
+    train = loss_differences(a.losses, b.losses)
+    train_max, train_final = _max_final(train)
     val_max, val_final = _max_final(loss_differences(a.val_losses, b.val_losses))
     buffers = None
     if a.buffers is not None and b.buffers is not None:
@@ -143,6 +145,7 @@ def compare(a: RunResult, b: RunResult) -> dict[str, Any]:
         "param_distance_rel": relative_distance(a.params, b.params),
         "buffer_distance_rel": buffers,
         "train_loss_diff_max": train_max,
+        "train_loss_diff_mean": float(np.nanmean(train)) if len(train) else None,
         "train_loss_diff_final": train_final,
         "val_loss_diff_max": val_max,
         "val_loss_diff_final": val_final,
@@ -162,20 +165,21 @@ def variant_key(config: TrialConfig) -> str:
 
 
 def variant_labels(configs: Sequence[TrialConfig]) -> dict[str, str]:
-    """variant key -> "workload: what differs between the spec's variants"."""
-    flats = {}
+    """variant key -> "workload: what differs between that workload's variants"."""
+    flats: dict[str, dict] = {}
     for c in configs:
         d = {k: v for k, v in c.to_dict().items() if k not in SPLIT_FIELDS}
-        d.update({f"{k}": v for k, v in d.pop("workload_options").items()})
+        d.update(d.pop("workload_options"))
         flats[variant_key(c)] = d
-    names = sorted({n for d in flats.values() for n in d} - {"workload"})
-    varying = [n for n in names if len({repr(d.get(n)) for d in flats.values()}) > 1]
-    return {
-        key: f"{d['workload']}: " + ", ".join(f"{n}={d.get(n)}" for n in varying)
-        if varying
-        else d["workload"]
-        for key, d in flats.items()
-    }
+    labels = {}
+    for workload in {d["workload"] for d in flats.values()}:
+        mine = {key: d for key, d in flats.items() if d["workload"] == workload}
+        names = sorted({n for d in mine.values() for n in d} - {"workload"})
+        varying = [n for n in names if len({repr(d.get(n)) for d in mine.values()}) > 1]
+        for key, d in mine.items():
+            shown = ", ".join(f"{n}={d.get(n)}" for n in varying)
+            labels[key] = f"{workload}: {shown}" if shown else workload
+    return labels
 
 
 @dataclass(frozen=True)
@@ -253,26 +257,24 @@ STEP_COLUMNS = [
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per variant and (b, k): the accumulation gap against the seed-to-seed
-    distance of (b·k, 1), medians over seeds, and their ratio (< 1: lost in the noise)."""
+    """One line per variant and (b, k): the accumulation gap next to the same distance
+    between two seeds of (b·k, 1), medians over seeds, and the parameter gap over the
+    seed distance (< 1: smaller than what another seed changes)."""
     acc = rows[rows["kind"] == "accumulation"]
     noise = rows[rows["kind"] == "seed"].groupby(["variant", "effective_batch_size"])
-    noise_param = noise["param_distance_rel"].median()
-    noise_loss = noise["train_loss_diff_max"].median()
+    measures = ["param_distance_rel", "train_loss_diff_mean", "val_loss_diff_final"]
+    seeds = {m: noise[m].median() for m in measures}
     out = []
     group = ["variant", "batch_dependent_layers", "micro_batch_size", "accumulation_steps"]
     for (variant, layers, b, k), g in acc.groupby(group, sort=False):
-        gap = float(g["param_distance_rel"].median())
-        seeds = noise_param.get((variant, b * k))
-        out.append({
-            "variant": variant, "batch_dependent_layers": layers, "b": b, "k": k,
-            "param_gap_rel": gap, "seed_noise_rel": seeds,
-            "gap_over_noise": gap / seeds if seeds else None,
-            "train_loss_gap_max": float(g["train_loss_diff_max"].median()),
-            "seed_train_loss_max": noise_loss.get((variant, b * k)),
-            "val_loss_gap_final": g["val_loss_diff_final"].median(),
-            "seeds": len(g),
-        })  # fmt: skip
+        line = {"variant": variant, "batch_dependent_layers": layers, "b": b, "k": k}
+        for m in measures:
+            line[m] = g[m].median()
+            line[f"seed_{m}"] = seeds[m].get((variant, b * k))
+        noise_param = line["seed_param_distance_rel"]
+        line["gap_over_noise"] = line["param_distance_rel"] / noise_param if noise_param else None
+        line["seeds"] = len(g)
+        out.append(line)
     return pd.DataFrame(out)
 
 
@@ -284,14 +286,15 @@ def summary_markdown(table: pd.DataFrame) -> str:
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
 
     headers = [
-        "variant", "batch-dependent layers", "b", "k", "‖Δθ‖/‖θ‖ (b,k) vs (bk,1)",
-        "same, two seeds of (bk,1)", "gap / noise", "max |Δ train loss|",
-        "same, two seeds", "final |Δ val loss|",
+        "variant", "batch-dependent layers", "b", "k",
+        "‖Δθ‖/‖θ‖: (b,k) vs (bk,1)", "two seeds of (bk,1)", "ratio",
+        "mean |Δ train loss|", "two seeds", "final |Δ val loss|", "two seeds",
     ]  # fmt: skip
     rows = [
-        [r.variant, r.batch_dependent_layers or "none", r.b, r.k, num(r.param_gap_rel),
-         num(r.seed_noise_rel), num(r.gap_over_noise), num(r.train_loss_gap_max),
-         num(r.seed_train_loss_max), num(r.val_loss_gap_final)]
+        [r.variant, r.batch_dependent_layers or "none", r.b, r.k,
+         num(r.param_distance_rel), num(r.seed_param_distance_rel), num(r.gap_over_noise),
+         num(r.train_loss_diff_mean), num(r.seed_train_loss_diff_mean),
+         num(r.val_loss_diff_final), num(r.seed_val_loss_diff_final)]
         for r in table.itertuples()
     ]  # fmt: skip
-    return markdown_table(headers, rows, ["l", "l"] + ["r"] * 8)
+    return markdown_table(headers, rows, ["l", "l"] + ["r"] * 9)

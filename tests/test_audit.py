@@ -126,6 +126,14 @@ def test_pairs_match_each_split_with_its_big_batch_and_seeds_with_the_next_seed(
     assert missing == ["b=4 k=2 seed=0: no b=8 k=1 at that seed"]
     labels = audit.variant_labels(configs)
     assert sorted(set(labels.values())) == ["teacher-mlp: norm=batch", "teacher-mlp: norm=none"]
+    # Each workload's variants are told apart by what varies among them alone.
+    resnets = [config(8, 1, workload="resnet", norm=n).replace(workload_options={"norm": n})
+               for n in ("batch", "group")]  # fmt: skip
+    labels = audit.variant_labels(configs + resnets)
+    assert sorted(set(labels.values())) == [
+        "resnet: norm=batch", "resnet: norm=group",
+        "teacher-mlp: norm=batch", "teacher-mlp: norm=none",
+    ]  # fmt: skip
 
 
 SPEC = """# Does (b, k) train like (b*k, 1) with BatchNorm?
