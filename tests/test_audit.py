@@ -63,6 +63,9 @@ def test_batchnorm_accumulation_equals_the_hand_written_loop_and_not_the_big_bat
     assert int(reference[1].num_batches_tracked) == EPOCHS * N // 8  # once per micro-batch
     # Normalised over 8 samples, not 32, and running statistics updated 4 times a step.
     bench_32 = audit.run_config(config(32, 1, norm="batch"))
+    reference_32 = hand_written(32, 1, norm="batch")
+    assert audit.relative_distance(bench_32.params, audit.flat(reference_32.parameters())) < 1e-12
+    assert int(reference_32[1].num_batches_tracked) == EPOCHS * N // 32
     assert audit.relative_distance(bench_84.params, bench_32.params) > 1e-6
     assert audit.relative_distance(bench_84.buffers, bench_32.buffers) > 1e-6
     assert bench_84.layers == "BatchNorm1d×2"
