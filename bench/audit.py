@@ -37,6 +37,8 @@ import pandas as pd
 import torch
 
 from bench.config import TrialConfig
+from bench.errors import BenchError
+from bench.train import train
 from bench.trial import resolve_device
 from bench.workloads import build_workload
 from bench.workloads.batch_layers import describe
@@ -84,8 +86,6 @@ class RunResult:
 
 def run_config(config: TrialConfig, workloads: dict | None = None) -> RunResult:
     """Train ``config`` in this process; ``workloads`` caches built data by workload."""
-    from bench.train import train
-
     cache = workloads if workloads is not None else {}
     key = (config.workload, repr(sorted(config.workload_options.items())), config.samples)
     if key not in cache:
@@ -96,9 +96,7 @@ def run_config(config: TrialConfig, workloads: dict | None = None) -> RunResult:
     model, outcome = train(
         config, workload, config.plan(workload.n_train), resolve_device(config.device)
     )
-    if outcome.status != "ok":
-        from bench.errors import BenchError
-
+    if outcome.status != "ok":  # a diverged run has no end point to compare
         raise BenchError(f"audit: {config.trial_key} ended {outcome.status}: {outcome.error}")
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     rows = outcome.rows
