@@ -177,14 +177,17 @@ def test_resnet_data_grows_with_n_and_its_model_classifies_32x32_images():
     from bench.workloads.batch_layers import batch_dependent_layers
 
     small = build_workload("resnet", samples=50, options={"val_samples": 20, "width": 4})
-    large = build_workload("resnet", samples=ROW_CHUNK + 1, options={"val_samples": 20, "width": 4})
+    large = build_workload("resnet", samples=400, options={"val_samples": 20, "width": 4})
     for a, b in zip(small.train, large.train, strict=True):
         assert torch.equal(a, b[:50])
     assert small.train[0].shape == (50, 3, 32, 32) and torch.equal(small.val[1], large.val[1])
     counts = torch.bincount(large.train[1], minlength=10)
-    assert counts.min() > ROW_CHUNK / 40  # every class is common (none below a quarter)
+    assert counts.min() > 400 / 40  # every class is common (none below a quarter of 1/10)
     model = small.make_model()
     assert model(small.train[0][:2]).shape == (2, 10)
     assert batch_dependent_layers(small) == "BatchNorm2d×9"  # stem, 3 stages x 2, 2 shortcuts
-    grouped = build_workload("resnet", samples=16, options={"norm": "group", "blocks": 2})
-    assert batch_dependent_layers(grouped) == ""
+    from bench.workloads.batch_layers import describe
+    from bench.workloads.resnet import resnet
+
+    assert describe(resnet(4, 2, 10, "group")) == ""
+    assert describe(resnet(4, 2, 10, "batch")) == "BatchNorm2d×15"  # 1 + 3 x 2 x 2 + 2
