@@ -148,7 +148,7 @@ def test_cli_refuses_a_conflict_with_one_line_each_and_writes_nothing(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines == [
         f"bench: trial {shared} differs between {a} and {b} (final_loss)",
-        "bench: error: 1 trials differ between the folders (listed above): two runs of one "
+        "bench: error: 1 trial differs between the folders (listed above): two runs of one "
         "configuration; choose with --prefer newest|first",
     ]
     assert not (a / "report").exists() and not (b / "report").exists()
@@ -296,7 +296,7 @@ def _check_one_report_over_both(tmp_path: Path, a: Path, b: Path, storage: str, 
 
     code, out, err = report(str(a), str(b), "--storage", storage, "--out", "both", cwd=tmp_path)
     assert code == 0, err
-    assert f"every trial the study recorded is in the folders given ({N})" in out
+    assert f"--storage: the {N} trials the study recorded are all in the folders given" in out
     assert f"({N} configurations, {N} trials" in out  # every trial once
 
     code, out, err = report(str(a), "--storage", storage, "--out", "one", cwd=tmp_path)
@@ -332,6 +332,14 @@ def test_a_journal_shared_by_two_folders_names_the_folder_left_out(tmp_path, rep
             (b / table).mkdir(parents=True, exist_ok=True)
             (a / table / path.name).rename(b / table / path.name)
     _check_one_report_over_both(tmp_path, a, b, storage, report)
+    # A row the study never recorded (its coordinator died between the two writes).
+    first = sorted((b / "trials").glob("*.parquet"))[0]
+    _edit_row(b, first.stem, trial_key="f" * 16)
+    first.rename(b / "trials" / f"{'f' * 16}.parquet")
+    code, out, err = report(str(a), str(b), "--storage", storage, "--out", "more", cwd=tmp_path)
+    assert code == 0, err
+    assert "1 trial of the folders not recorded in the study" in out
+    assert "1 trial finished on another host whose folder was not given" in out  # its key
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,12 @@ RESULT_COLUMNS = tuple(c for c in records.columns(records.TrialRecord) if c not 
 # given first (the host whose results one trusts).
 PREFER_RULES = ("newest", "first")
 
+
+def trials_text(n: int) -> str:
+    """'1 trial', '3 trials'."""
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 # How many differing columns a conflict line names before "and N more".
 SHOWN_COLUMNS = 4
 
@@ -90,7 +96,7 @@ class Collected:
         out = [text]
         if self.conflicts:
             out.append(
-                f"{len(self.conflicts)} trials differ between folders (two runs of one "
+                f"{trials_text(len(self.conflicts))} with rows that differ between folders (two runs of one "
                 f"configuration); kept by --prefer {self.prefer}: "
                 + "; ".join(c.line() for c in self.conflicts)
             )

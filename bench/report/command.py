@@ -101,7 +101,7 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
     that say what it holds. Results of several kinds of hardware are never pooled: one
     report each, under ``out/<hardware>/``."""
     from bench.report.build import build_report
-    from bench.report.collect import gather
+    from bench.report.collect import gather, trials_text
     from bench.report.hardware import split_by_hardware
 
     if out.exists() and not out.is_dir():
@@ -112,13 +112,14 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
         for line in lines:
             print(f"bench: {line}", file=sys.stderr)
         raise BenchError(
-            f"{len(lines)} trials differ between the folders (listed above): two runs of "
+            f"{trials_text(len(lines))} {'differs' if len(lines) == 1 else 'differ'} between "
+            "the folders (listed above): two runs of "
             "one configuration; choose with --prefer newest|first"
         )
     notes = collected.notes()
     lines += notes[:1]  # where the rows came from (several folders)
     if args.storage is not None:
-        notes += _unseen(collected, args.storage, lines)
+        notes += _cross_check(collected, args.storage, lines)
     parts = split_by_hardware(collected.results, collected.folders)
     if len(parts) > 1:
         kinds = ", ".join(f"{p.hardware} ({len(p.results.trials)} trials)" for p in parts)
@@ -142,24 +143,17 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
     return lines
 
 
-def _unseen(collected, storage: str, lines: list[str]) -> list[str]:
-    """Cross-check with the study: a line (also a report note) for trials recorded there
-    whose folder was not given."""
-    from bench.report.study_check import open_study, unseen_line, unseen_trials
+def _cross_check(collected, storage: str, lines: list[str]) -> list[str]:
+    """Cross-check with the study: lines (report notes too, when they find something)
+    for trials recorded there whose folder was not given, and the reverse."""
+    from bench.report.study_check import cross_check, open_study
 
     if collected.sweep is None:
         raise BenchError("--storage: these results are not a sweep's (no sweep name)")
     study = open_study(storage, collected.sweep)
-    keys = collected.results.trials["trial_key"]
-    unseen = unseen_trials(study, keys, collected.spec_hash)
-    if not unseen:
-        lines.append(
-            f"--storage: every trial the study recorded is in the folders given ({len(keys)})"
-        )
-        return []
-    text = unseen_line(unseen)
-    lines.append(text)
-    return [text]
+    found = cross_check(study, collected.results.trials["trial_key"], collected.spec_hash)
+    lines += found
+    return [] if found[0].startswith("--storage: ") else found
 
 
 def _write(report, out: Path) -> str:

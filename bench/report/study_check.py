@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.report.collect import trials_text
 
 # How many keys a host's entry names before "and N more".
 SHOWN_KEYS = 5
 
 
 @dataclass(frozen=True)
-class Unseen:
-    """A trial recorded in the study whose key is in no folder given."""
+class Recorded:
+    """A trial key the study recorded (its last recorded trial)."""
 
     key: str
     host: str | None
@@ -61,31 +62,52 @@ def open_study(url: str, sweep: str) -> Any:
         ) from None
 
 
-def unseen_trials(study: Any, keys: Iterable[str], spec_hash: str | None) -> list[Unseen]:
-    """Trials the study recorded (one per key: the last recorded) whose key is not in
-    ``keys``. Refuses a study of another spec than the folders' (``spec_hash``)."""
+def recorded_trials(study: Any, spec_hash: str | None) -> dict[str, Recorded]:
+    """Per trial key, the study's last recorded trial of it. Refuses a study of another
+    spec than the folders' (``spec_hash``)."""
     found = study.user_attrs.get("bench_spec_hash")
     if spec_hash is not None and found is not None and found != spec_hash:
         raise BenchError(
             f"--storage: study '{study.study_name}' holds spec hash {found}, the folders "
             f"{spec_hash}: they are not results of this study"
         )
-    have = set(keys)
-    last: dict[str, Unseen] = {}
+    last: dict[str, Recorded] = {}
     for t in study.get_trials(deepcopy=False):
         key, status = t.user_attrs.get("bench_key"), t.user_attrs.get("bench_status")
-        if not key or not status or key in have:
+        if not key or not status:
             continue
         owner = t.system_attrs.get("bench_owner")
         host = str(owner).rsplit("-", 2)[0] if owner and str(owner).count("-") >= 2 else None
-        last[key] = Unseen(key=str(key), host=host, status=str(status), number=t.number)
-    return sorted(last.values(), key=lambda u: (u.host or "", u.number))
+        last[str(key)] = Recorded(key=str(key), host=host, status=str(status), number=t.number)
+    return last
 
 
-def unseen_line(unseen: list[Unseen]) -> str:
+def cross_check(study: Any, keys: Iterable[str], spec_hash: str | None) -> list[str]:
+    """Lines on how the folders' ``keys`` and the study's recorded trials differ; one
+    that says they agree when they do."""
+    recorded = recorded_trials(study, spec_hash)
+    have = set(keys)
+    unseen = sorted(
+        (r for k, r in recorded.items() if k not in have), key=lambda r: (r.host or "", r.number)
+    )
+    lines = [unseen_line(unseen)] if unseen else []
+    unrecorded = len(have - set(recorded))
+    if unrecorded:
+        lines.append(
+            f"{trials_text(unrecorded)} of the folders not recorded in the study (a coordinator "
+            "stopped between writing the row and recording it; the sweep runs them again)"
+        )
+    if not lines:
+        lines.append(
+            f"--storage: the {len(recorded)} trials the study recorded are all in the folders given"
+        )
+    return lines
+
+
+def unseen_line(unseen: list[Recorded]) -> str:
     """'3 trials finished on another host whose folder was not given: vm-b (2: k1, k2),
     vm-c (1: k3)'."""
-    by_host: dict[str | None, list[Unseen]] = {}
+    by_host: dict[str | None, list[Recorded]] = {}
     for u in unseen:
         by_host.setdefault(u.host, []).append(u)
     parts = []
@@ -94,6 +116,5 @@ def unseen_line(unseen: list[Unseen]) -> str:
         if len(items) > SHOWN_KEYS:
             keys += f" and {len(items) - SHOWN_KEYS} more"
         parts.append(f"{host or 'host not recorded'} ({len(items)}: {keys})")
-    n = len(unseen)
-    noun = "trial" if n == 1 else "trials"
-    return f"{n} {noun} finished on another host whose folder was not given: " + "; ".join(parts)
+    head = f"{trials_text(len(unseen))} finished on another host whose folder was not given: "
+    return head + "; ".join(parts)
