@@ -76,6 +76,8 @@ def _entry(path: Path) -> str:
         return "trials/ with no rows yet"
     if any(path.glob("*/probes.parquet")) or (path / "probes.parquet").is_file():
         return f"{path.name}/ (bench oom probes)"
+    if holds_results(path):
+        return f"{path.name}/ (a sweep or run)"
     if (path / "trials").is_dir():
         return f"{path.name}/ (a sweep with no trial rows yet)"
     return f"{path.name}/"

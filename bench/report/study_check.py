@@ -50,7 +50,8 @@ def open_study(url: str, sweep: str) -> Any:
         try:
             storage = optuna.storages.RDBStorage(target, skip_table_creation=True)
         except Exception as exc:  # noqa: BLE001 - refused connection, bad credentials, no driver
-            text = " ".join(str(exc).split())[:300]
+            # Optuna wraps the driver's error ("connection refused") in a generic one.
+            text = " ".join(str(exc.__cause__ or exc).split())[:300]
             raise BenchError(f"--storage: cannot open {redact(url)}: {text}") from None
     try:
         return optuna.load_study(study_name=sweep, storage=storage)
