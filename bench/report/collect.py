@@ -112,13 +112,17 @@ def gather(folders: list[Path], *, prefer: str | None = None) -> Collected:
     folders = tuple(dict.fromkeys(Path(f) for f in folders))  # a folder given twice: once
     loaded = [load_results(f) for f in folders]
     sweep, spec_hash = one_sweep(folders, [r.trials for r in loaded])
+    if len(folders) == 1:  # one file per key: nothing to settle, and no copy of the steps
+        n = len(loaded[0].trials)
+        return Collected(folders, loaded[0], sweep, spec_hash, {folders[0]: n}, prefer=prefer)
     rows = pd.concat([r.trials.assign(_folder=i) for i, r in enumerate(loaded)], ignore_index=True)
     keep, duplicates, conflicts = _settle(rows, folders, prefer)
     chosen = rows.loc[keep]
     steps = []
     for i, r in enumerate(loaded):
         keys = set(chosen.loc[chosen["_folder"] == i, "trial_key"])
-        steps.append(r.steps[r.steps["trial_key"].isin(keys)])
+        whole = keys == set(r.trials["trial_key"])  # no row of it dropped: no filtering copy
+        steps.append(r.steps if whole else r.steps[r.steps["trial_key"].isin(keys)])
     trials = chosen.drop(columns="_folder").reset_index(drop=True)
     counts = chosen["_folder"].value_counts()
     return Collected(

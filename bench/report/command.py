@@ -120,9 +120,11 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
     lines += notes[:1]  # where the rows came from (several folders)
     if args.storage is not None:
         notes += _cross_check(collected, args.storage, lines)
-    parts = split_by_hardware(collected.results, collected.folders)
+    results, collected.results = collected.results, None  # held by the parts alone
+    parts = split_by_hardware(results, collected.folders)
+    del results
     if len(parts) > 1:
-        kinds = ", ".join(f"{p.hardware} ({len(p.results.trials)} trials)" for p in parts)
+        kinds = ", ".join(f"{p.hardware} ({p.trials} trials)" for p in parts)
         lines.append(
             f"the trials ran on {len(parts)} kinds of hardware ({kinds}): throughput and "
             "memory are not comparable across them, so one report each"
@@ -134,7 +136,7 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
         report = build_report(
             folders[0],
             target=args.target_loss,
-            results=part.results,
+            results=part.take(),
             notes=[*split, *notes, *part.notes],
         )
         reports.append((report, where))

@@ -26,13 +26,25 @@ from bench.store import Results
 SOFTWARE = ("python", "torch", "torch_cuda", "nvidia_driver", "commit")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Part:
     """The trials of one kind of hardware."""
 
     hardware: str  # "NVIDIA H100 80GB HBM3", "CPU AMD EPYC (2 cores)", "cpu"
-    results: Results
+    results: Results | None
     notes: tuple[str, ...] = ()
+    trials: int = 0  # how many
+
+    def __post_init__(self) -> None:
+        self.trials = len(self.results.trials) if self.results is not None else 0
+
+    def take(self) -> Results:
+        """The results, no longer held here: the report drops the full steps table once
+        it has prepared its lean copy, which only works if nothing else holds it."""
+        results, self.results = self.results, None
+        if results is None:
+            raise RuntimeError("Part.take() called twice")
+        return results
 
     @property
     def slug(self) -> str:
