@@ -289,24 +289,29 @@ def _two_hosts(tmp_path: Path, name: str, storage: str) -> tuple[Path, Path]:
     return tmp_path / "host-a" / name, tmp_path / "host-b" / name
 
 
-def _check_one_report_over_both(tmp_path: Path, a: Path, b: Path, storage: str, report) -> None:
-    keys_a = set(load_results(a).trials["trial_key"])
-    keys_b = set(load_results(b).trials["trial_key"])
-    assert len(keys_a) + len(keys_b) == N and keys_a and keys_b and not keys_a & keys_b
+def _check_one_report_over_both(
+    tmp_path: Path, given: Path, left_out: Path, storage: str, report
+) -> None:
+    """Both folders: every trial once. ``given`` alone: the trials of ``left_out`` are
+    named, with the host and ``left_out`` as rsync takes them."""
+    keys_given = set(load_results(given).trials["trial_key"])
+    missing = sorted(load_results(left_out).trials["trial_key"])
+    assert len(keys_given) + len(missing) == N and keys_given and missing
+    assert not keys_given & set(missing)
 
-    code, out, err = report(str(a), str(b), "--storage", storage, "--out", "both", cwd=tmp_path)
+    both = (str(given), str(left_out))
+    code, out, err = report(*both, "--storage", storage, "--out", "both", cwd=tmp_path)
     assert code == 0, err
     assert f"--storage: the {N} trials the study recorded are all in the folders given" in out
     assert f"({N} configurations, {N} trials" in out  # every trial once
 
-    code, out, err = report(str(a), "--storage", storage, "--out", "one", cwd=tmp_path)
+    code, out, err = report(str(given), "--storage", storage, "--out", "one", cwd=tmp_path)
     assert code == 0, err
     host = socket.gethostname()[:24]
-    missing = sorted(keys_b)
     line = next(x for x in out.splitlines() if "finished on another host" in x)
     assert line.startswith(
         f"{len(missing)} trial{'s' if len(missing) > 1 else ''} finished on another host "
-        f"whose folder was not given: {host} ({len(missing)}: "
+        f"whose folder was not given: {host}:{left_out.resolve()} ({len(missing)}: "
     )
     assert all(k in line for k in missing[:5])
     assert "finished on another host" in (tmp_path / "one" / "report.md").read_text()
@@ -331,7 +336,8 @@ def test_a_journal_shared_by_two_folders_names_the_folder_left_out(tmp_path, rep
         for table in ("steps", "trials"):
             (b / table).mkdir(parents=True, exist_ok=True)
             (a / table / path.name).rename(b / table / path.name)
-    _check_one_report_over_both(tmp_path, a, b, storage, report)
+    # The study recorded every trial in a's folder: leaving a out names it.
+    _check_one_report_over_both(tmp_path, b, a, storage, report)
     # A row the study never recorded (its coordinator died between the two writes).
     first = sorted((b / "trials").glob("*.parquet"))[0]
     _edit_row(b, first.stem, trial_key="f" * 16)

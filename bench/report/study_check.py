@@ -2,9 +2,10 @@
 finished (their row recorded: ``bench_status`` set) on a host whose folder was not given.
 
 A coordinator writes a trial's parquet rows, then its ``bench_row``/``bench_status``/
-``bench_key`` user attributes (:mod:`bench.sweep.recorder`), so every recorded key is in
-some host's folder. The host is the one that claimed the trial: its ``bench_owner``
-system attribute is ``<hostname, first 24 characters>-<pid>-<random>``.
+``bench_key``/``bench_folder`` user attributes (:mod:`bench.sweep.recorder`), so every
+recorded key is in some host's folder, ``bench_folder``. The host is the one that
+claimed the trial: its ``bench_owner`` system attribute is ``<hostname, first 24
+characters>-<pid>-<random>``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Recorded:
     host: str | None
     status: str
     number: int  # the Optuna trial number
+    folder: str | None = None  # the results folder its coordinator wrote the rows to
 
 
 def open_study(url: str, sweep: str) -> Any:
@@ -79,7 +81,8 @@ def recorded_trials(study: Any, spec_hash: str | None) -> dict[str, Recorded]:
             continue
         owner = t.system_attrs.get("bench_owner")
         host = str(owner).rsplit("-", 2)[0] if owner and str(owner).count("-") >= 2 else None
-        last[str(key)] = Recorded(key=str(key), host=host, status=str(status), number=t.number)
+        folder = t.user_attrs.get("bench_folder")
+        last[str(key)] = Recorded(str(key), host, str(status), t.number, folder)
     return last
 
 
@@ -106,16 +109,19 @@ def cross_check(study: Any, keys: Iterable[str], spec_hash: str | None) -> list[
 
 
 def unseen_line(unseen: list[Recorded]) -> str:
-    """'3 trials finished on another host whose folder was not given: vm-b (2: k1, k2),
-    vm-c (1: k3)'."""
-    by_host: dict[str | None, list[Recorded]] = {}
+    """'3 trials finished on another host whose folder was not given: gpu-b:/home/u/results/s
+    (2: k1, k2); gpu-c (1: k3)': host and folder as rsync takes them, where recorded."""
+    by_place: dict[str, list[Recorded]] = {}
     for u in unseen:
-        by_host.setdefault(u.host, []).append(u)
+        place = u.host or "host not recorded"
+        if u.folder:
+            place += f":{u.folder}"
+        by_place.setdefault(place, []).append(u)
     parts = []
-    for host, items in by_host.items():
+    for place, items in by_place.items():
         keys = ", ".join(u.key for u in items[:SHOWN_KEYS])
         if len(items) > SHOWN_KEYS:
             keys += f" and {len(items) - SHOWN_KEYS} more"
-        parts.append(f"{host or 'host not recorded'} ({len(items)}: {keys})")
+        parts.append(f"{place} ({len(items)}: {keys})")
     head = f"{trials_text(len(unseen))} finished on another host whose folder was not given: "
     return head + "; ".join(parts)

@@ -135,6 +135,7 @@ class Recorder:
         writer.set_user_attr(job.trial, "bench_row", {k: json_safe(v) for k, v in row.items()})
         writer.set_user_attr(job.trial, "bench_status", status)
         writer.set_user_attr(job.trial, "bench_label", _point_label(self.spec, job))
+        writer.set_user_attr(job.trial, "bench_folder", str(self.folder.resolve()))  # rows' home
         for column in DASHBOARD_COLUMNS:
             if row.get(column) is not None:
                 writer.set_user_attr(job.trial, column, json_safe(row[column]))
