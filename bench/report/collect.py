@@ -96,8 +96,8 @@ class Collected:
         out = [text]
         if self.conflicts:
             out.append(
-                f"{trials_text(len(self.conflicts))} with rows that differ between folders (two runs of one "
-                f"configuration); kept by --prefer {self.prefer}: "
+                f"{trials_text(len(self.conflicts))} with rows that differ between folders "
+                f"(two runs of one configuration); kept by --prefer {self.prefer}: "
                 + "; ".join(c.line() for c in self.conflicts)
             )
         return out
