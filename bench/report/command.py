@@ -100,6 +100,7 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
     """Build and write the report of ``folders`` read as one sweep; returns the lines
     that say what it holds. Results of several kinds of hardware are never pooled: one
     report each, under ``out/<hardware>/``."""
+    from bench.console import plain
     from bench.report.build import build_report
     from bench.report.collect import gather, trials_text
     from bench.report.hardware import split_by_hardware
@@ -110,7 +111,7 @@ def _report_one(folders: list[Path], out: Path, args: argparse.Namespace) -> lis
     lines = [c.line() for c in collected.conflicts]
     if collected.conflicts and args.prefer is None:
         for line in lines:
-            print(f"bench: {line}", file=sys.stderr)
+            print(plain(f"bench: {line}"), file=sys.stderr)  # paths from disk: ESC shown
         raise BenchError(
             f"{trials_text(len(lines))} {'differs' if len(lines) == 1 else 'differ'} between "
             "the folders (listed above): two runs of "
