@@ -235,6 +235,48 @@ def test_the_report_is_one_per_kind_of_gpu(tmp_path, report):
     assert not (a / "report" / "report.md").exists()
 
 
+def test_cross_check_counts_results_only_and_groups_by_host_and_folder():
+    """What a study holds besides results: a trial that went back to the queue ("lost",
+    "interrupted") is no result; a key run twice counts once, where it ran last."""
+    import optuna
+
+    from bench.report.study_check import cross_check
+    from bench.sweep.trial_writer import TrialWriter
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("bench_spec_hash", "h1")
+    rows = [  # key, status, owner, folder
+        ("k1", "ok", "gpu-a-1-aa", "/r/a"),
+        ("k2", "lost", "gpu-b-2-bb", "/r/b"),
+        ("k3", "failed", "gpu-b-2-bb", "/r/b"),
+        ("k3", "ok", "gpu-b-3-cc", "/r/b"),  # --retry-failed, same host: one key
+        ("k4", "interrupted", "gpu-c-4-dd", "/r/c"),
+        ("k5", "oom", "gpu-c-4-dd", "/r/c"),
+        ("k6", "ok", None, None),  # attributes a sweep of an older bench did not write
+    ]
+    for key, status, owner, folder in rows:
+        t = study.ask()
+        t.set_user_attr("bench_key", key)
+        t.set_user_attr("bench_status", status)
+        if owner:
+            TrialWriter(storage).set_system_attr(t, "bench_owner", owner)  # as tickets do
+            t.set_user_attr("bench_folder", folder)
+        study.tell(t, state=optuna.trial.TrialState.FAIL)
+    assert cross_check(study, ["k1", "k2", "k4", "k7"], "h1") == [
+        "3 trials finished on another host whose folder was not given: "
+        "host not recorded (1: k6); gpu-b:/r/b (1: k3); gpu-c:/r/c (1: k5)",
+        "3 trials of the folders not recorded in the study (a coordinator stopped between "
+        "writing the row and recording it; the sweep runs them again)",
+    ]
+    assert cross_check(study, ["k1", "k3", "k5", "k6"], None) == [
+        "--storage: the 4 trials the study recorded are all in the folders given"
+    ]
+    with pytest.raises(BenchError, match="holds spec hash h1, the folders h2"):
+        cross_check(study, ["k1"], "h2")
+
+
 # --- two coordinators of one sweep, one shared storage, two results folders -------------
 
 N = 6

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.report.collect import trials_text
+from bench.report.prepare import STATUSES
 
 # How many keys a host's entry names before "and N more".
 SHOWN_KEYS = 5
@@ -66,7 +67,8 @@ def open_study(url: str, sweep: str) -> Any:
 
 
 def recorded_trials(study: Any, spec_hash: str | None) -> dict[str, Recorded]:
-    """Per trial key, the study's last recorded trial of it. Refuses a study of another
+    """Per trial key, the study's last trial that recorded a result (``bench_status`` one
+    of ok, oom, diverged, failed). Refuses a study of another
     spec than the folders' (``spec_hash``)."""
     found = study.user_attrs.get("bench_spec_hash")
     if spec_hash is not None and found is not None and found != spec_hash:
@@ -77,7 +79,7 @@ def recorded_trials(study: Any, spec_hash: str | None) -> dict[str, Recorded]:
     last: dict[str, Recorded] = {}
     for t in study.get_trials(deepcopy=False):
         key, status = t.user_attrs.get("bench_key"), t.user_attrs.get("bench_status")
-        if not key or not status:
+        if not key or status not in STATUSES:  # "lost", "interrupted": not a result
             continue
         owner = t.system_attrs.get("bench_owner")
         host = str(owner).rsplit("-", 2)[0] if owner and str(owner).count("-") >= 2 else None
