@@ -264,17 +264,27 @@ def test_cross_check_counts_results_only_and_groups_by_host_and_folder():
             TrialWriter(storage).set_system_attr(t, "bench_owner", owner)  # as tickets do
             t.set_user_attr("bench_folder", folder)
         study.tell(t, state=optuna.trial.TrialState.FAIL)
-    assert cross_check(study, ["k1", "k2", "k4", "k7"], "h1") == [
+    assert cross_check(study, [("k1", 0), ("k2", 1), ("k4", 4), ("k7", None)], "h1") == [
         "3 trials finished on another host whose folder was not given: "
         "host not recorded (1: k6); gpu-b:/r/b (1: k3); gpu-c:/r/c (1: k5)",
         "3 trials of the folders not recorded in the study (a coordinator stopped between "
         "writing the row and recording it; the sweep runs them again)",
     ]
-    assert cross_check(study, ["k1", "k3", "k5", "k6"], None) == [
+    rows = [("k1", 0), ("k3", 2), ("k5", 5), ("k6", 6)]  # k3's failed run, then retried
+    assert cross_check(study, rows, None) == [
         "--storage: the 4 trials the study recorded are all in the folders given"
     ]
+    rows = [("k1", 0), ("k3", 3), ("k5", 1), ("k6", 6)]  # k5: trial 1 is k2's, not k5's
+    rows.append(("k2", 1))  # k2's row from before its trial was lost: this study's
+    assert cross_check(study, rows, None) == [
+        "1 trial of the folders not recorded in the study (a coordinator stopped between "
+        "writing the row and recording it; the sweep runs them again)",
+        "1 trial of the folders ran under another study than this one (their Optuna trial "
+        "numbers are not this study's trials of their keys): is --storage the storage the "
+        "sweep ran on?"
+    ]
     with pytest.raises(BenchError, match="holds spec hash h1, the folders h2"):
-        cross_check(study, ["k1"], "h2")
+        cross_check(study, [("k1", 0)], "h2")
 
 
 # --- two coordinators of one sweep, one shared storage, two results folders -------------

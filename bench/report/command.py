@@ -154,7 +154,9 @@ def _cross_check(collected, storage: str, lines: list[str]) -> list[str]:
     if collected.sweep is None:
         raise BenchError("--storage: these results are not a sweep's (no sweep name)")
     study = open_study(storage, collected.sweep)
-    found = cross_check(study, collected.results.trials["trial_key"], collected.spec_hash)
+    trials = collected.results.trials
+    rows = zip(trials["trial_key"], trials["optuna_trial"], strict=True)
+    found = cross_check(study, rows, collected.spec_hash)
     lines += found
     return [] if found[0].startswith("--storage: ") else found
 

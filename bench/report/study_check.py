@@ -88,11 +88,25 @@ def recorded_trials(study: Any, spec_hash: str | None) -> dict[str, Recorded]:
     return last
 
 
-def cross_check(study: Any, keys: Iterable[str], spec_hash: str | None) -> list[str]:
-    """Lines on how the folders' ``keys`` and the study's recorded trials differ; one
-    that says they agree when they do."""
+def trial_numbers(study: Any) -> dict[str, set[int]]:
+    """Per trial key, the numbers of every trial of the study that ran it, whatever
+    became of it (a row may outlive its trial's record: "lost" after the row)."""
+    numbers: dict[str, set[int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("bench_key")
+        if key:
+            numbers.setdefault(str(key), set()).add(t.number)
+    return numbers
+
+
+def cross_check(
+    study: Any, rows: Iterable[tuple[str, int | None]], spec_hash: str | None
+) -> list[str]:
+    """Lines on how the folders' rows, (trial_key, optuna_trial) each, and the study's
+    recorded trials differ; one that says they agree when they do."""
     recorded = recorded_trials(study, spec_hash)
-    have = set(keys)
+    rows = list(rows)
+    have = {key for key, _ in rows}
     unseen = sorted(
         (r for k, r in recorded.items() if k not in have), key=lambda r: (r.host or "", r.number)
     )
@@ -103,11 +117,34 @@ def cross_check(study: Any, keys: Iterable[str], spec_hash: str | None) -> list[
             f"{trials_text(unrecorded)} of the folders not recorded in the study (a coordinator "
             "stopped between writing the row and recording it; the sweep runs them again)"
         )
+    # A row names the Optuna trial that ran it: none of its key's trials in this study
+    # means another study wrote it (the same spec on another storage, or a study deleted
+    # and made again). Two studies of one spec number their first trials alike, so this
+    # catches them only where their numbering parted (a retry, a lost trial).
+    numbers = trial_numbers(study)
+    foreign = sum(
+        1
+        for key, number in rows
+        if key in numbers and _known(number) and int(number) not in numbers[key]
+    )
+    if foreign:
+        lines.append(
+            f"{trials_text(foreign)} of the folders ran under another study than this one "
+            "(their Optuna trial numbers are not this study's trials of their keys): is "
+            "--storage the storage the sweep ran on?"
+        )
     if not lines:
         lines.append(
             f"--storage: the {len(recorded)} trials the study recorded are all in the folders given"
         )
     return lines
+
+
+def _known(number: Any) -> bool:
+    try:
+        return number is not None and number == number  # NaN from a column of nulls
+    except (TypeError, ValueError):
+        return False
 
 
 def unseen_line(unseen: list[Recorded]) -> str:
