@@ -281,7 +281,7 @@ def test_cross_check_counts_results_only_and_groups_by_host_and_folder():
         "writing the row and recording it; the sweep runs them again)",
         "1 trial of the folders ran under another study than this one (their Optuna trial "
         "numbers are not this study's trials of their keys): is --storage the storage the "
-        "sweep ran on?"
+        "sweep ran on?",
     ]
     with pytest.raises(BenchError, match="holds spec hash h1, the folders h2"):
         cross_check(study, [("k1", 0)], "h2")
