@@ -152,7 +152,10 @@ def _cross_check(collected, storage: str, lines: list[str]) -> list[str]:
     from bench.report.study_check import cross_check, open_study
 
     if collected.sweep is None:
-        raise BenchError("--storage: these results are not a sweep's (no sweep name)")
+        raise BenchError(
+            "--storage: the study is named as the sweep, and these results name no one "
+            "sweep (a bench run's, or rows of several sweeps)"
+        )
     study = open_study(storage, collected.sweep)
     trials = collected.results.trials
     rows = zip(trials["trial_key"], trials["optuna_trial"], strict=True)
