@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bench.report import curves, memory, pareto, scaling, tables
 from bench.report.folders import describe
 from bench.report.markdown import markdown_table, md_cell
 from bench.report.prepare import STATUSES, Prepared, prepare
-from bench.store import TAIL_FRACTION, load_results, write_bytes_atomic
+from bench.store import TAIL_FRACTION, Results, load_results, write_bytes_atomic
 
 FIGURE_CAPTIONS = {
     "loss_curves": "Training loss against optimizer steps, samples seen and wall time. One line "
@@ -104,8 +105,16 @@ class Report:
 
 
 def build_report(
-    folder: str | Path, *, target: float | None = None, figures: bool = True
+    folder: str | Path,
+    *,
+    target: float | None = None,
+    figures: bool = True,
+    results: Results | None = None,
+    notes: Sequence[str] = (),
 ) -> Report:
+    """The report of ``folder``, or of ``results`` already read (several folders read as
+    one: ``bench.report.collect``; ``folder`` then names the first), with ``notes`` first
+    among the report's notes."""
     folder = Path(folder)
     clock = time.perf_counter()
     timings: dict[str, float] = {}
@@ -118,13 +127,13 @@ def build_report(
 
     if target is not None and not math.isfinite(target):
         raise BenchError(f"--target-loss must be a finite number, got {target}")
-    results = load_results(folder)
+    results = load_results(folder) if results is None else results
     if not len(results.trials):
         raise BenchError(f"results are empty: no trial rows in {folder} ({describe(folder)})")
     lap("load")
     prep = prepare(results)
     del results  # the full steps table: only prep's lean columns are needed from here
-    notes = list(prep.notes)
+    notes = [*notes, *prep.notes]
     if not len(prep.steps):
         notes.append("no steps table: loss curves and steps-to-target are left out")
     lap("prepare")

@@ -1,6 +1,7 @@
 """Which results a folder holds: one sweep or run, several sweeps side by side (such as
 ``results/`` with ``results/seed/`` and ``results/smoke/``), or none, and then what is
-there instead, so that an error can say it."""
+there instead, so that an error can say it; and several folders given as one sweep's
+(one per host, :func:`sweep_folders`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def results_folders(root: Path) -> list[Path]:
     if not found:
         raise BenchError(f"no results in {root}: {describe(root)}")
     return found
+
+
+def sweep_folders(given: list[Path]) -> list[Path]:
+    """Several folders read as one sweep (one per host): each must hold results itself.
+    Raises BenchError naming the first that does not, and what it holds."""
+    for folder in given:
+        if not folder.is_dir():
+            raise BenchError(f"no results folder at {folder}")
+        if not holds_results(folder):
+            raise BenchError(
+                f"{folder} holds no results of its own ({describe(folder)}); several "
+                "folders are read as one sweep, so give each sweep folder"
+            )
+    return list(given)
 
 
 def newest_sweep(root: Path = Path("results")) -> Path:
@@ -61,6 +76,8 @@ def _entry(path: Path) -> str:
         return "trials/ with no rows yet"
     if any(path.glob("*/probes.parquet")) or (path / "probes.parquet").is_file():
         return f"{path.name}/ (bench oom probes)"
+    if holds_results(path):
+        return f"{path.name}/ (a sweep or run)"
     if (path / "trials").is_dir():
         return f"{path.name}/ (a sweep with no trial rows yet)"
     return f"{path.name}/"

@@ -9,6 +9,7 @@ the writing (parquet, study) overlaps training instead of adding to it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from bench.console import Progress
 from bench.errors import BenchError
 from bench.failures import DiskFull, is_disk_full_message
+from bench.records import extra_json
 from bench.sweep.pool import Ended
 from bench.sweep.tickets import Job, Tickets
 
@@ -99,6 +101,10 @@ class Recorder:
         row["sweep"] = self.spec.name
         row["attempt"] = job.attempt
         row["optuna_trial"] = job.trial.number
+        # Which spec the row belongs to: folders from several hosts are merged only when equal.
+        row["extra"] = extra_json(
+            {**json.loads(row.get("extra") or "{}"), "spec_hash": self.spec.spec_hash}
+        )
         if row.get("cpu_peak_rss_bytes") is None and job.peak_rss:
             row["cpu_peak_rss_bytes"] = job.peak_rss
         if row.get("trial_key") != job.key:
@@ -129,6 +135,7 @@ class Recorder:
         writer.set_user_attr(job.trial, "bench_row", {k: json_safe(v) for k, v in row.items()})
         writer.set_user_attr(job.trial, "bench_status", status)
         writer.set_user_attr(job.trial, "bench_label", _point_label(self.spec, job))
+        writer.set_user_attr(job.trial, "bench_folder", str(self.folder.resolve()))  # rows' home
         for column in DASHBOARD_COLUMNS:
             if row.get(column) is not None:
                 writer.set_user_attr(job.trial, column, json_safe(row[column]))

@@ -246,3 +246,6 @@ def _redact(url: str) -> str:
             cred = cred.split(":", 1)[0] + ":***"
         return f"{scheme}://{cred}@{host}"
     return url
+
+
+redact = _redact  # the public name, for messages outside the sweep
