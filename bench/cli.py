@@ -132,8 +132,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ConfigError("--samples is required")
     if "epochs" not in values and "max_steps" not in values:
         values["epochs"] = 1
-    plan = make_plan(**values)
-    out = plan.to_dict()
+    if args.world_size is not None:
+        from bench.ddp.plan import make_parallel_plan
+
+        parallel = make_parallel_plan(world_size=args.world_size, **values)
+        plan, out = parallel.plan, parallel.to_dict()
+    else:
+        plan = make_plan(**values)
+        out = plan.to_dict()
     if (args.at_epoch is None) != (args.at_batch is None):
         raise ConfigError("--at-epoch and --at-batch go together")
     if args.at_epoch is not None:
@@ -142,13 +148,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    rows = [(key.replace("_", " "), "-" if value is None else value) for key, value in out.items()]
+    rows = [(key.replace("_", " "), _plan_cell(value)) for key, value in out.items()]
     print(text_table(None, rows))
     if args.at_epoch is not None and out["global_step"] is None:
         print(
             "(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)"
         )
     return 0
+
+
+def _plan_cell(value: Any) -> object:
+    if isinstance(value, list):  # one number per rank
+        return ", ".join(map(str, value))
+    return "-" if value is None else value
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -335,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at-epoch", type=int, metavar="E", help="with --at-batch: which global step")
     p.add_argument(
         "--at-batch", type=int, metavar="I", help="micro-batch index within the epoch (1-based)"
+    )
+    p.add_argument(
+        "--world-size", type=int, metavar="N", help="N data-parallel ranks, each taking b samples"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plan)
