@@ -259,6 +259,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
+    if config.nproc is not None:
+        from bench.ddp.launch import writes_results
+
+        if not writes_results():  # under torchrun: rank 0 writes and prints the trial
+            return 0 if result.trial["status"] == "ok" else 1
     write_result(result, out, per_key=False)
     t = result.trial
     rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"
@@ -320,6 +325,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-limit-s", type=float)
     g.add_argument(
         "--peak-tflops", type=float, help="the device's peak for MFU (overrides the table)"
+    )
+    g = p.add_argument_group("data parallel (docs/commands/ddp.md)")
+    g.add_argument(
+        "--nproc", type=int, metavar="N", help="train on N DDP ranks, each taking b samples"
+    )
+    g.add_argument(
+        "--sync",
+        choices=("window", "every"),
+        help="all-reduce once per window (no_sync, default) or every micro-batch",
     )
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
 

@@ -2,11 +2,10 @@
 against the 1-process plan, and DistributedSampler's own lengths."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from bench.cli import main
 from bench.ddp.plan import make_parallel_plan
 from bench.errors import ConfigError
 from bench.plan import make_plan
@@ -118,22 +117,22 @@ def test_sampler_numbers_match_distributed_sampler(n, world, drop_last):
     assert seen == n - numbers["dropped_samples"]
 
 
-def test_cli_world_size_json_and_errors():
-    run = [sys.executable, "-m", "bench", "plan", "--samples", "10", "--batch-size", "2"]
-    out = subprocess.run([*run, "--world-size", "4", "--json"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+def test_cli_world_size_json_and_errors(capsys):
+    run = ["plan", "--samples", "10", "--batch-size", "2"]
+    assert main([*run, "--world-size", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert data["world_size"] == 4
     assert data["global_micro_batch_size"] == 8
     assert data["micro_batches_per_rank_per_epoch"] == 2
     assert data["last_micro_batch_size_per_rank"] == [2, 0, 0, 0]
     assert data["sampler_pad_repeated_samples"] == 2
     assert data["steps_per_epoch"] == 2
-    bad = subprocess.run([*run, "--world-size", "8"], capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
+    assert main([*run, "--world-size", "4"]) == 0
+    assert "last micro batch size per rank            2, 0, 0, 0" in capsys.readouterr().out
+    assert main([*run, "--world-size", "8"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
         "bench: error: micro-batch b*world_size = 2*8 = 16 exceeds samples 10: "
         "lower batch_size or world_size"
     ]
-    zero = subprocess.run([*run, "--world-size", "0"], capture_output=True, text=True)
-    assert zero.returncode == 2 and "world_size must be an integer >= 1" in zero.stderr
+    assert main([*run, "--world-size", "0"]) == 2
+    assert "world_size must be an integer >= 1" in capsys.readouterr().err
