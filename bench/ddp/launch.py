@@ -53,6 +53,13 @@ def join_rank(config, samples: int):
     return hooks
 
 
+def spec_starts_ranks(spec) -> bool:
+    """True when a sweep spec (bench.sweep.spec.SweepSpec) may hold data-parallel trials:
+    its workers then start rank processes of their own."""
+    layers = [spec.base, *spec.cases, spec.axes]
+    return any("nproc" in layer for layer in layers) or any(p.config.nproc for p in spec.points)
+
+
 def free_port() -> int:
     """A TCP port free on the loopback now, for rank 0's rendezvous store."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
