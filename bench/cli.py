@@ -270,8 +270,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     loss, tail = (
         f"{t[c]:.4f}" if t.get(c) is not None else "-" for c in ("final_loss", "tail_loss")
     )
+    ranks = f" ranks={t['world_size']} sync={t['sync']}" if t.get("world_size") else ""
     line = (
-        f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']} "
+        f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']}{ranks} "
         f"steps={t['optimizer_steps']}/{t['planned_steps']} final_loss={loss} tail_loss={tail} {rate} -> {out}"
     )
     if t.get("error"):

@@ -3,15 +3,16 @@
 
 Two gloo ranks on this machine's loopback, one torch thread each, train the same
 configuration with ``sync = "window"`` and ``sync = "every"`` for each accumulation k,
-and a 1-process run of micro-batch b*2 as a reference (the same samples per step, no
-communication). Variants run interleaved, in a rotating order so drift from the other
+and a 1-process run of micro-batch b*2 on one thread as a reference (the same samples
+per step, no communication, half the cores). Variants run interleaved, in a rotating order so drift from the other
 load on the machine spreads over all of them, ``--repeats`` times.
 
-Per variant: total samples/s (rank 0's step clock over the steps after the timing
+Per variant: median step time (each trial's median, robust to bursts of load from
+other processes), total samples/s (rank 0's step clock over the steps after the timing
 warm-up, all ranks' samples), all-reduce calls and bytes per optimizer step (counted by
 the DDP communication hook), and all-reduce time per step (launch to completion, summed
 over the buckets; it overlaps the backward). Reported as median [min, max] over the
-rounds, with the window / every throughput ratio per round, and the 1-minute load
+rounds, with the every / window step-time ratio per round, and the 1-minute load
 average before and after.
 
     python scripts/bench_ddp.py                     # k = 1 2 4 8, 5 rounds
@@ -27,6 +28,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Before torch loads (here and in the forkserver the ranks come from): OpenMP threads that
+# spin while they wait are pathological on a shared CPU (bench.sweep.pool says more).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -71,14 +75,16 @@ def main() -> int:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--depth", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(2)  # bench gives each of the 2 ranks half: 1 thread
+    # 2 threads here: bench gives each of the 2 ranks half, 1 thread each.
     variants = ["window", "every", "1 process"]
+    threads = {"window": 2, "every": 2, "1 process": 1}
     load_before = os.getloadavg()[0]
     rows: dict[tuple[int, str], list[dict]] = {}
     for round_ in range(args.repeats):
         for k in args.k:
             shift = (round_ + k) % len(variants)
             for variant in variants[shift:] + variants[:shift]:
+                torch.set_num_threads(threads[variant])
                 t = run_trial(_config(args, k, variant)).trial
                 if t["status"] != "ok":
                     print(f"k={k} {variant}: {t['status']} {t['error']}", file=sys.stderr)
@@ -93,17 +99,18 @@ def main() -> int:
     )
     print()
     print(
-        "| k | sync | samples/s (total) | all-reduces / step | KiB / step "
-        "| all-reduce ms / step | window / every |"
+        "| k | sync | step ms (median) | samples/s (total) | all-reduces / step | KiB / step "
+        "| all-reduce ms / step | every / window step time |"
     )
-    print("| ---: | --- | --- | ---: | ---: | --- | --- |")
+    print("| ---: | --- | --- | --- | ---: | ---: | --- | --- |")
     for k in args.k:
-        window = [t["samples_per_s"] for t in rows[(k, "window")]]
-        every = [t["samples_per_s"] for t in rows[(k, "every")]]
-        ratios = [w / e for w, e in zip(window, every, strict=True)]
+        window = [t["step_time_ms_median"] for t in rows[(k, "window")]]
+        every = [t["step_time_ms_median"] for t in rows[(k, "every")]]
+        ratios = [e / w for w, e in zip(window, every, strict=True)]
         for variant in variants:
             trials = rows[(k, variant)]
             rates = [t["samples_per_s"] for t in trials]
+            step_ms = [t["step_time_ms_median"] for t in trials]
             if variant == "1 process":
                 calls = size = comm = "-"
             else:
@@ -112,7 +119,10 @@ def main() -> int:
                 size = f"{trials[0]['allreduce_bytes'] / steps / 1024:.0f}"
                 comm = _summary([t["allreduce_time_s"] / steps * 1e3 for t in trials])
             ratio = _summary(ratios) if variant == "window" else ""
-            print(f"| {k} | {variant} | {_summary(rates)} | {calls} | {size} | {comm} | {ratio} |")
+            print(
+                f"| {k} | {variant} | {_summary(step_ms)} | {_summary(rates)} | {calls} | {size} "
+                f"| {comm} | {ratio} |"
+            )
     return 0
 
 

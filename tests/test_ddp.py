@@ -172,7 +172,9 @@ def test_cli_run_nproc_writes_one_trial(tmp_path, capsys):
     args = ["run", "--workload", "seed-mlp", "--samples", "32", "--batch-size", "4"]
     args += ["--accumulation-steps", "2", "--nproc", "2", "--sync", "every", "--device", "cpu"]
     assert main([*args, "--out", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("ok: seed-mlp mbgd b=4 k=2 steps=2/2")
+    assert capsys.readouterr().out.startswith(
+        "ok: seed-mlp mbgd b=4 k=2 ranks=2 sync=every steps=2/2"
+    )
     trials = store.load_results(out).trials
     assert len(trials) == 1
     row = trials.iloc[0]
@@ -182,11 +184,13 @@ def test_cli_run_nproc_writes_one_trial(tmp_path, capsys):
     assert err.count("\n") == 1 and "data_path 'dataloader' is one process only" in err
 
 
-@pytest.mark.gpu
-def test_nccl_world_size_one():
-    config = TrialConfig(**{**BASE, "device": "cuda"}, nproc=1)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_world_size_one(device):
+    # One rank: gloo on the CPU, NCCL on one GPU; the same training as no DDP at all.
+    config = TrialConfig(**{**BASE, "device": device}, nproc=1)
     one, ddp = _one_process(config), run_trial(config)
     assert ddp.status == "ok", ddp.trial["error"]
-    assert ddp.trial["device"] != "cpu"
+    assert (ddp.trial["device"] == "cpu") == (device == "cpu")
     assert ddp.trial["allreduce_calls"] == ddp.trial["optimizer_steps"]
+    assert (ddp.trial["allreduce_time_s"] is None) == (device == "cuda")
     _assert_same_training(one, ddp)

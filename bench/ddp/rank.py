@@ -15,6 +15,7 @@ so the gradient summed into each parameter is the 1-process window's.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -78,9 +79,16 @@ class RankHooks:
         """DDP around the placed model, its all-reduce counted. Its constructor broadcasts
         rank 0's parameters (the same here: every rank builds the model from the seed)."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # No buffer broadcast: bench's workloads have none to keep in step, and it would
-        # add a collective to every forward, evaluation included.
-        self.ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        # No buffer sync in the forward: every rank builds the same buffers from the seed,
+        # and it would add a collective to every forward. torch 2.13 names the setting
+        # forward_sync_buffers (broadcast_buffers warns there); older torch, the old name.
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False}
+        )
+        self.ddp = DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
         self.ddp.register_comm_hook(self.counter, counting_allreduce_hook)
         return self.ddp
 
