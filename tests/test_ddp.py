@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from bench.ddp.launch import run_ranks
 from bench.ddp.plan import parallel_plan
 from bench.errors import ConfigError
 from bench.trial import run_trial
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # N=26, b=3 on 2 ranks: global micro-batches of 6, the epoch's fifth is [24, 26), all of
 # it rank 0's (rank 1's share is empty); k=2: windows of 2, 2 and a short one of 1.
@@ -194,3 +197,15 @@ def test_world_size_one(device):
     assert ddp.trial["allreduce_calls"] == ddp.trial["optimizer_steps"]
     assert (ddp.trial["allreduce_time_s"] is None) == (device == "cuda")
     _assert_same_training(one, ddp)
+
+
+def test_ddp_spec_gets_workers_that_may_start_ranks():
+    from bench.ddp.launch import spec_starts_ranks
+    from bench.sweep.spec import load_spec
+
+    spec = load_spec(EXPERIMENTS / "ddp-accumulation.toml")
+    assert spec_starts_ranks(spec)
+    grid = {(p.config.accumulation_steps, p.config.sync) for p in spec.points}
+    assert grid == {(k, s) for k in (1, 2, 4, 8) for s in ("window", "every")}
+    assert all(p.config.nproc == 2 for p in spec.points)
+    assert not spec_starts_ranks(load_spec(EXPERIMENTS / "seed.toml"))

@@ -57,7 +57,12 @@ def spec_starts_ranks(spec) -> bool:
     """True when a sweep spec (bench.sweep.spec.SweepSpec) may hold data-parallel trials:
     its workers then start rank processes of their own."""
     layers = [spec.base, *spec.cases, spec.axes]
-    return any("nproc" in layer for layer in layers) or any(p.config.nproc for p in spec.points)
+    ranges = spec.search.ranges if spec.search else ()
+    return (
+        any("nproc" in layer for layer in layers)
+        or any(r.name == "nproc" for r in ranges)
+        or any(p.config.nproc for p in spec.points)
+    )
 
 
 def free_port() -> int:
