@@ -51,6 +51,21 @@ def test_short_last_micro_batch_fills_ranks_in_order():
     )
 
 
+@pytest.mark.parametrize("partial_window", ["step", "drop"])
+@pytest.mark.parametrize("epochs, max_steps", [(3, None), (3, 7), (None, 4)])
+def test_synced_backwards_count_the_run(partial_window, epochs, max_steps):
+    # N=100, b=4 on 3 ranks: 9 micro-batches per epoch (the last of 4 samples), k=2:
+    # windows 2, 2, 2, 2 and a short 1 (stepped, or dropped).
+    p = make_parallel_plan(
+        world_size=3, samples=100, batch_size=4, accumulation_steps=2,
+        epochs=epochs, max_steps=max_steps, partial_window=partial_window,
+    )  # fmt: skip
+    run = [len(p.plan.window(s)) for _, s, _ in p.plan.steps()]
+    assert p.synced_backwards("window") == len(run) == p.plan.total_steps
+    assert p.synced_backwards("every") == sum(run)
+    assert p.to_dict()["allreduces_per_bucket_every"] == sum(run)
+
+
 def test_drop_last_drops_the_short_global_micro_batch():
     p = make_parallel_plan(world_size=2, samples=100, batch_size=8, drop_last=True)
     assert p.micro_batches_per_rank == 6  # floor(100 / 16)

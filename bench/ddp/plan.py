@@ -60,6 +60,20 @@ class ParallelPlan:
         full = (self.micro_batches_per_rank - 1) * self.rank_batch_size
         return [full + last for last in self.last_micro_batch_sizes()]
 
+    def micro_batches_run(self) -> int:
+        """Micro-batches each rank runs over the whole run (max_steps and a dropped short
+        window included)."""
+        plan, k = self.plan, self.plan.accumulation_steps
+        per_epoch = sum(len(plan.window(s)) for s in range(1, plan.steps_per_epoch + 1))
+        epochs, steps_left = divmod(plan.total_steps, plan.steps_per_epoch)
+        # The windows of a cut epoch all come before its last one: k micro-batches each.
+        return epochs * per_epoch + steps_left * k
+
+    def synced_backwards(self, sync: str) -> int:
+        """Backwards whose gradients DDP all-reduces, one call per gradient bucket each:
+        one per optimizer step with ``sync = "window"``, every micro-batch's with "every"."""
+        return self.plan.total_steps if sync == "window" else self.micro_batches_run()
+
     def sampler_numbers(self, *, drop_last: bool) -> dict:
         """What DistributedSampler(drop_last) + DataLoader(batch_size=b, drop_last as the
         plan's) give per epoch for the same N, b, k and world size."""
@@ -95,6 +109,8 @@ class ParallelPlan:
         out["samples_per_rank_per_epoch"] = self.samples_per_rank()
         dropped = self.plan.samples - self.micro_batches_per_rank * self.global_micro_batch_size
         out["samples_dropped_per_epoch"] = max(0, dropped)  # drop_last: the short global batch
+        for sync in SYNCS:
+            out[f"allreduces_per_bucket_{sync}"] = self.synced_backwards(sync)
         for drop in (False, True):
             prefix = "sampler_drop_last" if drop else "sampler_pad"
             for key, value in self.sampler_numbers(drop_last=drop).items():
