@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,7 @@ class _Rank:
 @dataclass
 class _Watch:
     ranks: list[_Rank]
-    failed_at: float | None = None
-    started_pids: list[int] = field(default_factory=list)
+    failed_at: float | None = None  # time.monotonic() of the first rank's failure
 
 
 def _rank_setup(config, rank: int, port: int, threads: int, sweep, results_dir) -> ChildSetup:
@@ -176,10 +175,11 @@ def _watch(watch: _Watch, config, on_started, grace_s: float) -> None:
                 if ready == len(watch.ranks) and on_started is not None:
                     on_started([r.child.pid for r in watch.ranks])
                 continue
+            if message is None and not rank.child.is_alive():
+                # Gone: a reply it sent just before exiting may have landed since the poll.
+                message, rank.done = _receive(rank), True
             if message is not None:
                 rank.reply, rank.done = message, True
-            elif not rank.child.is_alive():
-                rank.done = True  # died without a reply
             if rank.done and not _ok(rank) and watch.failed_at is None:
                 watch.failed_at = time.monotonic()
         if watch.failed_at is not None and time.monotonic() - watch.failed_at > grace_s:
@@ -206,6 +206,8 @@ def _cause(rank: _Rank) -> tuple[int, str, str] | None:
     from bench.failures import interrupted_exit, status_for_exit
 
     reply, child = rank.reply, rank.child
+    if isinstance(reply, msg.Ready):  # died before its job could start: no reply
+        reply = None
     if _ok(rank):
         return None
     if isinstance(reply, msg.Invalid):
