@@ -133,8 +133,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ConfigError("--samples is required")
     if "epochs" not in values and "max_steps" not in values:
         values["epochs"] = 1
-    plan = make_plan(**values)
-    out = plan.to_dict()
+    if args.world_size is not None:
+        from bench.ddp.plan import make_parallel_plan
+
+        parallel = make_parallel_plan(world_size=args.world_size, **values)
+        plan, out = parallel.plan, parallel.to_dict()
+    else:
+        plan = make_plan(**values)
+        out = plan.to_dict()
     if (args.at_epoch is None) != (args.at_batch is None):
         raise ConfigError("--at-epoch and --at-batch go together")
     if args.at_epoch is not None:
@@ -143,13 +149,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    rows = [(key.replace("_", " "), "-" if value is None else value) for key, value in out.items()]
+    rows = [(key.replace("_", " "), _plan_cell(value)) for key, value in out.items()]
     print(text_table(None, rows))
     if args.at_epoch is not None and out["global_step"] is None:
         print(
             "(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)"
         )
     return 0
+
+
+def _plan_cell(value: Any) -> object:
+    if isinstance(value, list):  # one number per rank
+        return ", ".join(map(str, value))
+    return "-" if value is None else value
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -248,14 +260,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
+    if config.nproc is not None:
+        from bench.ddp.launch import writes_results
+
+        if not writes_results():  # under torchrun: rank 0 writes and prints the trial
+            return 0 if result.trial["status"] == "ok" else 1
     write_result(result, out, per_key=False)
     t = result.trial
     rate = f"{t['samples_per_s']:.0f} samples/s" if t.get("samples_per_s") else "- samples/s"
     loss, tail = (
         f"{t[c]:.4f}" if t.get(c) is not None else "-" for c in ("final_loss", "tail_loss")
     )
+    ranks = f" ranks={t['world_size']} sync={t['sync']}" if t.get("world_size") else ""
     line = (
-        f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']} "
+        f"{t['status']}: {t['workload']} {t['mode']} b={t['micro_batch_size']} k={t['accumulation_steps']}{ranks} "
         f"steps={t['optimizer_steps']}/{t['planned_steps']} final_loss={loss} tail_loss={tail} {rate} -> {out}"
     )
     if t.get("error"):
@@ -310,6 +328,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--peak-tflops", type=float, help="the device's peak for MFU (overrides the table)"
     )
+    g = p.add_argument_group("data parallel (docs/commands/ddp.md)")
+    g.add_argument(
+        "--nproc", type=int, metavar="N", help="train on N DDP ranks, each taking b samples"
+    )
+    g.add_argument(
+        "--sync",
+        choices=("window", "every"),
+        help="all-reduce once per window (no_sync, default) or every micro-batch",
+    )
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
 
 
@@ -336,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at-epoch", type=int, metavar="E", help="with --at-batch: which global step")
     p.add_argument(
         "--at-batch", type=int, metavar="I", help="micro-batch index within the epoch (1-based)"
+    )
+    p.add_argument(
+        "--world-size", type=int, metavar="N", help="N data-parallel ranks, each taking b samples"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plan)

@@ -34,6 +34,10 @@ INTERVALS = ("step", "epoch")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 NORMALIZE = ("sample", "micro")
 DATA_PATHS = ("tensor", "dataloader")
+SYNCS = ("window", "every")
+# Data-parallel keys a configuration leaves out of to_dict (and so of trial_key) while
+# they hold these defaults: a 1-process configuration keeps the key it always had.
+PARALLEL_DEFAULTS = {"nproc": None, "sync": "window"}
 
 
 # Results hold every integer as int64 (bench.records): a larger one would pass, train,
@@ -164,6 +168,13 @@ class TrialConfig:
         number("> 0", Gt(0), Le(PEAK_TFLOPS_MAX), above=f"at most {PEAK_TFLOPS_MAX:g}") | None
     ) = None
     """The device's peak for MFU (overrides the table)."""
+    # data parallel (bench.ddp)
+    nproc: integer(1, " (ranks)", maximum=1024) | None = None
+    """Data-parallel ranks, each taking batch_size samples per micro-batch (DDP: gloo on
+    CPU, NCCL on CUDA with one GPU per rank); none: one process, no DDP."""
+    sync: Literal[SYNCS] = "window"
+    """DDP gradient all-reduce: once per window (no_sync on the first k - 1 micro-batches)
+    or after every micro-batch."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -181,6 +192,11 @@ class TrialConfig:
             raise ConfigError("patience needs evaluations: eval_every is 0 (never)")
         if self.restore_best and self.eval_every == 0:
             raise ConfigError("restore_best needs evaluations: eval_every is 0 (never)")
+        if self.nproc is not None and self.data_path == "dataloader":
+            raise ConfigError(
+                "nproc: data-parallel ranks take their share of device tensors; "
+                "data_path 'dataloader' is one process only"
+            )
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -205,6 +221,9 @@ class TrialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for key, default in PARALLEL_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
         d["workload_options"] = dict(sorted(self.workload_options.items()))
         return d
 

@@ -71,6 +71,8 @@ class TrialRecord:
     # the model's layers whose output depends on the batching, found by inspecting it:
     # "BatchNorm2d×9,Dropout×2" ("" none, null not inspected; bench.workloads.batch_layers)
     batch_dependent_layers: str | None = None
+    world_size: int | None = None  # data-parallel ranks (nproc); null: one process, no DDP
+    sync: str | None = None  # DDP all-reduce: window (no_sync) / every micro-batch
     # outcome
     status: str | None = None  # ok / oom / diverged / failed
     error: str | None = None
@@ -93,6 +95,7 @@ class TrialRecord:
     step_time_ms_median: float | None = None
     step_time_ms_iqr: float | None = None
     timing_noisy: bool | None = None  # IQR >= 10 % of the median
+    samples_per_s_per_rank: float | None = None  # DDP: samples_per_s (all ranks) / world_size
     # memory and energy
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
@@ -123,6 +126,10 @@ class TrialRecord:
     energy_j_per_sample: float | None = None
     meter_interval_ms: float | None = None
     window_wall_s: float | None = None
+    # DDP, counted by a communication hook on rank 0 (every rank makes the same calls)
+    allreduce_calls: int | None = None  # gradient bucket all-reduces, the whole run
+    allreduce_bytes: int | None = None  # bytes of those buckets (one rank's payload)
+    allreduce_time_s: float | None = None  # launch to completion, summed; gloo only
     config_json: str | None = None  # TrialConfig.to_dict(), canonical JSON
     notes: str | None = None  # for a reader: what to know about these figures
     extra: str | None = None  # JSON object: detail outside the contract (extra_json)
@@ -431,6 +438,8 @@ def config_columns(config) -> dict[str, Any]:
         "precision": config.precision,
         "data_path": config.data_path,
         "seed": config.seed,
+        "world_size": config.nproc,
+        "sync": None if config.nproc is None else config.sync,
         "config_json": json.dumps(config.to_dict(), sort_keys=True, default=str),
     }
 

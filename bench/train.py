@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,15 +79,23 @@ def train(
     model: nn.Module | None = None,
     outcome: TrainOutcome | None = None,
     on_window_start: Callable[[], None] | None = None,
+    parallel: Any = None,
 ) -> tuple[nn.Module, TrainOutcome]:
     """Train ``workload`` following ``plan``. Returns the model and what was observed.
 
     ``on_window_start`` is called (device synchronised) when timing warm-up is over and
     the measured window opens; meters hook energy and the like there.
+
+    ``parallel`` (a :class:`bench.ddp.rank.RankHooks`) makes this process one rank of a
+    data-parallel run: ``plan`` is then the global plan, the forward goes through its DDP
+    wrapper, each micro-batch is this rank's share, and losses are summed across ranks
+    at the end. The loop itself is the same.
     """
     outcome = outcome if outcome is not None else TrainOutcome()
-    run = _Run(config, workload, plan, device, model, outcome, on_window_start)
+    run = _Run(config, workload, plan, device, model, outcome, on_window_start, parallel)
     run.loop()
+    if parallel is not None:
+        parallel.finish(outcome)
     del run.accumulators  # held to here (see hold_grad_accumulators)
     run.early_stopping.restore_best(run.model, outcome)
     return run.model, outcome
@@ -117,10 +126,14 @@ class _Run:
         model: nn.Module | None,
         outcome: TrainOutcome,
         on_window_start: Callable[[], None] | None,
+        parallel: Any = None,
     ) -> None:
         self.config, self.workload, self.plan, self.device = config, workload, plan, device
         self.outcome, self.on_window_start = outcome, on_window_start
         self.model = _placed_model(config, workload, device, model)
+        # What the loop's forward calls: the model, or its DDP wrapper on a rank.
+        self.parallel = parallel
+        self.forward_model = self.model if parallel is None else parallel.wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.accumulators = hold_grad_accumulators(self.params)
         self.optimizer = self._optimizer()
@@ -134,6 +147,8 @@ class _Run:
         with host_sync_point(device):
             self.batches = Batches(config, workload, plan, device, dtype)
             self.val = cast_batch(workload.val, device, dtype)
+        if parallel is not None:  # this rank's share of each (global) micro-batch
+            self.batches.slices = parallel.rank_slices(self.batches.slices)
         self.token_unit = workload.unit != "sample"
         self.events = EventSchedule(config, plan)
         outcome.timing_warmup_steps = self.events.warmup_steps
@@ -146,6 +161,8 @@ class _Run:
             sample_normalised=config.normalize == "sample",
             dtype=dtype,
             device=device,
+            world_size=1 if parallel is None else parallel.world_size,
+            reduce_units=None if parallel is None else parallel.reduce_units,
         )
         self.clock = StepClock(device)
         self.recorder = StepRecorder(
@@ -173,9 +190,11 @@ class _Run:
         plan, device, outcome, recorder, clock = (
             self.plan, self.device, self.outcome, self.recorder, self.clock,
         )  # fmt: skip
-        model, loss_of, units_of = self.model, self.workload.loss_sum, self.workload.units
+        model, loss_of, units_of = self.forward_model, self.workload.loss_sum, self.workload.units
         autocast, scaler, batches = self.autocast, self.scaler, self.batches
         step_windows = [(w.micro_batches, w.weights) for w in self.windows.windows]
+        if self.parallel is not None:  # no_sync on a window's first k - 1 forwards
+            loss_of = self.parallel.loss_fn(loss_of, [n for n, _ in step_windows])
         token_window, keep_units = self.windows.token_window, recorder.keep_units
         update = window_update(
             self.config, self.optimizer, self.params, scaler, self.schedule, recorder.keep_norm

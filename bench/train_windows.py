@@ -42,9 +42,16 @@ class WindowPlan:
         sample_normalised: bool,
         dtype: torch.dtype,
         device: torch.device,
+        world_size: int = 1,
+        reduce_units: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.k, self.sample_normalised = plan.accumulation_steps, sample_normalised
         self.dtype, self.device = dtype, device
+        # Data-parallel ranks: DDP averages gradients over world_size ranks, so each
+        # weight is world_size times the 1-process one (the sum of the ranks' shares is
+        # then the window's gradient); a token window's total is summed over the ranks
+        # by ``reduce_units`` before its first backward.
+        self.world_size, self.reduce_units = world_size, reduce_units
         self._inverses: dict[int, torch.Tensor] = {}
         self.windows: list[Window] = []
         for s in range(1, plan.steps_per_epoch + 1):
@@ -65,7 +72,7 @@ class WindowPlan:
         if units not in self._inverses:
             # torch.full, not torch.tensor: a host value copied to CUDA is a sync.
             self._inverses[units] = torch.full(
-                (), 1.0 / units, dtype=self.dtype, device=self.device
+                (), self.world_size / units, dtype=self.dtype, device=self.device
             )
         return self._inverses[units]
 
@@ -86,8 +93,12 @@ class WindowPlan:
         window = [next(micro) for _ in range(n_micro)]
         units = [units_of(b) for b in window]
         window_units = sum(units)
+        if self.reduce_units is not None:
+            window_units = self.reduce_units(window_units)
         weights = [
             (window_units if self.sample_normalised else u * self.k).to(self.dtype).reciprocal()
             for u in units
         ]
+        if self.world_size != 1:
+            weights = [w * self.world_size for w in weights]
         return iter(window), weights, window_units

@@ -94,10 +94,23 @@ def run_trial(
     prepared: tuple[Workload, Plan, torch.device] | None = None,
 ) -> TrialResult:
     """Run one configuration. Raises ConfigError only for invalid input, before any work;
-    OOM, divergence and other errors during the run are recorded in the row's status."""
+    OOM, divergence and other errors during the run are recorded in the row's status.
+
+    With ``config.nproc`` the trial is data-parallel (:mod:`bench.ddp`): called as a rank
+    (torchrun's environment) it trains this rank's share; otherwise it starts the ranks
+    and returns their combined result."""
+    parallel = None
+    if config.nproc is not None:
+        from bench.ddp import launch
+
+        if not launch.in_rank():
+            return launch.run_ranks(config, sweep=sweep, results_dir=results_dir)
     workload, plan, device = prepared if prepared is not None else prepare(config)
+    if config.nproc is not None:
+        parallel = launch.join_rank(config, workload.n_train)
+        plan, device = parallel.plan, parallel.device
     started_at = records.now()
-    run = _measured_run(config, workload, plan, device)
+    run = _measured_run(config, workload, plan, device, parallel)
     notes = run.notes
     row = {
         **_config_fields(config, plan, workload, sweep),
@@ -116,6 +129,9 @@ def run_trial(
     row["env_id"] = _environment_id(results_dir)
     notes.extend(run.outcome.notes)
     row["notes"] = "; ".join(notes) if notes else None
+    if parallel is not None:
+        row.update(parallel.trial_fields(row))
+        row["extra"] = records.extra_json(parallel.extra())
 
     steps = pd.DataFrame(run.outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
     steps.insert(0, "trial_key", config.trial_key)
@@ -135,7 +151,7 @@ class _Run:
 
 
 def _measured_run(
-    config: TrialConfig, workload: Workload, plan: Plan, device: torch.device
+    config: TrialConfig, workload: Workload, plan: Plan, device: torch.device, parallel=None
 ) -> _Run:
     """Build the model, count its FLOPs, train it under the meters. An exception during
     the run (OOM included) becomes the run's status, not a traceback."""
@@ -173,6 +189,7 @@ def _measured_run(
             model=model,
             outcome=outcome,
             on_window_start=meters.window_start,
+            parallel=parallel,
         )
         status, error = outcome.status, outcome.error
     except Exception as exc:

@@ -15,11 +15,14 @@ class ChildProcess:
     can keep hold of it before :meth:`start` (an interrupt during start leaves a process
     object whose ``pid`` is None, which :meth:`stop` skips)."""
 
-    def __init__(self, setup: ChildSetup, *, name: str) -> None:
+    def __init__(self, setup: ChildSetup, *, name: str, daemon: bool = True) -> None:
         ctx = forkserver_context()
         self.conn, self._child_end = ctx.Pipe(duplex=True)
+        # daemon=False for a child that starts children of its own (a sweep worker that
+        # runs data-parallel trials starts their ranks): multiprocessing refuses children
+        # to a daemonic process. It still dies with its parent (ChildSetup.watch_pid).
         self.process = ctx.Process(
-            target=child_main, args=(self._child_end, setup), name=name, daemon=True
+            target=child_main, args=(self._child_end, setup), name=name, daemon=daemon
         )
         self.started = 0.0  # time.monotonic() at start
 

@@ -156,8 +156,14 @@ class WorkerPool:
             results_dir=str(self.folder),
         )
         # Held before start(): an interrupt during it leaves a child that stop() skips.
+        from bench.ddp.launch import spec_starts_ranks
+
         w.child, w.ready, w.job = (
-            ChildProcess(setup, name=f"bench-sweep-worker-{w.index}"),
+            ChildProcess(
+                setup,
+                name=f"bench-sweep-worker-{w.index}",
+                daemon=not spec_starts_ranks(self.spec),
+            ),
             False,
             None,
         )
