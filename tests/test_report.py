@@ -979,7 +979,7 @@ def test_probes_are_read_by_probe_record_names_not_guessed(tmp_path):
 
 def test_the_report_reads_only_declared_columns():
     from bench import records
-    from bench.report import figures
+    from bench.report import figures, memory
     from bench.report import prepare as prep
 
     trial_columns = records.columns(records.TrialRecord)
@@ -987,7 +987,7 @@ def test_the_report_reads_only_declared_columns():
     for names in (
         prep.CONFIG_COLUMNS,
         prep.TRIAL_NUMERIC,
-        prep.PEAK_MEMORY_SOURCES,
+        memory.READINGS,
         figures.MEMORY_SERIES,
     ):
         assert set(names) <= set(trial_columns), set(names) - set(trial_columns)

@@ -47,7 +47,20 @@ COUNTERS = {
     "cpu_peak_rss_bytes": ("CPU RSS of the whole process (no start reading)", None),
 }
 
-# The one memory figure of a trial in tables and on the Pareto plot, first present wins:
+# The trials columns the growths and the trial's memory figure are made of.
+READINGS = (
+    "peak_reserved_bytes",
+    "peak_allocated_bytes",
+    "nvml_process_peak_bytes",
+    "nvml_baseline_process_bytes",
+    "nvml_peak_used_bytes",
+    "nvml_baseline_used_bytes",
+    "cpu_peak_rss_bytes",
+    "cpu_baseline_rss_bytes",
+)
+
+# The one memory figure of a trial in tables, on the Pareto plot and in bench compare
+# (``peak_memory_bytes``), first present wins:
 # the allocator's reserved peak decides a CUDA OOM; on a CPU trial only RSS exists.
 TRIAL_MEMORY_SOURCES = (
     "peak_reserved_bytes",
