@@ -645,6 +645,15 @@ def test_one_batch_split_several_ways_is_one_line_across_b(split_report):
     assert titles == ["configurations alike but for b", "configurations alike but for b, k, B"]
     names = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert names == ["k=1", "k=2", "k=4", "k=8"]  # numbers in numeric order
+    from bench.report.figures.families import family_order
+
+    assert family_order(["lr=0.1", "lr=1", "lr=0.01", "k=16 lr=1", "k=2 lr=1"]) == [
+        "k=2 lr=1",
+        "k=16 lr=1",
+        "lr=0.01",
+        "lr=0.1",
+        "lr=1",
+    ]
 
 
 def test_pareto_colours_only_losses_that_differ(split_report, lr_report):

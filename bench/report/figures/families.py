@@ -51,8 +51,15 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_NAME else text[: MAX_NAME - 1] + "…"
 
 
+NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+
+
 def family_order(names) -> list[str]:
-    """Family names in reading order: numbers as numbers (k=2 before k=16)."""
-    return sorted(
-        set(names), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
-    )
+    """Family names in reading order: numbers as numbers (k=2 before k=16, lr=0.01
+    before lr=0.1)."""
+
+    def key(name: str) -> list:
+        # re.split with a group: text at even places, numbers at odd ones.
+        return [float(t) if i % 2 else t for i, t in enumerate(NUMBER.split(name))]
+
+    return sorted(set(names), key=key)
