@@ -199,6 +199,25 @@ def test_cpu_peak_memory_is_what_a_trial_adds_not_the_whole_process(tmp_path):
     assert all(1.0 < r.ratio < 1.3 for r in whole)
 
 
+@pytest.mark.parametrize(("per_sample", "verdict"), [(4096, "~"), (2 * 2**20, "regressed")])
+def test_cpu_memory_added_counts_only_beyond_the_counters_step(tmp_path, per_sample, verdict):
+    """A baseline whose trials add nothing against a candidate adding 16-64 KiB: an
+    infinite ratio over 5 repeats, yet below what RSS resolves on 2 CPUs (512 KiB):
+    '~', saying why. 8-32 MiB added is a regression."""
+    cpu = {"gpu": False, "rss_start": True, "device": "cpu"}
+    base = make(tmp_path / "b", rng_seed=1, memory_per_sample_bytes=0, **cpu)
+    cand = make(tmp_path / "c", rng_seed=2, memory_per_sample_bytes=per_sample, **cpu)
+    for folder in (base, cand):
+        (folder / "env").mkdir()
+        (folder / "env" / "e.json").write_text(json.dumps({"cpu_count": 2}))
+    res = C.compare(base, cand, metrics=[METRICS["peak_memory_bytes"]])
+    rows = rows_for(res, "peak_memory_bytes")
+    assert len(rows) == len(SHAPES) and all(r.ratio == math.inf for r in rows)
+    assert {r.verdict for r in rows} == {verdict}
+    within = [r for r in rows if "within the counter's step, 512.00 KiB" in r.basis]
+    assert len(within) == (len(rows) if verdict == "~" else 0)
+
+
 def test_untested_rows_are_counted_apart_from_no_change(tmp_path):
     """3 seeds a side: memory and loss can never reach p < 0.05 over repeats, so their `~`
     is "untested", and the summary must not fold it into "no change"."""

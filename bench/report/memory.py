@@ -144,14 +144,30 @@ def resolution(
     """``column``'s resolution over ``trials`` (ok trials of one workload); ``counter``
     names the counter whose step applies (default: ``column`` itself)."""
     counter = counter or column
-    step = COUNTERS[counter][1] if counter in COUNTERS else None
-    if counter == "cpu_rss_growth_bytes" and cpus:
-        step = 2 * RSS_BATCH_PAGES * PAGE_BYTES * cpus
-    if counter == "cpu_peak_rss_bytes" and cpus:
-        step = RSS_BATCH_PAGES * PAGE_BYTES * cpus
+    step = step_bytes(counter, cpus)
     ranges = seed_ranges(trials, column)
     spread = float(np.median(ranges)) if len(ranges) else None
     return Resolution(column, max(step or 0.0, spread or 0.0), step, spread, len(ranges))
+
+
+def step_bytes(counter: str, cpus: int | None) -> float | None:
+    """The smallest change ``counter`` can show (module docstring); None when not known
+    (a CPU counter without the CPU count)."""
+    if counter == "cpu_rss_growth_bytes":
+        return 2 * RSS_BATCH_PAGES * PAGE_BYTES * cpus if cpus else None
+    if counter == "cpu_peak_rss_bytes":
+        return RSS_BATCH_PAGES * PAGE_BYTES * cpus if cpus else None
+    return COUNTERS[counter][1] if counter in COUNTERS else None
+
+
+def add_steps(trials: pd.DataFrame, cpus: int | None) -> None:
+    """``trial_memory_step_bytes`` on ``trials`` (after :func:`add_growth`), in place: the
+    step of the counter each trial's memory figure comes from; a CPU counter without the
+    CPU count takes one CPU's, the least it can be."""
+    trials["trial_memory_step_bytes"] = [
+        float(step_bytes(src, cpus or 1) or 0.0) if isinstance(src, str) else np.nan
+        for src in trials["trial_memory_source"]
+    ]
 
 
 def seed_ranges(trials: pd.DataFrame, column: str) -> np.ndarray:
