@@ -635,7 +635,14 @@ def test_throughput_draws_one_line_per_family_never_pools_configurations(seed_re
 def test_one_batch_split_several_ways_is_one_line_across_b(split_report):
     """Along b, the splits of one B are one line (B=64), not a point per k; along B each
     split is its own point, never pooled into one median; each panel says which."""
-    (fig,) = [f for n, f in drawn(split_report) if n == "throughput"]
+    figures = drawn(split_report)
+    # Steps against B with one B is one point: left out, and the notes say why.
+    assert "steps_to_target" not in [n for n, _ in figures]
+    assert any(
+        n.startswith("steps to target: one effective batch size (B = 64)")
+        for n in split_report.notes
+    )
+    (fig,) = [f for n, f in figures if n == "throughput"]
     along_b, along_big_b = (
         [ln for ln in a.get_lines() if len(ln.get_xdata())] for a in fig.axes[:2]
     )
