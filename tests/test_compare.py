@@ -181,6 +181,43 @@ def test_one_repeat_memory_change_is_shown_but_untested(tmp_path):
     assert "untested" in C.markdown(res)
 
 
+def test_cpu_peak_memory_is_what_a_trial_adds_not_the_whole_process(tmp_path):
+    """On CPU the metric is the RSS high-water minus the trial's start: a candidate whose
+    trials add twice the memory reads x2.00, though its whole process (~300 MiB of start,
+    drifting from trial to trial) grows by a few percent."""
+    cpu = {"gpu": False, "rss_start": True, "seeds": (0,), "device": "cpu"}
+    base = make(tmp_path / "b", rng_seed=1, **cpu)
+    cand = make(tmp_path / "c", rng_seed=2, memory_factor=2.0, **cpu)
+    metrics = [METRICS["peak_memory_bytes"], METRICS["cpu_peak_rss_bytes"]]
+    res = C.compare(base, cand, metrics=metrics)
+    added = rows_for(res, "peak_memory_bytes")
+    assert len(added) == len(SHAPES)
+    assert all(r.ratio == pytest.approx(2.0) for r in added)
+    # b = 4: 2 MiB a sample, 8 MiB added; the process held ~300 MiB before the trial.
+    assert {r.baseline for r in added} == {"8.00 MiB", "32.00 MiB"}
+    whole = rows_for(res, "cpu_peak_rss_bytes")
+    assert all(1.0 < r.ratio < 1.3 for r in whole)
+
+
+@pytest.mark.parametrize(("per_sample", "verdict"), [(4096, "~"), (2 * 2**20, "regressed")])
+def test_cpu_memory_added_counts_only_beyond_the_counters_step(tmp_path, per_sample, verdict):
+    """A baseline whose trials add nothing against a candidate adding 16-64 KiB: an
+    infinite ratio over 5 repeats, yet below what RSS resolves on 2 CPUs (512 KiB):
+    '~', saying why. 8-32 MiB added is a regression."""
+    cpu = {"gpu": False, "rss_start": True, "device": "cpu"}
+    base = make(tmp_path / "b", rng_seed=1, memory_per_sample_bytes=0, **cpu)
+    cand = make(tmp_path / "c", rng_seed=2, memory_per_sample_bytes=per_sample, **cpu)
+    for folder in (base, cand):
+        (folder / "env").mkdir()
+        (folder / "env" / "e.json").write_text(json.dumps({"cpu_count": 2}))
+    res = C.compare(base, cand, metrics=[METRICS["peak_memory_bytes"]])
+    rows = rows_for(res, "peak_memory_bytes")
+    assert len(rows) == len(SHAPES) and all(r.ratio == math.inf for r in rows)
+    assert {r.verdict for r in rows} == {verdict}
+    within = [r for r in rows if "within the counter's step, 512.00 KiB" in r.basis]
+    assert len(within) == (len(rows) if verdict == "~" else 0)
+
+
 def test_untested_rows_are_counted_apart_from_no_change(tmp_path):
     """3 seeds a side: memory and loss can never reach p < 0.05 over repeats, so their `~`
     is "untested", and the summary must not fold it into "no change"."""

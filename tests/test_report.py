@@ -559,7 +559,18 @@ def lr_report(tmp_path_factory):
     return build_report(folder, figures=False)
 
 
-@pytest.mark.parametrize("which", ["report", "seed_report", "oom_report", "lr_report"])
+@pytest.fixture(scope="module")
+def split_report(tmp_path_factory):
+    """One effective batch B = 64 split four ways, as experiments/accumulation.toml."""
+    folder = tmp_path_factory.mktemp("split") / "s"
+    shapes = ((64, 1), (32, 2), (16, 4), (8, 8))
+    write_synthetic(folder, Synthetic(shapes=shapes, seeds=(0, 1), gpu=False, rss_start=True))
+    return build_report(folder, figures=False)
+
+
+@pytest.mark.parametrize(
+    "which", ["report", "seed_report", "oom_report", "lr_report", "split_report"]
+)
 def test_figure_legends_sit_outside_every_axes_and_ticks_never_repeat(request, which):
     rep = request.getfixturevalue(which)
     figures = drawn(rep)
@@ -619,6 +630,50 @@ def test_throughput_draws_one_line_per_family_never_pools_configurations(seed_re
     for ln in lines:
         x = list(ln.get_xdata())
         assert len(x) == len(set(x)), x
+
+
+def test_one_batch_split_several_ways_is_one_line_across_b(split_report):
+    """Along b, the splits of one B are one line (B=64), not a point per k; along B each
+    split is its own point, never pooled into one median; each panel says which."""
+    figures = drawn(split_report)
+    # Steps against B with one B is one point: left out, and the notes say why.
+    assert "steps_to_target" not in [n for n, _ in figures]
+    assert any(
+        n.startswith("steps to target: one effective batch size (B = 64)")
+        for n in split_report.notes
+    )
+    (fig,) = [f for n, f in figures if n == "throughput"]
+    along_b, along_big_b = (
+        [ln for ln in a.get_lines() if len(ln.get_xdata())] for a in fig.axes[:2]
+    )
+    assert len(along_b) == 1 and sorted(along_b[0].get_xdata()) == [8, 16, 32, 64]
+    assert len(along_big_b) == 4 and all(list(ln.get_xdata()) == [64] for ln in along_big_b)
+    titles = [a.get_legend().get_title().get_text() for a in fig.axes[:2]]
+    assert titles == ["configurations alike but for b", "configurations alike but for b, k, B"]
+    names = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert names == ["k=1", "k=2", "k=4", "k=8"]  # numbers in numeric order
+    from bench.report.figures.families import family_order
+
+    assert family_order(["lr=0.1", "lr=1", "lr=0.01", "k=16 lr=1", "k=2 lr=1"]) == [
+        "k=2 lr=1",
+        "k=16 lr=1",
+        "lr=0.01",
+        "lr=0.1",
+        "lr=1",
+    ]
+
+
+def test_pareto_colours_only_losses_that_differ(split_report, lr_report):
+    """Splits of one B reach one tail loss (up to rounding): one colour and a note, no
+    colour scale over the noise; learning rates that differ keep their scale."""
+    from bench.report.figures.plot_pareto import pareto as pareto_figure
+
+    alike = split_report.summary.copy()
+    alike["tail_loss"] = 1.028363 + 1e-8 * np.arange(len(alike))  # float rounding apart
+    fig = pareto_figure(alike, [], split_report.tolerance)
+    assert len(fig.axes) == 1 and "tail loss alike in all" in fig.axes[0].get_title("right")
+    (fig,) = [f for n, f in drawn(lr_report) if n == "pareto"]
+    assert len(fig.axes) == 2  # the plot and its colour bar
 
 
 @pytest.mark.parametrize(
@@ -979,7 +1034,7 @@ def test_probes_are_read_by_probe_record_names_not_guessed(tmp_path):
 
 def test_the_report_reads_only_declared_columns():
     from bench import records
-    from bench.report import figures
+    from bench.report import figures, memory
     from bench.report import prepare as prep
 
     trial_columns = records.columns(records.TrialRecord)
@@ -987,7 +1042,7 @@ def test_the_report_reads_only_declared_columns():
     for names in (
         prep.CONFIG_COLUMNS,
         prep.TRIAL_NUMERIC,
-        prep.PEAK_MEMORY_SOURCES,
+        memory.READINGS,
         figures.MEMORY_SERIES,
     ):
         assert set(names) <= set(trial_columns), set(names) - set(trial_columns)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bench.cli import main
 from bench.config import TrialConfig, config_schema
 from bench.errors import ConfigError
-from bench.sweep.spec import parse_spec
+from bench.sweep.spec import Objective, hash_with_objectives, parse_spec
 from bench.sweep.spec_schema import spec_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,10 @@ def test_spec_hash_and_point_keys_are_stable():
     from test_sweep_spec import GOOD
 
     spec = parse_spec(tomllib.loads(GOOD), text=GOOD)
-    assert spec.spec_hash == "a9eec4bc4cda5119"
+    assert spec.spec_hash == "288dc7c904488b6c"
+    # The objective is part of the hash: ranked by final_loss, the same points hash so.
+    old = [Objective("final_loss", "minimize")]
+    assert hash_with_objectives(spec, old) == "a9eec4bc4cda5119"
     assert [p.key for p in spec.points] == [
         "6a218f23beb0f0d9",
         "6e47c7b8fa2bbea9",

@@ -110,7 +110,7 @@ def test_sweep_writes_rows_and_study_and_resume_skips_done(tmp_path):
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4
     assert {t.params["workload_options.tag"] for t in done} == {0, 1, 2, 3}
-    assert all(t.values[0] == t.user_attrs["bench_row"]["final_loss"] for t in done)
+    assert all(t.values[0] == t.user_attrs["bench_row"]["tail_loss"] for t in done)
     assert study.user_attrs["bench_spec_hash"] == spec.spec_hash
     assert "[4/4]" in out
     # Run again: nothing left to do, nothing re-run.

@@ -61,7 +61,8 @@ def test_expansion_and_skipped_points(tmp_path):
     assert all(p.config.epochs == 2 and p.config.samples == 100 for p in spec.points)
     assert len({p.key for p in spec.points}) == 8
     assert spec.question == "Does the loader expand cases x grid x seeds?"
-    assert spec.objectives[0].column == "final_loss"
+    # A grid spec naming no objective ranks by tail_loss: final_loss is one step's noise.
+    assert [(o.column, o.direction) for o in spec.objectives] == [("tail_loss", "minimize")]
 
 
 def test_nested_workload_options_table_equals_dotted_keys(tmp_path):
@@ -661,3 +662,36 @@ def test_results_must_name_a_folder(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--results" in err and "must name a folder" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.toml"]
+
+
+def test_a_study_made_under_another_objective_is_refused_in_one_line(tmp_path, capsys):
+    """A grid spec naming no objective gets tail_loss; a study of its name that ranks by
+    final_loss (same trials) is refused, saying which objective each has, and nothing
+    runs or is written."""
+    import dataclasses
+
+    from bench.cli import main
+    from bench.sweep.spec import Objective, hash_with_objectives
+    from bench.sweep.storage import open_storage
+    from bench.sweep.study import open_study
+
+    path = write(tmp_path, GOOD)
+    spec = load_spec(path)
+    old = (Objective("final_loss", "minimize"),)
+    older = dataclasses.replace(spec, objectives=old, spec_hash=hash_with_objectives(spec, old))
+    assert older.spec_hash != spec.spec_hash
+    folder = tmp_path / "results" / "t"
+    handle = open_storage(None, folder, "t")
+    try:
+        open_study(older, handle, folder)
+    finally:
+        handle.coordination.close()
+    journal = (folder / "optuna.journal").read_bytes()
+    capsys.readouterr()  # Optuna's own line about the study made above
+    assert main(["sweep", str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "ranks its trials by final_loss (minimize), this spec by tail_loss (minimize)" in err
+    assert "a grid sweep's default" in err and "new name" in err and str(folder) in err
+    assert (folder / "optuna.journal").read_bytes() == journal
+    assert not (folder / "trials").exists()

@@ -141,3 +141,114 @@ def test_optunas_private_trial_id_is_read_in_one_place():
         str(p.relative_to(BENCH)) for p in BENCH.rglob("*.py") if "._trial_id" in p.read_text()
     )
     assert users == ["sweep/trial_writer.py"]
+
+
+CASES = """\
+# Test sweep: cases as Optuna choices
+name = "cases"
+device = "cpu"
+seeds = [0, 1]
+[workload]
+name = "seed-mlp"
+[base]
+samples = 64
+[[cases]]
+batch_size = 16
+accumulation_steps = 1
+[[cases]]
+batch_size = 8
+accumulation_steps = 2
+[[cases]]
+batch_size = 4
+"workload_options.val_samples" = 8
+[[cases]]
+"""
+
+
+def cases_spec(tmp_path, extra: str = ""):
+    path = tmp_path / "cases.toml"
+    path.write_text(CASES + extra)
+    return load_spec(path)
+
+
+def test_case_choices_are_the_cases_settings_and_map_back_exactly(tmp_path, storage):
+    spec = cases_spec(tmp_path)
+    labels = spec.case_labels
+    assert labels == (
+        "batch_size=16 accumulation_steps=1",
+        "batch_size=8 accumulation_steps=2",
+        "batch_size=4 workload_options.val_samples=8",
+        "(base)",
+    )
+    assert cases_spec(tmp_path / "..").case_labels == labels  # the spec alone decides
+    # Grid mode: each point's case parameter is its case's label, and the label's index
+    # rebuilds the point's configuration exactly.
+    for point in spec.points:
+        case = labels.index(point.params["case"])
+        rebuilt = spec.config_for(case, {}, point.config.seed)
+        assert rebuilt.trial_key == point.key
+    study = optuna.create_study(study_name="cases", storage=storage, directions=spec.directions)
+    tickets, _ = tickets_for(spec, study, storage, "me")
+    tickets.reconcile(startup=True)
+    jobs = tickets.claim(len(spec.points))
+    assert len(jobs) == len(spec.points) == 8
+    for job in jobs:
+        params = study.get_trials()[job.trial.number].params
+        assert params["case"] in labels and params["seed"] in (0, 1)
+        rebuilt = spec.config_for(labels.index(params["case"]), {}, params["seed"])
+        assert rebuilt.trial_key == job.key
+
+
+def test_search_mode_samples_case_labels_and_builds_that_case(tmp_path, storage):
+    search = '[search]\nsampler = "random"\nn_trials = 6\nseed = 1\nminimize = "tail_loss"\n'
+    spec = cases_spec(tmp_path, search)
+    study = optuna.create_study(study_name="cases", storage=storage, directions=spec.directions)
+    tickets, _ = tickets_for(spec, study, storage, "me")
+    tickets.reconcile(startup=True)
+    jobs = tickets.claim(6)
+    assert jobs
+    for job in jobs:
+        params = study.get_trials()[job.trial.number].params
+        case = spec.case_labels.index(params["case"])
+        assert job.config == spec.config_for(case, {}, params["seed"])
+        assert job.config.batch_size == (16, 8, 4, 1)[case] or case == 3
+
+
+def test_case_labels_unique_short_and_tagged_only_where_needed():
+    from bench.sweep.choices import CASE_LABEL_MAX, case_labels
+
+    long = {"workload_options": {"tag": "x" * 3000}}
+    labels = case_labels([{"lr": 0.1}, {"lr": 0.1}, {}, long, {"lr": 0.2}])
+    assert labels[0] == "lr=0.1 [case 1]" and labels[1] == "lr=0.1 [case 2]"
+    assert labels[2] == "(base)" and labels[4] == "lr=0.2"
+    assert labels[3].startswith("workload_options.tag=xxx") and labels[3].endswith("… [case 4]")
+    assert len(labels[3]) == CASE_LABEL_MAX
+    # A setting that reads like another case's tag still gives distinct labels.
+    tricky = case_labels([{"lr": 0.1}, {"lr": 0.1}, {"workload_options": {"t": "1 [case 1]"}}])
+    assert len(set(tricky)) == 3
+    # Cases that print alike but differ in type (1 and "1") are told apart by their tags.
+    alike = case_labels([{"workload_options": {"t": 1}}, {"workload_options": {"t": "1"}}])
+    assert alike == ("workload_options.t=1 [case 1]", "workload_options.t=1 [case 2]")
+    # Strings from the spec are kept as typed (the dashboard escapes them itself).
+    assert (
+        case_labels([{"workload_options": {"t": "a|b\n<i>"}}, {}])[0]
+        == "workload_options.t=a|b\n<i>"
+    )
+
+
+def test_a_study_whose_case_choices_are_indices_is_refused(tmp_path, storage):
+    from bench.errors import BenchError
+    from bench.sweep.storage import StorageHandle
+    from bench.sweep.study import open_study
+
+    spec = cases_spec(tmp_path)
+    study = optuna.create_study(study_name="cases", storage=storage, directions=spec.directions)
+    handle = StorageHandle(storage, Coordination("me"), "memory", "journal")
+    open_study(spec, handle, tmp_path)  # a fresh study takes the spec
+    trial = study.ask()
+    trial.suggest_categorical("case", [0, 1, 2, 3])  # as a study that numbered the cases
+    with pytest.raises(
+        BenchError,
+        match=r"chose 'case' from \[0, 1, 2, \.\.\.\], this spec offers \['batch_size=16",
+    ):
+        open_study(spec, handle, tmp_path)

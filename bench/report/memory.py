@@ -47,7 +47,20 @@ COUNTERS = {
     "cpu_peak_rss_bytes": ("CPU RSS of the whole process (no start reading)", None),
 }
 
-# The one memory figure of a trial in tables and on the Pareto plot, first present wins:
+# The trials columns the growths and the trial's memory figure are made of.
+READINGS = (
+    "peak_reserved_bytes",
+    "peak_allocated_bytes",
+    "nvml_process_peak_bytes",
+    "nvml_baseline_process_bytes",
+    "nvml_peak_used_bytes",
+    "nvml_baseline_used_bytes",
+    "cpu_peak_rss_bytes",
+    "cpu_baseline_rss_bytes",
+)
+
+# The one memory figure of a trial in tables, on the Pareto plot and in bench compare
+# (``peak_memory_bytes``), first present wins:
 # the allocator's reserved peak decides a CUDA OOM; on a CPU trial only RSS exists.
 TRIAL_MEMORY_SOURCES = (
     "peak_reserved_bytes",
@@ -131,14 +144,30 @@ def resolution(
     """``column``'s resolution over ``trials`` (ok trials of one workload); ``counter``
     names the counter whose step applies (default: ``column`` itself)."""
     counter = counter or column
-    step = COUNTERS[counter][1] if counter in COUNTERS else None
-    if counter == "cpu_rss_growth_bytes" and cpus:
-        step = 2 * RSS_BATCH_PAGES * PAGE_BYTES * cpus
-    if counter == "cpu_peak_rss_bytes" and cpus:
-        step = RSS_BATCH_PAGES * PAGE_BYTES * cpus
+    step = step_bytes(counter, cpus)
     ranges = seed_ranges(trials, column)
     spread = float(np.median(ranges)) if len(ranges) else None
     return Resolution(column, max(step or 0.0, spread or 0.0), step, spread, len(ranges))
+
+
+def step_bytes(counter: str, cpus: int | None) -> float | None:
+    """The smallest change ``counter`` can show (module docstring); None when not known
+    (a CPU counter without the CPU count)."""
+    if counter == "cpu_rss_growth_bytes":
+        return 2 * RSS_BATCH_PAGES * PAGE_BYTES * cpus if cpus else None
+    if counter == "cpu_peak_rss_bytes":
+        return RSS_BATCH_PAGES * PAGE_BYTES * cpus if cpus else None
+    return COUNTERS[counter][1] if counter in COUNTERS else None
+
+
+def add_steps(trials: pd.DataFrame, cpus: int | None) -> None:
+    """``trial_memory_step_bytes`` on ``trials`` (after :func:`add_growth`), in place: the
+    step of the counter each trial's memory figure comes from; a CPU counter without the
+    CPU count takes one CPU's, the least it can be."""
+    trials["trial_memory_step_bytes"] = [
+        float(step_bytes(src, cpus or 1) or 0.0) if isinstance(src, str) else np.nan
+        for src in trials["trial_memory_source"]
+    ]
 
 
 def seed_ranges(trials: pd.DataFrame, column: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from bench.errors import BenchError, did_you_mean
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # trials column (``peak_memory_bytes`` is derived in prepare)
+    name: str  # trials column (``peak_memory_bytes``: the memory a trial adds, see prepare)
     higher_is_better: bool
     unit: str  # "" / "bytes" / "s" / "ms" ...
     title: str
@@ -56,7 +56,7 @@ METRICS: dict[str, Metric] = {
         Metric("steps_per_s", True, "1/s", "steps/s", per_step="steps_per_s"),
         Metric("step_time_ms_median", False, "ms", "step time (ms)", per_step="step_time_ms"),
         Metric("train_time_s", False, "s", "train time (s)"),
-        Metric("peak_memory_bytes", False, "bytes", "peak memory"),
+        Metric("peak_memory_bytes", False, "bytes", "peak memory added"),
         Metric("peak_allocated_bytes", False, "bytes", "peak allocated"),
         Metric("peak_reserved_bytes", False, "bytes", "peak reserved"),
         Metric("nvml_peak_used_bytes", False, "bytes", "NVML peak used"),

@@ -83,18 +83,6 @@ TRIAL_NUMERIC = (
 # so only these are kept and no column is copied unless it must be converted.
 STEP_KEEP = ("trial_key", "step", "samples", "samples_seen", "loss", "time_s")
 
-# ``bench compare``'s "peak memory", first non-null wins. The caching allocator's
-# reserved peak is what decides a CUDA OOM; NVML's per-process figure adds the CUDA
-# context; on a CPU run only the process RSS exists. The source is reported alongside.
-# The report's tables show what a trial adds instead (``memory.TRIAL_MEMORY_SOURCES``).
-PEAK_MEMORY_SOURCES = (
-    "peak_reserved_bytes",
-    "nvml_process_peak_bytes",
-    "nvml_peak_used_bytes",
-    "peak_allocated_bytes",
-    "cpu_peak_rss_bytes",
-)
-
 STATUSES = ("ok", "oom", "diverged", "failed")
 
 
@@ -148,8 +136,11 @@ def prepare(results: Results) -> Prepared:
     trials["config_id"] = [config_id_of(d) for d in dicts]
     flat, shapes = _flat_and_shapes(trials, dicts)
     trials["config_label"] = trials["config_id"].map(labels.full_labels(shapes, flat))
-    trials["peak_memory_bytes"], trials["peak_memory_source"] = _peak_memory(trials)
     memory.add_growth(trials)
+    # bench compare's "peak memory" is what the report shows: the memory the trial adds
+    # (the allocator's peak on CUDA, RSS high-water minus the trial's start on CPU), not
+    # the whole process, whose ~300 MiB of Python and torch hide a trial's few MiB.
+    trials["peak_memory_bytes"] = trials["trial_memory_bytes"]
     configs = _configs(trials)
     settings = _name_configs(trials, configs, flat, shapes)
     steps = lean_steps(results.steps)
@@ -208,17 +199,6 @@ def _name_configs(
         frame["config_tag"] = frame["config_id"].map(tags)
         frame["config_short"] = frame["config_id"].map(short)
     return labels.settings_table(order, flat)
-
-
-def _peak_memory(trials: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per trial the first present of PEAK_MEMORY_SOURCES, and which one it was."""
-    mem = pd.Series(np.nan, index=trials.index)
-    src = pd.Series(None, index=trials.index, dtype=object)
-    for c in PEAK_MEMORY_SOURCES:
-        take = mem.isna() & trials[c].notna()
-        mem[take] = trials.loc[take, c]
-        src[take] = c
-    return mem, src
 
 
 def _configs(trials: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bench.errors import BenchError, ConfigError, validation_error
+from bench.sweep.choices import case_labels, describe_point, display_value, flat_case
 
 if TYPE_CHECKING:  # pydantic loads on use: every command's parser imports this module
     from bench.config import TrialConfig
@@ -44,6 +45,13 @@ if TYPE_CHECKING:  # pydantic loads on use: every command's parser imports this 
 class Objective:
     column: str  # a numeric trials column
     direction: str  # "maximize" / "minimize"
+
+
+# A grid sweep's objective when the spec names none: the loss averaged over the last 5 %
+# of samples (bench.store.tail_loss). The last step's loss (final_loss) is one
+# mini-batch's noise at small batches, so ranking trials by it ranks the noise. It is part
+# of the spec hash: a study made under another objective is refused (bench.sweep.study).
+DEFAULT_OBJECTIVE = Objective("tail_loss", "minimize")
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,11 @@ class SweepSpec:
     def config_for(self, case: int, values: Mapping[str, Any], seed: int) -> TrialConfig:
         """Build a config from a case index, axis/range values and a seed (search mode)."""
         return _build(self.base, self.cases[case], values, seed)
+
+    @property
+    def case_labels(self) -> tuple[str, ...]:
+        """The ``case`` parameter's choices in the Optuna study: see :func:`case_labels`."""
+        return case_labels(self.cases)
 
 
 def count_points(cases: int, axes: Mapping[str, Sequence[Any]], seeds: int) -> tuple[int, str]:
@@ -226,7 +239,7 @@ def parse_spec(
         points=(),
         skipped=(),
         duplicates=0,
-        objectives=tuple(objectives) or (Objective("final_loss", "minimize"),),
+        objectives=tuple(objectives) or (DEFAULT_OBJECTIVE,),
         constraints=tuple(constraints),
         search=search,
     )
@@ -343,13 +356,6 @@ def _check_workload(name: str, options: Mapping[str, Any], at: str, checked: set
     checked.add(ident)
 
 
-def display_value(value: Any) -> Any:
-    """A value Optuna can store as a categorical choice."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
 class Skipped(NamedTuple):
     """A point invalid only in combination (b > N, say): listed, not run."""
 
@@ -370,6 +376,7 @@ class Expansion:
         self.first_skipped: Skipped | None = None
         self._built: dict = {}  # workload sizes, by workload and options
         self._checked: set = set()  # workloads and devices found to exist
+        self.labels = spec.case_labels
 
     def __iter__(self) -> Iterator[Point | Skipped]:
         names = list(self.spec.axes)
@@ -389,7 +396,7 @@ class Expansion:
 
     def _point(self, ci: int, case: Mapping, values: dict, seed: int) -> Point | Skipped:
         seeds = {"seed": seed} if len(self.spec.seeds) > 1 else {}
-        params = {"case": ci} if len(self.spec.cases) > 1 else {}
+        params = {"case": self.labels[ci]} if len(self.spec.cases) > 1 else {}
         params |= {a: display_value(v) for a, v in values.items()} | seeds
         try:
             config = _build(self.spec.base, case, values, seed)
@@ -404,7 +411,7 @@ class Expansion:
                 validate_point(config, self._built)
             except ConfigError as exc:
                 return Skipped(params, str(exc))
-        shown = {k: display_value(v) for k, v in {**_flat(case), **values}.items()}
+        shown = {k: display_value(v) for k, v in {**flat_case(case), **values}.items()}
         return Point(config, params, describe_point(shown | seeds))
 
     def check(self) -> None:
@@ -443,13 +450,6 @@ def validate_point(config: TrialConfig, cache: dict) -> None:
     config.plan(_n_train(config, cache))
 
 
-def _flat(case: Mapping[str, Any]) -> dict[str, Any]:
-    options = (case.get("workload_options") or {}).items()
-    return {k: v for k, v in case.items() if k != "workload_options"} | {
-        f"workload_options.{k}": v for k, v in options
-    }
-
-
 def _check_device(device: str, at: str) -> None:
     if device in ("auto", "cpu"):
         return
@@ -461,8 +461,11 @@ def _check_device(device: str, at: str) -> None:
         raise ConfigError(f"{at}{exc}") from None
 
 
-def describe_point(params: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items()) or "(base)"
+def hash_with_objectives(spec: SweepSpec, objectives: Iterable[Objective]) -> str:
+    """The spec hash ``spec`` would have with other objectives: tells a study that differs
+    from the spec only in its objective (a grid spec that names none) from one whose
+    trials differ."""
+    return _hash(dataclasses.replace(spec, objectives=tuple(objectives)), spec.points_by_key)
 
 
 def _hash(spec: SweepSpec, keys: Iterable[str]) -> str:

@@ -369,7 +369,8 @@ Columns = Annotated[
 
 
 class SearchTable(_Table):
-    """Let an Optuna sampler choose the trials (grid values, cases, seeds and ranges)."""
+    """Let an Optuna sampler choose the trials (grid values, cases, seeds and ranges).
+    Without it every grid point runs, and the study minimises tail_loss."""
 
     model_config = DOCUMENTED
 
@@ -383,7 +384,7 @@ class SearchTable(_Table):
     maximize: Columns = []
     """Numeric trials columns to maximise (e.g. samples_per_s)."""
     minimize: Columns = []
-    """Numeric trials columns to minimise (e.g. final_loss)."""
+    """Numeric trials columns to minimise (e.g. tail_loss, which final_loss is noisier than)."""
     constraints: Annotated[
         list[Annotated[str, AfterValidator(_constraint_text)]],
         BeforeValidator(_as_list, json_schema_input_type=str | list[str]),

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.sweep.spec import SweepSpec
+from bench.sweep.spec import DEFAULT_OBJECTIVE, Objective, SweepSpec, hash_with_objectives
 from bench.sweep.storage import StorageHandle
-from bench.sweep.tickets import sampler_for, ticket_ident
+from bench.sweep.tickets import param_choices, sampler_for, ticket_ident
 
 
 def open_study(spec: SweepSpec, handle: StorageHandle, folder: Path) -> tuple[Any, bool]:
@@ -37,16 +37,64 @@ def open_study(spec: SweepSpec, handle: StorageHandle, folder: Path) -> tuple[An
     if found is None:
         _claim_study(spec, study, handle)
     elif found != spec.spec_hash:
-        raise BenchError(
-            f"sweep {spec.name!r} in {handle.description} was started from a different spec "
-            f"(spec hash {found} there, {spec.spec_hash} now; first from {attrs.get('bench_spec_file')}); "
-            f"refusing to mix them: give the changed spec a new name, or {_start_over(spec, handle, folder)}"
-        )
+        raise BenchError(_refusal(spec, attrs, handle, folder))
+    _check_choices(spec, study, handle, folder)
     if [d.name.lower() for d in study.directions] != spec.directions:
         raise BenchError(
             f"study {spec.name!r} has directions {study.directions}, the spec wants {spec.directions}"
         )
     return study, created
+
+
+def _refusal(spec: SweepSpec, attrs: dict, handle: StorageHandle, folder: Path) -> str:
+    """Why a study of this name cannot take this spec's results, and what to do. A study
+    whose trials match but whose objective differs (a grid spec naming none gets
+    tail_loss) would mix two losses in one value column: said as such."""
+    then = f"give the changed spec a new name, or {_start_over(spec, handle, folder)}"
+    old = [Objective(c, d) for c, d in attrs.get("bench_objectives") or []]
+    if (
+        old
+        and old != list(spec.objectives)
+        and hash_with_objectives(spec, old) == attrs.get("bench_spec_hash")
+    ):
+        default = " (a grid sweep's default)" if spec.objectives == (DEFAULT_OBJECTIVE,) else ""
+        return (
+            f"sweep {spec.name!r} in {handle.description} ranks its trials by "
+            f"{_objectives_text(old)}, this spec by {_objectives_text(spec.objectives)}{default}; "
+            f"refusing to mix the two in one study: {then}"
+        )
+    return (
+        f"sweep {spec.name!r} in {handle.description} was started from a different spec "
+        f"(spec hash {attrs.get('bench_spec_hash')} there, {spec.spec_hash} now; first from "
+        f"{attrs.get('bench_spec_file')}); refusing to mix them: {then}"
+    )
+
+
+def _check_choices(spec: SweepSpec, study: Any, handle: StorageHandle, folder: Path) -> None:
+    """Refuse a study whose trials chose a categorical parameter from other choices than
+    this spec offers (a study whose ``case`` choices are indices 0..n-1, not the cases'
+    labels): Optuna would refuse the first new trial of it, mid-sweep."""
+    wanted = param_choices(spec)
+    for t in study.get_trials(deepcopy=False):
+        for name, dist in t.distributions.items():
+            found = list(getattr(dist, "choices", ()))
+            if name in wanted and found != wanted[name]:
+                raise BenchError(
+                    f"study {spec.name!r} in {handle.description} chose {name!r} from "
+                    f"{_few(found)}, this spec offers {_few(wanted[name])}; refusing to mix "
+                    f"them: give the spec a new name, or {_start_over(spec, handle, folder)}"
+                )
+        if t.distributions:  # one trial with parameters shows the study's choices
+            return
+
+
+def _few(choices: list[Any]) -> str:
+    shown = ", ".join(repr(c)[:40] for c in choices[:3])
+    return f"[{shown}{', ...' if len(choices) > 3 else ''}]"
+
+
+def _objectives_text(objectives: Any) -> str:
+    return ", ".join(f"{o.column} ({o.direction})" for o in objectives)
 
 
 def _start_over(spec: SweepSpec, handle: StorageHandle, folder: Path) -> str:

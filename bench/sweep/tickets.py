@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.errors import ConfigError
-from bench.sweep.spec import SweepSpec, display_value
+from bench.sweep.choices import display_value
+from bench.sweep.spec import SweepSpec
 from bench.sweep.trial_writer import TrialWriter
 
 RESULT_STATUSES = ("ok", "oom", "diverged", "failed")
@@ -125,6 +126,20 @@ def space_size(spec: SweepSpec) -> int | None:
         else:
             return None
     return size
+
+
+def param_choices(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The study's categorical parameters and their choices: ``case`` (the cases'
+    readable labels, :func:`bench.sweep.choices.case_labels`) when there are several, each
+    grid axis, and ``seed`` when there are several."""
+    choices: dict[str, list[Any]] = {}
+    if len(spec.cases) > 1:
+        choices["case"] = list(spec.case_labels)
+    for axis, values in spec.axes.items():
+        choices[axis] = [display_value(v) for v in values]
+    if len(spec.seeds) > 1:
+        choices["seed"] = list(spec.seeds)
+    return choices
 
 
 def ticket_ident(attrs: dict, *, search: bool) -> Any:
@@ -341,21 +356,10 @@ class Tickets:
         for c in self.spec.constraints:
             trial.set_constraint(c.text, c.violation(row.get(c.column)))
 
-    def _choices(self) -> dict[str, list[Any]]:
-        spec = self.spec
-        choices: dict[str, list[Any]] = {}
-        if len(spec.cases) > 1:
-            choices["case"] = list(range(len(spec.cases)))
-        for axis, values in spec.axes.items():
-            choices[axis] = [display_value(v) for v in values]
-        if len(spec.seeds) > 1:
-            choices["seed"] = list(spec.seeds)
-        return choices
-
     def _suggest_fixed(self, trial: Any, params: dict) -> None:
         # The full choice list, not [value]: RDB storage refuses a categorical parameter
         # whose choices differ between trials of one study.
-        choices = self._choices()
+        choices = param_choices(self.spec)
         for name in params:
             trial.suggest_categorical(name, choices[name])
 
@@ -440,9 +444,11 @@ class Tickets:
     def _suggest(self, trial: Any) -> Any:
         """The sampler's configuration for ``trial``, as a TrialConfig."""
         spec = self.spec
-        choices = self._choices()
+        choices = param_choices(spec)
         values: dict[str, Any] = {}
-        case = trial.suggest_categorical("case", choices["case"]) if "case" in choices else 0
+        case = 0
+        if "case" in choices:
+            case = choices["case"].index(trial.suggest_categorical("case", choices["case"]))
         for axis, raw in spec.axes.items():
             picked = trial.suggest_categorical(axis, choices[axis])
             values[axis] = raw[choices[axis].index(picked)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.config import format_bytes
 from bench.errors import BenchError
 from bench.report.compare.differences import caveats
 from bench.report.compare.sides import describe, load_side, one_side_keys
@@ -185,10 +186,23 @@ def _metric_row(
     change = ratio - 1.0
     p, basis, tested, runs_agree = _significance(m, vb, vc, b, c, change, threshold, alpha)
     verdict = "~"
-    if abs(change) > threshold and runs_agree and p is not None and p < alpha:
+    floor = _step_floor(m, b[1], c[1])
+    if floor and abs(mc - mb) <= floor:
+        basis = f"{basis}; within the counter's step, {format_bytes(floor)}"
+    elif abs(change) > threshold and runs_agree and p is not None and p < alpha:
         better = change > 0 if m.higher_is_better else change < 0
         verdict = "improved" if better else "regressed"
     return Row(cid, label, m.name, _med(vb, m), _med(vc, m), ratio, p, basis, verdict, tested)
+
+
+def _step_floor(m: Metric, tb: pd.DataFrame, tc: pd.DataFrame) -> float:
+    """The smallest difference of ``m`` that its counter shows (0: no such floor). Only
+    ``peak_memory_bytes``, the memory a trial adds, has one: near zero, a few pages of
+    RSS make any ratio."""
+    if m.name != "peak_memory_bytes":
+        return 0.0
+    steps = [t["trial_memory_step_bytes"].max() for t in (tb, tc) if "trial_memory_step_bytes" in t]
+    return float(np.nanmax(steps)) if steps and not np.all(np.isnan(steps)) else 0.0
 
 
 def _significance(m: Metric, vb, vc, b: _SideTrials, c: _SideTrials, change, threshold, alpha):

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.config import TrialConfig
 from bench.errors import BenchError
+from bench.report import memory
 from bench.report.prepare import Prepared, config_dict, config_id_of, prepare
 from bench.store import load_results
 
@@ -62,6 +63,9 @@ def load_side(folder: str | Path, what: str) -> Side:
     if not len(results.trials):
         raise BenchError(f"{what}: results at {folder} are empty (no trial rows)")
     prep = prepare(results)
+    # A change of the memory a trial adds counts only beyond its counter's step: a few
+    # pages of RSS against a baseline that added none is an infinite ratio of nothing.
+    memory.add_steps(prep.trials, memory.cpu_count(folder))
     # prepare's config_id hashes every key, so a field added at its default would change
     # every id; compare matches on the config without its defaulted keys instead.
     defaults = config_defaults()

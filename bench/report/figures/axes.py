@@ -212,6 +212,7 @@ def plain(text: object) -> str:
 # 0.62 em wide. The axes narrow when the layout makes room for legends and colour bars
 # beside them, so the width a label needs is taken 1.5 times over.
 LABEL_PT, CHAR_EM, LABEL_ROOM = 7.0, 0.62, 1.5
+LABEL_DX, LABEL_DY = 7, 3  # a label's offset from its point, in points
 
 
 def annotate_ids(ax, x, y, ids) -> None:
@@ -224,12 +225,21 @@ def annotate_ids(ax, x, y, ids) -> None:
     px = ax.transData.transform(np.column_stack([np.where(ok, x, 1.0), np.where(ok, y, 1.0)]))
     pt = ax.figure.dpi / 72.0
     height = LABEL_PT * 1.2 * pt  # a line of 7 pt text
+
+    def box(j: int, text: str) -> tuple[float, float, float, float]:
+        """Where a label at point j would print (the offset below), with room to spare."""
+        x0, y0 = px[j][0] + LABEL_DX * pt, px[j][1] + LABEL_DY * pt
+        return x0, x0 + max(len(text), 2) * CHAR_EM * LABEL_PT * pt * LABEL_ROOM, y0, y0 + height
+
+    def touch(a, b) -> bool:
+        return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
     clusters: list[list[int]] = []
     for i in np.flatnonzero(ok):
+        # Joined only where the point's own label would touch a cluster's: a point whose
+        # label fits beside it keeps it, so no point is left looking unlabelled.
         for c in clusters:
-            width = max(len(_id_text([ids[j] for j in c + [i]])), 2) * CHAR_EM * LABEL_PT * pt
-            dx, dy = px[i] - px[c[0]]
-            if abs(dx) < width * LABEL_ROOM and abs(dy) < height:
+            if touch(box(int(i), _id_text([ids[i]])), box(c[0], _id_text([ids[j] for j in c]))):
                 c.append(int(i))
                 break
         else:
@@ -239,7 +249,7 @@ def annotate_ids(ax, x, y, ids) -> None:
             _id_text([ids[j] for j in sorted(c)]),
             (x[c[0]], y[c[0]]),
             textcoords="offset points",
-            xytext=(7, 3),
+            xytext=(LABEL_DX, LABEL_DY),
             fontsize=LABEL_PT,
         )
 

@@ -19,7 +19,7 @@ from bench.report.figures.axes import (
     workload_label,
     workload_rows,
 )
-from bench.report.figures.families import families
+from bench.report.figures.families import families, family_order
 from bench.report.figures.probes import probe_boundaries
 from bench.report.memory import COUNTERS, drawn_counters, within
 from bench.report.metrics import format_value
@@ -120,6 +120,7 @@ def _draw_counters(sns, prep, ax, d: pd.DataFrame, counters: list[str]) -> pd.Da
         x="micro_batch_size",
         y="bytes",
         hue="family" if long["family"].nunique() > 1 else None,
+        hue_order=family_order(long["family"]) if long["family"].nunique() > 1 else None,
         style="counter",
         dashes={k: _dash(v) for k, v in styles.items()},
         estimator="median",

@@ -41,7 +41,8 @@ def pareto(summary: pd.DataFrame, notes: list[str], tolerance: dict | None = Non
     for r, w in enumerate(workloads):
         ax = axes[r, 0]
         dw = d[matches(d["workload"], w)]
-        norm = _draw_points(ax, dw, cmap)
+        loss_tie = (tolerance or {}).get(w, {}).get("tail_loss", 0.0)
+        norm = _draw_points(ax, dw, cmap, loss_tie)
         _draw_front(ax, dw[dw["pareto"]])
         tie = (tolerance or {}).get(w, {}).get("trial_memory_bytes", 0.0)
         _memory_axis(ax, dw, tie)
@@ -51,7 +52,9 @@ def pareto(summary: pd.DataFrame, notes: list[str], tolerance: dict | None = Non
         ax.set_ylabel(f"{workload_label(w)}\nsamples/s (median over seeds)")
         if norm is not None:
             sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-            fig.colorbar(sm, ax=ax).set_label("tail loss (median; dark = low)")
+            bar = fig.colorbar(sm, ax=ax)
+            bar.set_label("tail loss (median; dark = low)")
+            bar.formatter.set_useOffset(False)  # "1e-8+1.028" reads as nothing
     fig.suptitle(
         "Throughput against memory; circled: the Pareto front per workload\n"
         "over samples/s ↑, memory ↓, tail loss ↓ (ties within noise); labels: configuration ids"
@@ -59,13 +62,20 @@ def pareto(summary: pd.DataFrame, notes: list[str], tolerance: dict | None = Non
     return fig
 
 
-def _draw_points(ax, dw: pd.DataFrame, cmap):
-    """Every configuration, coloured by its tail loss; returns the norm."""
+def _draw_points(ax, dw: pd.DataFrame, cmap, loss_tie: float = 0.0):
+    """Every configuration, coloured by its tail loss; returns the norm (None: one
+    colour, where the losses are alike within ``loss_tie`` or a millionth, and a note
+    says so: a colour scale over rounding noise would rank noise)."""
     import matplotlib as mpl
 
     loss = dw["tail_loss"].astype(float)
     norm = None
-    if loss.notna().any():
+    spread = loss.max() - loss.min() if loss.notna().any() else np.nan
+    if spread <= max(loss_tie, 1e-6 * abs(loss.max())):
+        colors = [cmap(0.3) if pd.notna(v) else GREY for v in loss]
+        note = f"tail loss alike in all: {loss.min():.4g} (within {max(spread, 0):.2g}), one colour"
+        ax.set_title(note, loc="right", fontsize=7, color="0.3")
+    elif loss.notna().any():
         hi = loss.max() if loss.max() > loss.min() else loss.min() + 1
         norm = mpl.colors.Normalize(loss.min(), hi)
         colors = [cmap(norm(v)) if pd.notna(v) else GREY for v in loss]

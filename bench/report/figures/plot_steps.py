@@ -32,6 +32,14 @@ def steps_to_target(points: pd.DataFrame, fits: dict, target, notes: list[str]):
     if target is None or not len(points):
         notes.append("steps to target: no target loss (no steps table or no ok trial)")
         return None
+    sizes = points.loc[points["effective_batch_size"] > 0, "effective_batch_size"].unique()
+    if len(sizes) < 2:  # an accumulation sweep: one B split several ways
+        shown = ", ".join(f"B = {b:g}" for b in sizes) or "no B"
+        notes.append(
+            f"steps to target: one effective batch size ({shown}), so no curve against B; "
+            "the configurations table has each configuration's steps to target"
+        )
+        return None
     sns = setup_theme()
     workloads = workload_rows(points, notes, "steps to target")
     fig, axes = new_figure(len(workloads), 2)
