@@ -233,11 +233,11 @@ def open_storage(url: str | None, sweep_dir: Path, sweep: str) -> StorageHandle:
         if isinstance(exc, BenchError):
             raise
         text = " ".join(str(exc).split())[:300]
-        raise BenchError(f"cannot open --storage {_redact(target)}: {text}") from None
-    return StorageHandle(storage, coordination, _redact(target), kind)
+        raise BenchError(f"cannot open --storage {redact(target)}: {text}") from None
+    return StorageHandle(storage, coordination, redact(target), kind)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password in a URL for messages."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -248,4 +248,3 @@ def _redact(url: str) -> str:
     return url
 
 
-redact = _redact  # the public name, for messages outside the sweep
