@@ -68,6 +68,8 @@ class TrialRecord:
     precision: str | None = None
     data_path: str | None = None
     seed: int | None = None
+    stack_size: int | None = None  # members trained together in one stacked run (bench.stack)
+    stack_id: str | None = None  # the stacked run this trial was a member of
     # outcome
     status: str | None = None  # ok / oom / diverged / failed
     error: str | None = None
@@ -90,6 +92,8 @@ class TrialRecord:
     step_time_ms_median: float | None = None
     step_time_ms_iqr: float | None = None
     timing_noisy: bool | None = None  # IQR >= 10 % of the median
+    # "stack": time columns are the stacked run's time per member (stack_size); null: its own
+    timing_basis: str | None = None
     # memory and energy
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
