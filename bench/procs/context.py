@@ -39,6 +39,10 @@ PRELOAD = (
     "bench.workloads.teacher_mlp",
     "bench.workloads.char_lm",
     "bench.procs.child",
+    # Stacked sweeps (bench.stack): torch.func's vmap and the stacked trainer.
+    "torch.func",
+    "bench.stack.trial",
+    "bench.stack.worker",
 )
 
 _CTX: multiprocessing.context.BaseContext | None = None

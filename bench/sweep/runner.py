@@ -300,12 +300,12 @@ class SweepRunner:
                 recorder.flush()  # a sampler must see the finished trials before it proposes
             idle = pool.dispatch_backlog(pool.idle())
             if idle and now >= next_claim:
+                wanted = len(idle) * self._per_worker
                 with coord.mutex():
-                    jobs = tickets.claim(len(idle))
-                for w, job in zip(idle, jobs, strict=False):
-                    pool.dispatch(w, job)
-                # Fewer tickets than idle workers: the queue is empty for now.
-                next_claim = now + CLAIM_POLL_S if len(jobs) < len(idle) else 0.0
+                    jobs = tickets.claim(wanted)
+                self._dispatch(idle, jobs)
+                # Fewer tickets than asked for: the queue is empty for now.
+                next_claim = now + CLAIM_POLL_S if len(jobs) < wanted else 0.0
             recorder.flush()
             if not pool.busy() and not pool.backlog:
                 counts = tickets.counts()
@@ -329,6 +329,31 @@ class SweepRunner:
                 recorder.add(end)
             if ended:
                 next_claim = 0.0
+
+    @property
+    def _per_worker(self) -> int:
+        """Tickets to claim per idle worker: a whole stack's when stacking."""
+        return self.spec.max_stack if self.spec.execution == "stacked" else 1
+
+    def _dispatch(self, idle: list, jobs: list) -> None:
+        """Hand claimed jobs to idle workers: one each, or, stacked, as stacks that share
+        a stack key (bench.stack.group), spread over the idle workers; stacks beyond
+        them wait in the pool's backlog."""
+        pool = self.pool
+        if self.spec.execution != "stacked":
+            for w, job in zip(idle, jobs, strict=False):
+                pool.dispatch(w, job)
+            return
+        from bench.stack.group import group
+
+        stacks = group(
+            jobs, max_stack=self.spec.max_stack, parts=len(idle), config=lambda job: job.config
+        )
+        for i, stack in enumerate(stacks):
+            if i < len(idle):
+                pool.dispatch_stack(idle[i], stack)
+            else:
+                pool.backlog.append(stack if len(stack) > 1 else stack[0])
 
     def _show(self, counts: Counts) -> None:
         # Finished trials waiting to be written are still RUNNING in the study.
