@@ -119,3 +119,21 @@ def test_grouping_splits_by_shared_settings_and_size():
 def test_a_mixed_stack_is_refused():
     with pytest.raises(ConfigError, match="share every setting"):
         run_stack([TrialConfig(**BASE), TrialConfig(**{**BASE, "batch_size": 8})])
+
+
+def test_compare_says_when_stacked_throughput_meets_solo(tmp_path):
+    from bench.report import compare
+    from bench.report.metrics import METRICS
+    from bench.trial import write_result
+
+    configs = _configs("adamw")
+    for result in run_stack(configs):
+        write_result(result, tmp_path / "stacked")
+    for config in configs:
+        write_result(run_trial(config), tmp_path / "solo")
+    metrics = [METRICS["samples_per_s"]]
+    mixed = compare.compare(tmp_path / "solo", tmp_path / "stacked", metrics=metrics)
+    lines = [w for w in mixed.warnings if "throughput not like for like" in w]
+    assert len(lines) == 1 and "solo" in lines[0] and "stack" in lines[0]
+    same = compare.compare(tmp_path / "stacked", tmp_path / "stacked", metrics=metrics)
+    assert not [w for w in same.warnings if "like for like" in w]
