@@ -74,16 +74,31 @@ def pinned_envs(n: int) -> list[dict[str, str]]:
 
 
 def worker_plan(
-    spec: Any, *, requested: int, remaining: int, threads: int | None, log: Callable[[str], None]
+    spec: Any,
+    *,
+    requested: int | None,
+    remaining: int,
+    threads: int | None,
+    log: Callable[[str], None],
 ) -> tuple[int, list[dict[str, str]], int]:
-    """(count, per-worker environment, torch threads each): one per GPU, or CPU shares."""
-    n = max(1, min(requested, remaining))  # no idle workers to start
+    """(count, per-worker environment, torch threads each): one per GPU, or CPU shares.
+
+    ``requested`` None chooses from the device: one worker per GPU; on the CPU one
+    worker per core, one torch thread each (the models a CPU sweeps are small, and they
+    run 2-5x slower on two threads than on one, while trials in parallel scale with the
+    cores: docs/benchmarks.md, "Sweep defaults").
+    """
     gpus = 0
     device = spec.device
     if device in ("auto", "cuda"):
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested is None:
+        requested = gpus if gpus and not device.startswith("cuda:") else available_cpus()
+        if not gpus:
+            threads = threads or max(1, available_cpus() // requested)
+    n = max(1, min(requested, remaining))  # no idle workers to start
     if device.startswith("cuda:"):
         # One named GPU: one worker. Its environment is left as it is (the trial
         # configs say cuda:N, which must keep meaning the same device in the worker).

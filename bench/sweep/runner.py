@@ -78,9 +78,12 @@ class Summary:
         return 0
 
 
-def check_flags(workers: int, threads: int | None) -> None:
-    """--workers / --threads: the one check, for the command and for run_sweep."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+def check_flags(workers: int | None, threads: int | None) -> None:
+    """--workers / --threads: the one check, for the command and for run_sweep (None:
+    chosen from the device, bench.sweep.pool.worker_plan)."""
+    if workers is None:
+        pass
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if threads is not None and (
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -128,7 +131,7 @@ class SweepRunner:
         self,
         spec: SweepSpec,
         *,
-        workers: int = 1,
+        workers: int | None = 1,  # None: chosen from the device (bench.sweep.pool.worker_plan)
         storage: str | None = None,
         results: str | Path = "results",
         retry_failed: bool = False,
