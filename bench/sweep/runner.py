@@ -61,6 +61,8 @@ class Summary:
     worker_busy_s: float  # dispatch-to-reply time of those trials, summed
     skipped: int
     stopped_by: int | None = None  # the signal that stopped the run before the end
+    workers: int = 0  # worker processes started (0: none were needed)
+    threads: int = 0  # torch threads each
 
     @property
     def all_invalid(self) -> bool:
@@ -154,6 +156,8 @@ class SweepRunner:
         self.recorder: Recorder | None = None
         self._created_study = False  # this run made the study (see discard_if_unused)
         self.signals = StopSignals()
+        self.workers_started = 0  # what worker_plan chose, once workers start
+        self.threads_used = 0
 
     def run(self) -> Summary:
         with self.signals:
@@ -236,7 +240,7 @@ class SweepRunner:
             ) from None
 
     def _start_workers(self, *, remaining: int) -> None:
-        _n, envs, threads = worker_plan(
+        self.workers_started, envs, threads = worker_plan(
             self.spec,
             requested=self.requested_workers,
             remaining=remaining,
@@ -251,6 +255,7 @@ class SweepRunner:
             stopping=lambda: self.signals.received is not None,
         )
         self.pool.start(envs, threads)
+        self.threads_used = threads
 
     def _close(self, *, discard: bool) -> None:
         """Whatever stopped the run: write finished trials (they are results), stop the
@@ -407,6 +412,8 @@ class SweepRunner:
             worker_busy_s=rec.busy_here_s,
             skipped=len(spec.skipped),
             stopped_by=self.signals.received,
+            workers=self.workers_started,
+            threads=self.threads_used,
         )
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(counts.statuses.items())) or "none"
         self.progress.log(
@@ -446,5 +453,7 @@ def json_summary(summary: Summary) -> str:
             "worker_busy_s": summary.worker_busy_s,
             "skipped": summary.skipped,
             "stopped_by": summary.stopped_by,
+            "workers": summary.workers,
+            "threads": summary.threads,
         }
     )
