@@ -137,3 +137,11 @@ def test_compare_says_when_stacked_throughput_meets_solo(tmp_path):
     assert len(lines) == 1 and "solo" in lines[0] and "stack" in lines[0]
     same = compare.compare(tmp_path / "stacked", tmp_path / "stacked", metrics=metrics)
     assert not [w for w in same.warnings if "like for like" in w]
+
+
+def test_a_stack_past_its_members_time_limit_fails_every_member():
+    # 1 ns a member: the stack is past its deadline (S limits) at its first event.
+    configs = _configs("sgd", time_limit_s=1e-9, flush_every=1)
+    for result in run_stack(configs):
+        assert result.status == "failed" and len(result.steps) == 1
+        assert "time limit" in result.trial["error"] and "a stack of 3" in result.trial["error"]

@@ -42,7 +42,6 @@ def solo_reason(config: TrialConfig) -> str | None:
         (config.data_path != "tensor", "data_path dataloader"),
         (config.grad_clip is not None, "grad_clip"),
         (config.patience is not None or config.restore_best, "early stopping"),
-        (config.time_limit_s is not None, "time_limit_s"),
     )
     return next((why for bad, why in checks if bad), None)
 

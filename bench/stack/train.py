@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from bench.config import TrialConfig
+from bench.config import TIME_LIMIT_MAX_S, TrialConfig
 from bench.meters.clock import StepClock
 from bench.plan import Plan
 from bench.stack.optim import stacked_optimizer
@@ -148,7 +148,15 @@ class _StackRun:
             plan, token_unit=False, sample_normalised=first.normalize == "sample",
             dtype=dtype, device=device,
         )  # fmt: skip
-        self.events = EventSchedule(first, plan)
+        # A member's time limit holds for its share of the stack's time: the stack's
+        # deadline is S limits away.
+        limit = first.time_limit_s
+        timed = (
+            first
+            if limit is None
+            else first.replace(time_limit_s=min(limit * len(configs), TIME_LIMIT_MAX_S))
+        )
+        self.events = EventSchedule(timed, plan)
         self.clock = StepClock(device)
         self.seconds = _SharedSeconds()
         self.members = [self._member(c) for c in configs]
@@ -262,7 +270,13 @@ class _StackRun:
             if step == self.events.warmup_steps and self.on_window_start is not None:
                 self.clock.synchronize()
                 self.on_window_start()
-        return step == self.events.total_steps or not any(m.active for m in self.members)
+        if step == self.events.total_steps or not any(m.active for m in self.members):
+            return True
+        error = self.events.out_of_time(step)
+        for m in self.members if error else ():
+            if m.active:
+                m.outcome.status, m.outcome.error = "failed", f"{error} (a stack of {self.size})"
+        return error is not None
 
     def _flush(self, losses: list, norms: dict, lrs: torch.Tensor | None) -> None:
         """Hand each active member its losses, norms and per-member seconds; mask the

@@ -251,8 +251,11 @@ class WorkerPool:
         from bench.stack.worker import run_stack_job
 
         now = time.monotonic()
+        limit = jobs[0].config.time_limit_s  # shared by a stack's members
         for job in jobs:
-            job.started, job.deadline = now, None  # stacks hold no time_limit_s
+            # The stack stops itself at S limits (bench.stack.train); this catches a hang.
+            job.started = now
+            job.deadline = None if limit is None else now + 1.5 * limit * len(jobs) + 60.0
         w.job, w.stack = jobs[0], list(jobs)
         jobs[0].peak_rss = w.child.peak_rss()
         configs = [job.config.to_dict() for job in jobs]
@@ -306,7 +309,7 @@ class WorkerPool:
                 if hwm is not None:
                     w.job.peak_rss = max(w.job.peak_rss or 0, hwm)
                 if w.job.deadline is not None and time.monotonic() > w.job.deadline:
-                    ended.append(self._timed_out(w))
+                    ended += self._timed_out(w)
             elif not w.ready and time.monotonic() - w.child.started > STARTUP_TIMEOUT_S:
                 raise BenchError(f"worker {w.index} did not start within {STARTUP_TIMEOUT_S:.0f} s")
         return ended
@@ -391,16 +394,19 @@ class WorkerPool:
             )
         self.replace(w)
 
-    def _timed_out(self, w: Worker) -> Ended:
+    def _timed_out(self, w: Worker) -> list[Ended]:
         job, w.job = w.job, None
+        stack, w.stack = w.stack or [job], []
         w.child.kill()
         busy = time.monotonic() - job.started
         error = (
             f"no result {busy:.0f} s after a time_limit_s of {job.config.time_limit_s:g} s: "
             "worker killed"
         )
+        if len(stack) > 1:
+            error += f" (a stack of {len(stack)})"
         self.replace(w)
-        return Ended(job, busy, "failed", error)
+        return [Ended(member, busy / len(stack), "failed", error) for member in stack]
 
 
 def _ended(job: Job, reply: Any, busy: float) -> Ended:
