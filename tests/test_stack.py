@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bench import records
 from bench.config import TrialConfig
@@ -145,3 +146,22 @@ def test_a_stack_past_its_members_time_limit_fails_every_member():
     for result in run_stack(configs):
         assert result.status == "failed" and len(result.steps) == 1
         assert "time limit" in result.trial["error"] and "a stack of 3" in result.trial["error"]
+
+
+def test_a_stack_that_runs_out_of_memory_is_split(monkeypatch):
+    from bench.stack import trial as stack_trial
+
+    real = stack_trial.train_stack
+    sizes = []
+
+    def small_stacks_only(configs, *args, **kwargs):
+        sizes.append(len(configs))
+        if len(configs) > 1:
+            raise torch.OutOfMemoryError("planted: the stack does not fit")
+        return real(configs, *args, **kwargs)
+
+    monkeypatch.setattr(stack_trial, "train_stack", small_stacks_only)
+    results = run_stack(_configs("sgd"))
+    assert sizes == [3, 1, 2, 1, 1]  # 3 -> 1 + 2, 2 -> 1 + 1
+    assert [r.status for r in results] == ["ok"] * 3
+    assert [r.trial["stack_size"] for r in results] == [1, 1, 1]
