@@ -468,9 +468,7 @@ class SpecFile(_Table):
     max_points: integer(1) = MAX_POINTS
     """Refuse a spec whose cases x grid x seeds exceed this many points (counted first)."""
     execution: Literal["solo", "stacked"] = "solo"
-    """solo: a worker runs one trial at a time; stacked: trials that differ only in lr,
-    momentum, weight decay, schedule and seed train together as one vectorised stack
-    (docs/commands/stack.md)."""
+    """stacked: trials differing only in lr, momentum, decay, schedule, seed train as one."""
     max_stack: integer(1, maximum=4096) = 64
     """stacked: the most trials one stack trains together."""
 
