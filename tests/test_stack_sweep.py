@@ -110,3 +110,26 @@ def test_kill_9_during_a_stacked_sweep_then_resume_records_each_member_once(tmp_
     done = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_each_member_once(spec, folder, "stkill")
+
+
+def test_spec_execution_defaults_to_solo_and_bad_values_are_one_line(tmp_path):
+    from bench.errors import ConfigError
+
+    spec = stacked_spec(tmp_path, "stk", samples=64, epochs=1, max_stack=8)
+    loaded = load_spec(spec)
+    assert (loaded.execution, loaded.max_stack) == ("stacked", 8)
+    text = spec.read_text()
+    solo = tmp_path / "solo.toml"
+    solo.write_text(text.replace('execution = "stacked"\n', "").replace("max_stack = 8\n", ""))
+    assert (load_spec(solo).execution, load_spec(solo).max_stack) == ("solo", 64)
+    for bad, message in (
+        ('execution = "stack"', "did you mean 'stacked'"),
+        ("max_stack = 0", ">= 1"),
+    ):
+        path = tmp_path / "bad.toml"
+        key = bad.split(" = ")[0]
+        path.write_text(
+            "\n".join(bad if line.startswith(key) else line for line in text.splitlines())
+        )
+        with pytest.raises(ConfigError, match=message):
+            load_spec(path)
