@@ -73,6 +73,8 @@ class TrialRecord:
     batch_dependent_layers: str | None = None
     world_size: int | None = None  # data-parallel ranks (nproc); null: one process, no DDP
     sync: str | None = None  # DDP all-reduce: window (no_sync) / every micro-batch
+    stack_size: int | None = None  # members trained together in one stacked run (bench.stack)
+    stack_id: str | None = None  # the stacked run this trial was a member of
     # outcome
     status: str | None = None  # ok / oom / diverged / failed
     error: str | None = None
@@ -96,6 +98,8 @@ class TrialRecord:
     step_time_ms_iqr: float | None = None
     timing_noisy: bool | None = None  # IQR >= 10 % of the median
     samples_per_s_per_rank: float | None = None  # DDP: samples_per_s (all ranks) / world_size
+    # "stack": time columns are the stacked run's time per member (stack_size); null: its own
+    timing_basis: str | None = None
     # memory and energy
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None

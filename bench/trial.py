@@ -224,6 +224,27 @@ def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: s
     }
 
 
+def observed_columns(
+    config: TrialConfig,
+    plan: Plan,
+    workload: Workload,
+    outcome: TrainOutcome,
+    *,
+    status: str,
+    error: str | None,
+    sweep: str | None,
+) -> dict:
+    """The trials columns that follow from a configuration, its plan and what its
+    training observed (status, progress, losses, throughput): what ``run_trial`` puts in
+    a row, for rows built from a loop other than ``bench.train`` (``bench.stack``)."""
+    run = _Run(outcome, status, error, {}, None, [])
+    return {
+        **_config_fields(config, plan, workload, sweep),
+        **_outcome_fields(run),
+        **_throughput(outcome, plan),
+    }
+
+
 def _outcome_fields(run: _Run) -> dict:
     """How the run ended and how far it got."""
     outcome = run.outcome

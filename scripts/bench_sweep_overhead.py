@@ -15,6 +15,14 @@ machine load hits both alike, it reports medians and spread of:
 - worker startup (forkserver + first worker ready) and total wall time.
 
 The target: overhead per trial under 150 ms on CPU for smoke.toml.
+
+``--defaults`` measures the defaults instead: for each ``--spec`` (seed.toml and
+smoke.toml unless given), the command with no ``--workers/--threads`` against each
+hand-chosen ``--workers W --threads T`` of ``--choices`` (interleaved, repeated), and
+prints two ratios per spec (medians): default wall / best hand-chosen wall (goal
+<= 1.2), and the default's (wall - worker start-up) / (sum of its trials' in-worker
+wall times / workers) (goal <= 1.2). ``--repo DIR`` runs another source tree (an
+earlier commit, unpacked with ``git archive``) for a before/after comparison.
 """
 
 from __future__ import annotations
@@ -26,35 +34,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_once(spec: Path, workers: int) -> dict:
+def summary_of(flags: list[str], spec: Path, repo: Path = REPO) -> tuple[dict, float]:
+    """Run ``bench sweep SPEC FLAGS`` from ``repo`` into a fresh folder: its summary, and
+    the command's wall time from process start (imports and spec loading included)."""
     with tempfile.TemporaryDirectory(prefix="bench-sweep-overhead-") as tmp:
-        env = {**os.environ, "BENCH_SWEEP_SUMMARY": "1", "PYTHONPATH": str(REPO)}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.sweep",
-                str(spec),
-                "--workers",
-                str(workers),
-                "--results",
-                tmp,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=600,
-        )
+        env = {**os.environ, "BENCH_SWEEP_SUMMARY": "1", "PYTHONPATH": str(repo)}
+        cmd = [sys.executable, "-m", "bench.sweep", str(spec), *flags, "--results", tmp]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=600)
+        command_s = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         line = next(x for x in proc.stderr.splitlines() if x.startswith("BENCH_SWEEP_SUMMARY "))
-        s = json.loads(line.split(" ", 1)[1])
+        return json.loads(line.split(" ", 1)[1]), command_s
+
+
+def run_once(spec: Path, workers: int) -> dict:
+    s, _ = summary_of(["--workers", str(workers)], spec)
     n = s["ran_here"]
     loop = s["wall_s"] - s["startup_s"]
     return {
@@ -78,12 +80,53 @@ def spread(values: list[float]) -> str:
     return f"median {med:8.1f}  min {min(values):8.1f}  max {max(values):8.1f}"
 
 
+def defaults(specs: list[Path], choices: list[str], repeats: int, repo: Path) -> int:
+    """Default flags against hand-chosen ones: the two ratios of the module docstring."""
+    variants = [("default", [])] + [
+        (c, ["--workers", c.split("x")[0], "--threads", c.split("x")[1]]) for c in choices
+    ]
+    loads = []
+    for spec in specs:
+        walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+        fits: list[float] = []
+        for i in range(repeats):
+            for name, flags in variants:  # interleaved
+                s, command_s = summary_of(flags, spec, repo)
+                walls[name].append(command_s)
+                loads.append(os.getloadavg()[0])
+                if name == "default":
+                    workers = s.get("workers") or 1  # summaries before the field: 1
+                    fits.append((s["wall_s"] - s["startup_s"]) / (s["worker_busy_s"] / workers))
+                print(f"{spec.name} rep {i + 1} {name:8s} command {command_s:6.2f} s, sweep "
+                      f"{s['wall_s']:6.2f} s, start-up {s['startup_s']:5.2f} s, trials in "
+                      f"workers {s['worker_busy_s']:6.2f} s", flush=True)  # fmt: skip
+        medians = {name: statistics.median(v) for name, v in walls.items()}
+        best = min((n for n in medians if n != "default"), key=medians.get)
+        print(f"\n{spec.name}: command wall medians " + ", ".join(
+            f"{n} {v:.2f} s" for n, v in medians.items()))  # fmt: skip
+        print(f"  default / best hand-chosen ({best}): {medians['default'] / medians[best]:.2f} "
+              f"(goal <= 1.2)")  # fmt: skip
+        print(f"  (sweep wall - start-up) / (trial walls / workers): median "
+              f"{statistics.median(fits):.2f} (min {min(fits):.2f}, max {max(fits):.2f}; goal <= 1.2)")  # fmt: skip
+    print(f"\n{repeats} repetitions, {os.cpu_count()} CPUs, 1-min load average median "
+          f"{statistics.median(loads):.1f} (min {min(loads):.1f}, max {max(loads):.1f}); "
+          f"source {repo}")  # fmt: skip
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--spec", type=Path, default=REPO / "experiments" / "smoke.toml")
+    p.add_argument("--spec", type=Path, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--defaults", action="store_true", help="measure the default flags")
+    p.add_argument("--choices", nargs="+", default=["1x1", "2x1", "1x2"], metavar="WxT")
+    p.add_argument("--repo", type=Path, default=REPO, help="source tree to run")
     args = p.parse_args()
+    if args.defaults:
+        specs = args.spec or [REPO / "experiments" / n for n in ("seed.toml", "smoke.toml")]
+        return defaults([s.resolve() for s in specs], args.choices, args.repeats, args.repo)
+    args.spec = (args.spec or [REPO / "experiments" / "smoke.toml"])[0]
     runs: dict[int, list[dict]] = {w: [] for w in args.workers}
     for i in range(args.repeats):
         for w in args.workers:  # interleaved

@@ -39,6 +39,10 @@ PRELOAD = (
     "bench.workloads.teacher_mlp",
     "bench.workloads.char_lm",
     "bench.procs.child",
+    # Stacked sweeps (bench.stack): torch.func's vmap and the stacked trainer.
+    "torch.func",
+    "bench.stack.trial",
+    "bench.stack.worker",
 )
 
 _CTX: multiprocessing.context.BaseContext | None = None
@@ -57,3 +61,19 @@ def forkserver_context() -> multiprocessing.context.BaseContext:
                 ctx = multiprocessing.get_context("spawn")
             _CTX = ctx
         return _CTX
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now, without waiting for it: its preload imports (torch and
+    the rest, ~1.5 s of CPU) then overlap the caller's own work (a sweep opening its
+    study and claiming tickets) instead of delaying the first worker. OpenMP's wait
+    policy is set first, as :class:`bench.sweep.pool.WorkerPool` sets it: libgomp reads
+    it when torch loads, i.e. in the server."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    context = forkserver_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()

@@ -27,16 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="worker processes on this machine (one per GPU at most; CPU threads are shared out)",
+        help="worker processes on this machine (default: one per GPU, or one per CPU core; "
+        "one per GPU at most)",
     )
     parser.add_argument(
         "--threads",
         type=int,
         metavar="T",
-        help="torch CPU threads per worker (default: the cores divided between the workers; "
-        "small models often run faster with 1)",
+        help="torch CPU threads per worker (default: 1 when the workers are chosen for the "
+        "CPU, else the cores divided between the workers)",
     )
     parser.add_argument(
         "--storage",
@@ -80,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
     check_environment()  # workers inherit this environment; a typo would fail every trial
     if args.dry_run:
         return dry_run(spec)
+    from bench.procs.context import start_forkserver
+
+    start_forkserver()  # it imports torch while the coordinator opens the study
     from bench.sweep.runner import run_sweep
 
     summary = run_sweep(

@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,8 @@ class Worker:
     env: dict[str, str]
     child: ChildProcess | None = None
     ready: bool = False
-    job: Job | None = None
+    job: Job | None = None  # the trial it runs; a stack's first member
+    stack: list[Job] = field(default_factory=list)  # every member when it runs a stack
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,31 @@ def pinned_envs(n: int) -> list[dict[str, str]]:
 
 
 def worker_plan(
-    spec: Any, *, requested: int, remaining: int, threads: int | None, log: Callable[[str], None]
+    spec: Any,
+    *,
+    requested: int | None,
+    remaining: int,
+    threads: int | None,
+    log: Callable[[str], None],
 ) -> tuple[int, list[dict[str, str]], int]:
-    """(count, per-worker environment, torch threads each): one per GPU, or CPU shares."""
-    n = max(1, min(requested, remaining))  # no idle workers to start
+    """(count, per-worker environment, torch threads each): one per GPU, or CPU shares.
+
+    ``requested`` None chooses from the device: one worker per GPU; on the CPU one
+    worker per core, one torch thread each (the models a CPU sweeps are small, and they
+    run 2-5x slower on two threads than on one, while trials in parallel scale with the
+    cores: docs/benchmarks.md, "Sweep defaults").
+    """
     gpus = 0
     device = spec.device
     if device in ("auto", "cuda"):
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested is None:
+        requested = gpus if gpus and not device.startswith("cuda:") else available_cpus()
+        if not gpus:
+            threads = threads or max(1, available_cpus() // requested)
+    n = max(1, min(requested, remaining))  # no idle workers to start
     if device.startswith("cuda:"):
         # One named GPU: one worker. Its environment is left as it is (the trial
         # configs say cuda:N, which must keep meaning the same device in the worker).
@@ -123,7 +139,9 @@ class WorkerPool:
         self.log = log
         self.stopping = stopping  # True once the coordinator stops: start no more workers
         self.workers: list[Worker] = []
-        self.backlog: list[Job] = []  # claimed jobs whose dispatch failed: run them first
+        # Claimed jobs whose dispatch failed or that wait for a worker: run them first.
+        # A list is a stack (bench.stack), dispatched as one.
+        self.backlog: list[Job | list[Job]] = []
         self.threads = 1
         self.first_ready: float | None = None  # time.monotonic() of the first Ready
 
@@ -167,6 +185,7 @@ class WorkerPool:
             False,
             None,
         )
+        w.stack = []
         w.child.start()
 
     def replace(self, w: Worker) -> None:
@@ -200,7 +219,8 @@ class WorkerPool:
 
     def jobs_in_hand(self) -> list[Job]:
         """The claimed trials that have not ended: running on a worker, or backlogged."""
-        return [w.job for w in self.workers if w.job is not None] + list(self.backlog)
+        held = [j for w in self.workers for j in (w.stack or ([w.job] if w.job else []))]
+        return held + [j for item in self.backlog for j in _jobs(item)]
 
     def dispatch(self, w: Worker, job: Job) -> bool:
         """Send a job; False (worker replaced, job kept in the backlog for the next idle
@@ -229,11 +249,49 @@ class WorkerPool:
             return False
         return True
 
+    def dispatch_stack(self, w: Worker, jobs: list[Job]) -> bool:
+        """Send the members of one stack as one job (bench.stack.worker.run_stack_job);
+        a stack of one is a plain trial. False as for :meth:`dispatch`."""
+        if len(jobs) == 1:
+            return self.dispatch(w, jobs[0])
+        from bench.stack.worker import run_stack_job
+
+        now = time.monotonic()
+        limit = jobs[0].config.time_limit_s  # shared by a stack's members
+        for job in jobs:
+            # The stack stops itself at S limits (bench.stack.train); this catches a hang.
+            job.started = now
+            job.deadline = None if limit is None else now + 1.5 * limit * len(jobs) + 60.0
+        w.job, w.stack = jobs[0], list(jobs)
+        jobs[0].peak_rss = w.child.peak_rss()
+        configs = [job.config.to_dict() for job in jobs]
+        query = msg.Query(
+            jobs[0].trial.number,
+            run_stack_job,
+            (configs, self.spec.name, str(self.folder)),
+        )
+        try:
+            w.child.send(query)
+        except OSError as exc:
+            w.job, w.stack = None, []
+            self.backlog.append(list(jobs))
+            self.log(
+                f"{self.spec.name}: worker {w.index} was gone before a stack of {len(jobs)} "
+                f"could start ({exc.__class__.__name__}); starting a fresh worker"
+            )
+            self.replace(w)
+            return False
+        return True
+
     def dispatch_backlog(self, idle: list[Worker]) -> list[Worker]:
         """Give backlogged jobs to idle workers first; returns the workers still idle."""
         idle = list(idle)
         while idle and self.backlog:
-            self.dispatch(idle.pop(0), self.backlog.pop(0))
+            item = self.backlog.pop(0)
+            if isinstance(item, list):
+                self.dispatch_stack(idle.pop(0), item)
+            else:
+                self.dispatch(idle.pop(0), item)
         return idle
 
     def wait(self, timeout: float) -> list[Ended]:
@@ -257,7 +315,7 @@ class WorkerPool:
                 if hwm is not None:
                     w.job.peak_rss = max(w.job.peak_rss or 0, hwm)
                 if w.job.deadline is not None and time.monotonic() > w.job.deadline:
-                    ended.append(self._timed_out(w))
+                    ended += self._timed_out(w)
             elif not w.ready and time.monotonic() - w.child.started > STARTUP_TIMEOUT_S:
                 raise BenchError(f"worker {w.index} did not start within {STARTUP_TIMEOUT_S:.0f} s")
         return ended
@@ -280,26 +338,29 @@ class WorkerPool:
                 return []
             raise BenchError(f"worker {w.index} could not start: {message.error}")
         job, w.job = w.job, None
+        stack, w.stack = w.stack, []
         if job is None:
             return []
-        if isinstance(message, msg.Interrupted):
-            self._give_back(w, job, "SIGINT")
+        if isinstance(message, msg.Interrupted) or _interrupted_stack(message):
+            self._give_back(w, stack or job, "SIGINT")
             return []
-        end = _ended(job, message, time.monotonic() - job.started)
+        busy = time.monotonic() - job.started
+        ends = _stack_ended(stack, message, busy) if stack else [_ended(job, message, busy)]
         if message.retire:
             self.log(
                 f"{self.spec.name}: worker {w.index} retired after trial {job.trial.number} "
                 f"({message.retire}); starting a fresh worker"
             )
-        if end.status in RESTART_AFTER or message.retire:
+        if any(end.status in RESTART_AFTER for end in ends) or message.retire:
             self.replace(w)
-        return [end]
+        return ends
 
     def _died(self, w: Worker) -> list[Ended]:
         from bench.failures import interrupted_exit, status_for_exit
 
         w.child.join(timeout=5)
         job, w.job = w.job, None
+        stack, w.stack = w.stack, []
         if job is None:
             if not w.ready and not self.stopping() and not interrupted_exit(w.child.exitcode):
                 raise BenchError(
@@ -312,36 +373,46 @@ class WorkerPool:
             # While the coordinator stops, a death is the stop's doing: a signal to the
             # whole process group also ends the forkserver, and then the worker's exit
             # code is unknown (multiprocessing reports 255).
-            self._give_back(w, job, w.child.exit_text().removeprefix("killed by "))
+            self._give_back(w, stack or job, w.child.exit_text().removeprefix("killed by "))
             return []
         status = status_for_exit(w.child.exitcode)
         error = f"worker process {w.child.exit_text()} during the trial"
         if status == "oom":
             error += " (SIGKILL: counted as out of memory, as the kernel OOM killer sends it)"
         self.replace(w)
-        return [Ended(job, time.monotonic() - job.started, status, error)]
+        for member in stack:
+            member.peak_rss = job.peak_rss  # the worker's peak: the whole stack's
+        busy = (time.monotonic() - job.started) / max(1, len(stack))
+        return [Ended(member, busy, status, error) for member in (stack or [job])]
 
-    def _give_back(self, w: Worker, job: Job, how: str) -> None:
-        """An interrupted trial has no result: back to the backlog, and a fresh worker
-        (the old one stopped at an arbitrary point)."""
+    def _give_back(self, w: Worker, job: Job | list[Job], how: str) -> None:
+        """An interrupted trial (or stack) has no result: back to the backlog, and a
+        fresh worker (the old one stopped at an arbitrary point)."""
         self.backlog.append(job)
         if not self.stopping():  # else the coordinator says what it gives back
+            what = (
+                f"a stack of {len(job)} trials" if isinstance(job, list)
+                else f"trial {job.trial.number}"
+            )  # fmt: skip
             self.log(
-                f"{self.spec.name}: trial {job.trial.number} was interrupted ({how}) on "
+                f"{self.spec.name}: {what} was interrupted ({how}) on "
                 f"worker {w.index}; it goes back to the queue"
             )
         self.replace(w)
 
-    def _timed_out(self, w: Worker) -> Ended:
+    def _timed_out(self, w: Worker) -> list[Ended]:
         job, w.job = w.job, None
+        stack, w.stack = w.stack or [job], []
         w.child.kill()
         busy = time.monotonic() - job.started
         error = (
             f"no result {busy:.0f} s after a time_limit_s of {job.config.time_limit_s:g} s: "
             "worker killed"
         )
+        if len(stack) > 1:
+            error += f" (a stack of {len(stack)})"
         self.replace(w)
-        return Ended(job, busy, "failed", error)
+        return [Ended(member, busy / len(stack), "failed", error) for member in stack]
 
 
 def _ended(job: Job, reply: Any, busy: float) -> Ended:
@@ -354,3 +425,34 @@ def _ended(job: Job, reply: Any, busy: float) -> Ended:
     if isinstance(reply, msg.TrialError):  # an exception escaped run_trial
         return Ended(job, busy, "oom" if reply.oom else "failed", reply.error)
     return Ended(job, busy, "failed", f"worker sent {type(reply).__name__} for a trial")
+
+
+def _jobs(item: Job | list[Job]) -> list[Job]:
+    return item if isinstance(item, list) else [item]
+
+
+def _interrupted_stack(reply: Any) -> bool:
+    """A stack's query answers a KeyboardInterrupt as an error: not its result."""
+    return isinstance(reply, msg.Answer) and (reply.error or "").startswith("KeyboardInterrupt")
+
+
+def _stack_ended(stack: list[Job], reply: Any, busy: float) -> list[Ended]:
+    """A worker's reply to a stack as one Ended per member; each member's busy time is
+    the stack's divided by its size."""
+    from bench.stack.worker import member_rows
+
+    share = busy / len(stack)
+    if isinstance(reply, msg.Answer) and reply.error is None:
+        rows = member_rows(reply.value, len(stack))
+        if rows is not None:
+            return [
+                Ended(job, share, row.get("status", "failed"), trial=row, steps=steps)
+                for job, (row, steps) in zip(stack, rows, strict=True)
+            ]
+    if isinstance(reply, msg.Answer):
+        error = reply.error or "the stack's worker sent no rows"
+        status = "oom" if "OutOfMemory" in error else "failed"
+        return [Ended(job, share, status, f"stacked run: {error}") for job in stack]
+    if isinstance(reply, msg.Invalid):
+        return [Ended(job, share, "failed", f"invalid stack: {reply.message}") for job in stack]
+    return [Ended(job, share, "failed", f"worker sent {type(reply).__name__}") for job in stack]

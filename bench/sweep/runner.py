@@ -61,6 +61,8 @@ class Summary:
     worker_busy_s: float  # dispatch-to-reply time of those trials, summed
     skipped: int
     stopped_by: int | None = None  # the signal that stopped the run before the end
+    workers: int = 0  # worker processes started (0: none were needed)
+    threads: int = 0  # torch threads each
 
     @property
     def all_invalid(self) -> bool:
@@ -78,9 +80,12 @@ class Summary:
         return 0
 
 
-def check_flags(workers: int, threads: int | None) -> None:
-    """--workers / --threads: the one check, for the command and for run_sweep."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+def check_flags(workers: int | None, threads: int | None) -> None:
+    """--workers / --threads: the one check, for the command and for run_sweep (None:
+    chosen from the device, bench.sweep.pool.worker_plan)."""
+    if workers is None:
+        pass
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if threads is not None and (
         isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -128,7 +133,7 @@ class SweepRunner:
         self,
         spec: SweepSpec,
         *,
-        workers: int = 1,
+        workers: int | None = 1,  # None: chosen from the device (bench.sweep.pool.worker_plan)
         storage: str | None = None,
         results: str | Path = "results",
         retry_failed: bool = False,
@@ -151,6 +156,8 @@ class SweepRunner:
         self.recorder: Recorder | None = None
         self._created_study = False  # this run made the study (see discard_if_unused)
         self.signals = StopSignals()
+        self.workers_started = 0  # what worker_plan chose, once workers start
+        self.threads_used = 0
 
     def run(self) -> Summary:
         with self.signals:
@@ -233,7 +240,7 @@ class SweepRunner:
             ) from None
 
     def _start_workers(self, *, remaining: int) -> None:
-        _n, envs, threads = worker_plan(
+        self.workers_started, envs, threads = worker_plan(
             self.spec,
             requested=self.requested_workers,
             remaining=remaining,
@@ -248,6 +255,7 @@ class SweepRunner:
             stopping=lambda: self.signals.received is not None,
         )
         self.pool.start(envs, threads)
+        self.threads_used = threads
 
     def _close(self, *, discard: bool) -> None:
         """Whatever stopped the run: write finished trials (they are results), stop the
@@ -300,12 +308,12 @@ class SweepRunner:
                 recorder.flush()  # a sampler must see the finished trials before it proposes
             idle = pool.dispatch_backlog(pool.idle())
             if idle and now >= next_claim:
+                wanted = len(idle) * self._per_worker
                 with coord.mutex():
-                    jobs = tickets.claim(len(idle))
-                for w, job in zip(idle, jobs, strict=False):
-                    pool.dispatch(w, job)
-                # Fewer tickets than idle workers: the queue is empty for now.
-                next_claim = now + CLAIM_POLL_S if len(jobs) < len(idle) else 0.0
+                    jobs = tickets.claim(wanted)
+                self._dispatch(idle, jobs)
+                # Fewer tickets than asked for: the queue is empty for now.
+                next_claim = now + CLAIM_POLL_S if len(jobs) < wanted else 0.0
             recorder.flush()
             if not pool.busy() and not pool.backlog:
                 counts = tickets.counts()
@@ -329,6 +337,31 @@ class SweepRunner:
                 recorder.add(end)
             if ended:
                 next_claim = 0.0
+
+    @property
+    def _per_worker(self) -> int:
+        """Tickets to claim per idle worker: a whole stack's when stacking."""
+        return self.spec.max_stack if self.spec.execution == "stacked" else 1
+
+    def _dispatch(self, idle: list, jobs: list) -> None:
+        """Hand claimed jobs to idle workers: one each, or, stacked, as stacks that share
+        a stack key (bench.stack.group), spread over the idle workers; stacks beyond
+        them wait in the pool's backlog."""
+        pool = self.pool
+        if self.spec.execution != "stacked":
+            for w, job in zip(idle, jobs, strict=False):
+                pool.dispatch(w, job)
+            return
+        from bench.stack.group import group
+
+        stacks = group(
+            jobs, max_stack=self.spec.max_stack, parts=len(idle), config=lambda job: job.config
+        )
+        for i, stack in enumerate(stacks):
+            if i < len(idle):
+                pool.dispatch_stack(idle[i], stack)
+            else:
+                pool.backlog.append(stack if len(stack) > 1 else stack[0])
 
     def _show(self, counts: Counts) -> None:
         # Finished trials waiting to be written are still RUNNING in the study.
@@ -379,6 +412,8 @@ class SweepRunner:
             worker_busy_s=rec.busy_here_s,
             skipped=len(spec.skipped),
             stopped_by=self.signals.received,
+            workers=self.workers_started,
+            threads=self.threads_used,
         )
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(counts.statuses.items())) or "none"
         self.progress.log(
@@ -418,5 +453,7 @@ def json_summary(summary: Summary) -> str:
             "worker_busy_s": summary.worker_busy_s,
             "skipped": summary.skipped,
             "stopped_by": summary.stopped_by,
+            "workers": summary.workers,
+            "threads": summary.threads,
         }
     )

@@ -104,6 +104,8 @@ class SweepSpec:
     search: SearchSpec | None
     spec_hash: str = ""
     points_by_key: Mapping[str, Point] = field(default_factory=dict)
+    execution: str = "solo"  # "stacked": bench.stack groups the claimed trials
+    max_stack: int = 64
 
     @property
     def directions(self) -> list[str]:
@@ -232,6 +234,8 @@ def parse_spec(
         question=question,
         device=model.device,
         memory_cap_bytes=model.memory_cap,
+        execution=model.execution,
+        max_stack=model.max_stack,
         seeds=tuple(model.seeds),
         base=layer,
         cases=tuple(cases) or ({},),

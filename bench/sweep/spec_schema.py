@@ -468,6 +468,10 @@ class SpecFile(_Table):
     # any trial (2-core AMD EPYC, 2026-12-05), and are more than a day of trials at 1 s each.
     max_points: integer(1) = MAX_POINTS
     """Refuse a spec whose cases x grid x seeds exceed this many points (counted first)."""
+    execution: Literal["solo", "stacked"] = "solo"
+    """stacked: trials differing only in lr, momentum, decay, schedule, seed train as one."""
+    max_stack: integer(1, maximum=4096) = 64
+    """stacked: the most trials one stack trains together."""
 
     @field_validator("seeds")
     @classmethod

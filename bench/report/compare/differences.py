@@ -49,7 +49,21 @@ def caveats(baseline: str | Path, candidate: str | Path, b: Side, c: Side) -> li
         )
     if not set(base.trials["trial_key"]) & set(cand.trials["trial_key"]):
         out.append(_no_common_trial_key(b, c))
+    basis_b, basis_c = timing_bases(base.trials), timing_bases(cand.trials)
+    if basis_b != basis_c:
+        out.append(
+            f"throughput not like for like — baseline ran {', '.join(sorted(basis_b))}, "
+            f"candidate {', '.join(sorted(basis_c))}: a stacked member's time columns are "
+            "its stack's time per member (timing_basis = 'stack')"
+        )
     return out
+
+
+def timing_bases(trials: pd.DataFrame) -> set[str]:
+    """How a side's time columns were measured: 'solo' (null timing_basis) and/or 'stack'."""
+    if "timing_basis" not in trials.columns:
+        return {"solo"}
+    return set(trials["timing_basis"].fillna("solo").astype(str))
 
 
 def _no_common_trial_key(b: Side, c: Side) -> str:

@@ -1,0 +1,134 @@
+"""Whole sweeps, solo against stacked: an 8 lr x 8 seed grid (64 configurations) at b = 32.
+
+    python scripts/bench_stack.py [--repeats 3] [--workers 2] [--threads 1] [--device cpu]
+
+For each workload (seed-mlp at its default N = 10000, teacher-mlp at N = 8192), one
+epoch, the same spec runs as ``execution = "solo"`` and as ``execution = "stacked"``
+(``max_stack = 64``), each a fresh ``python -m bench sweep`` into a new results folder:
+records written, study told, exactly what a user runs. The variants are interleaved
+(solo, stacked, solo, stacked, ...) so a change in machine load hits both alike. It
+prints each run's wall time, then per workload the solo / stacked wall-time ratio over
+the repetitions (each repetition's pair gives one ratio): median, min and max, with the
+1-minute load average. ``--steps-check`` also reports the largest relative difference
+between a stacked member's per-step losses and its solo run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LRS = [0.003 * 2**i for i in range(8)]  # 0.003 .. 0.384
+
+SPEC = """\
+# Solo against stacked: an 8 lr x 8 seed grid at b = 32, one epoch.
+name = "{name}"
+device = "{device}"
+seeds = 8
+execution = "{execution}"
+max_stack = 64
+
+[workload]
+name = "{workload}"
+
+[base]
+batch_size = 32
+epochs = 1
+
+[grid]
+lr = {lrs}
+"""
+
+
+def write_spec(folder: Path, workload: str, execution: str, device: str) -> Path:
+    name = f"{workload}-{execution}"
+    path = folder / f"{name}.toml"
+    lrs = "[" + ", ".join(f"{lr:.6g}" for lr in LRS) + "]"
+    path.write_text(
+        SPEC.format(name=name, device=device, execution=execution, workload=workload, lrs=lrs)
+    )
+    return path
+
+
+def run_sweep(spec: Path, results: Path, workers: int, threads: int | None) -> float:
+    cmd = [sys.executable, "-m", "bench", "sweep", str(spec), "--workers", str(workers)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    cmd += ["--results", str(results)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall
+
+
+def loss_difference(solo: Path, stacked: Path) -> float:
+    """The largest relative difference of a step's loss, stacked member against solo run."""
+    import numpy as np
+
+    from bench.store import load_results
+
+    a, b = load_results(solo).steps, load_results(stacked).steps
+    m = a.merge(b, on=["trial_key", "step"], suffixes=("_solo", "_stack"))
+    finite = np.isfinite(m["loss_solo"]) & np.isfinite(m["loss_stack"])
+    rel = (m["loss_stack"] - m["loss_solo"]).abs() / m["loss_solo"].abs()
+    return float(rel[finite].max())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workloads", nargs="+", default=["seed-mlp", "teacher-mlp"])
+    p.add_argument("--steps-check", action="store_true")
+    args = p.parse_args()
+    walls: dict[tuple[str, str], list[float]] = {}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
+        root = Path(tmp)
+        for i in range(args.repeats):
+            for workload in args.workloads:
+                for execution in ("solo", "stacked"):  # interleaved
+                    spec = write_spec(root, workload, execution, args.device)
+                    results = root / f"r{i}-{workload}-{execution}"
+                    wall = run_sweep(spec, results, args.workers, args.threads)
+                    walls.setdefault((workload, execution), []).append(wall)
+                    loads.append(os.getloadavg()[0])
+                    print(f"rep {i + 1} {workload:12s} {execution:8s} wall {wall:7.2f} s "
+                          f"(load {loads[-1]:.1f})", flush=True)  # fmt: skip
+                if args.steps_check and i == 0:
+                    diff = loss_difference(
+                        root / f"r0-{workload}-solo" / f"{workload}-solo",
+                        root / f"r0-{workload}-stacked" / f"{workload}-stacked",
+                    )
+                    print(f"  {workload}: largest per-step loss difference {diff:.2e} relative")
+    print(
+        f"\n64 configurations (8 lr x 8 seeds), b = 32, one epoch, {args.repeats} repetitions, "
+        f"--workers {args.workers} --threads {args.threads}, device {args.device}; "
+        f"{os.cpu_count()} CPUs, 1-min load average median {statistics.median(loads):.1f} "
+        f"(min {min(loads):.1f}, max {max(loads):.1f})"
+    )
+    for workload in args.workloads:
+        solo, stacked = walls[(workload, "solo")], walls[(workload, "stacked")]
+        ratios = [a / b for a, b in zip(solo, stacked, strict=True)]
+        print(
+            f"{workload:12s} solo {statistics.median(solo):7.2f} s  stacked "
+            f"{statistics.median(stacked):6.2f} s  ratio median {statistics.median(ratios):5.1f}x "
+            f"(min {min(ratios):.1f}, max {max(ratios):.1f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
