@@ -155,9 +155,10 @@ class KilledOnceRunner(FakeRunner):
 
 @pytest.mark.parametrize("always", [False, True])
 def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys, always):
+    # --confirm 1: one run per b, so the kill and its re-run are the only rows at b = 8.
     args = parse(
         "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
-        "--results", str(tmp_path), "--json",
+        "--confirm", "1", "--results", str(tmp_path), "--json",
     )  # fmt: skip
     runner = KilledOnceRunner({8}, always=always)
     assert oom.main(args, runner=runner) == 0
@@ -178,7 +179,7 @@ def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys
 def test_a_probe_killed_twice_is_not_reused_by_the_next_run(fake_machine, tmp_path, capsys):
     args = parse(
         "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
-        "--results", str(tmp_path), "--json",
+        "--confirm", "1", "--results", str(tmp_path), "--json",
     )  # fmt: skip
     assert oom.main(args, runner=KilledOnceRunner({8}, always=True)) == 0
     assert json.loads(capsys.readouterr().out)["capacities"][0]["boundary"] == 7
@@ -265,7 +266,7 @@ def test_a_kill_without_a_cap_counts_at_once_and_a_late_kill_is_no_retry(
     fake_machine, tmp_path, capsys
 ):
     # Without --capacity a kill is the machine's own memory running out: an OOM at once.
-    base = ["--workload", "teacher-mlp", "--margin", "0", "--json"]
+    base = ["--workload", "teacher-mlp", "--margin", "0", "--confirm", "1", "--json"]
     runner = KilledOnceRunner({8})
     assert oom.main(parse(*base, "--results", str(tmp_path / "a")), runner=runner) == 0
     c = json.loads(capsys.readouterr().out)["capacities"][0]

@@ -82,6 +82,14 @@ def _search_arguments(g) -> None:
         help="stop bisecting when fit and OOM are T apart (default 1: exact)",
     )
     g.add_argument(
+        "--confirm",
+        type=int,
+        default=3,
+        metavar="R",
+        help="runs of the last fit and the first OOM: b* is reported only when it fit R of R "
+        "and b*+1 failed R of R, else the band between (default 3; 1: no confirmation)",
+    )
+    g.add_argument(
         "--timeout",
         type=float,
         metavar="S",
@@ -135,6 +143,7 @@ def validate_args(args: argparse.Namespace) -> None:
         ("--max-batch", args.max_batch, 1),
         ("--start", args.start, 1),
         ("--tolerance", args.tolerance, 1),
+        ("--confirm", args.confirm, 1),
         ("--target-batch", args.target_batch, 1),
         ("--candidates", args.candidates, 1),
         ("--throughput-steps", args.throughput_steps, 1),

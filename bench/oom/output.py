@@ -47,8 +47,8 @@ def _boundary_table(out: dict) -> str:
     capacities = out["capacities"]
     margin = f"after {capacities[0]['margin_pct']:g}% margin" if capacities else "after margin"
     header = (
-        "capacity", "boundary", "first OOM", margin, "peak at boundary", "probes (new)",
-        "bound", "search time",
+        "capacity", "boundary", "first OOM", margin, "peak at boundary",
+        "probes: search + confirm (new)", "bound", "search time",
     )  # fmt: skip
     rows = []
     for c in capacities:
@@ -56,16 +56,24 @@ def _boundary_table(out: dict) -> str:
         rows.append(
             (
                 format_bytes(c["capacity_bytes"]),
-                f"{c['boundary']}{limit}",
+                _boundary_cell(c) + limit,
                 "-" if c["first_oom"] is None else c["first_oom"],
                 c["boundary_after_margin"] or "none (b=1 OOMs)",
                 format_bytes(c["peak_at_boundary_bytes"]),
-                f"{c['probes']} ({c['new_probes']})",
+                f"{c['probes']} + {c.get('confirm_probes', 0)} ({c['new_probes']})",
                 "-" if c["probe_bound"] is None else c["probe_bound"],
                 f"{c['search_wall_s']:.1f} s",
             )
         )
     return text_table(header, rows)
+
+
+def _boundary_cell(c: dict) -> str:
+    """b* when it fit R of R and b* + 1 failed R of R; else the band those runs leave."""
+    if c.get("exact", True):
+        return str(c["boundary"])
+    high = "-" if c["first_oom"] is None else c["first_oom"]
+    return f"band {c['boundary']}..{high} (R={c['repeats']})"
 
 
 def _planner_table(out: dict) -> str:

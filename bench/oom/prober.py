@@ -43,9 +43,19 @@ class Prober:
     kind: str = "boundary"
     fresh: bool = False  # run every probe, even one stored (--fresh)
     log: Callable[[str], None] | None = None  # one line per new probe (stderr in main)
-    probes: int = 0  # probes asked for (new + reused)
+    probes: int = 0  # distinct probes asked for (new + reused)
     new_probes: int = 0
     rows: list[dict] = field(default_factory=list)
+    phase: str | None = None  # recorded on new rows: "search", "confirm", "margin", ...
+    margin_pct: float | None = None  # recorded on new rows: the margin this cap applies
+    _since: int = field(default=0, init=False)  # --fresh: only rows added since answer
+    # This run's own answers, killed ones included: a search asks a b again (the
+    # confirmation re-reads the search's run) and must get the same row back.
+    _seen: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        if self.fresh:
+            self._since = len(self.store.rows)
 
     @property
     def capacity_key(self) -> int:
@@ -60,15 +70,20 @@ class Prober:
         steps: int | None = None,
         timing_warmup: int | None = None,
         evaluate: bool | None = None,
+        repeat: int = 0,
     ) -> dict:
-        """The probe row at (b, k): stored if one answers, else measured and stored."""
+        """The probe row at (b, k), run number ``repeat`` (0: the first): stored if one
+        answers, else measured and stored."""
         config = self.spec.probe_config(
             b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
         )
         key = probe_key(config, self.capacity_key, self.device, self.kind, self.spec.identity)
+        if (key, repeat) in self._seen:  # asked before in this run: not another probe
+            return self._seen[key, repeat]
         self.probes += 1
-        found = None if self.fresh else self.store.find(key)
+        found = self.store.find(key, repeat, since=self._since)
         if found is not None:
+            self._seen[key, repeat] = found
             self.rows.append(found)
             return found
         run, killed = self._execute(config)
@@ -86,7 +101,11 @@ class Prober:
         # Only under a cap is a kill outside pressure (not an answer to keep); without one
         # it is the machine's own memory running out: an OOM like any other, reused.
         row["killed"] = killed and self.capacity_bytes is not None
+        row["repeat"] = repeat
+        row["phase"] = self.phase if repeat == 0 else "confirm"
+        row["margin_pct"] = self.margin_pct
         self.new_probes += 1
+        self._seen[key, repeat] = row
         self.store.add(row)
         self.rows.append(row)
         self._log(row, run.wall_s)
