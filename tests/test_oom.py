@@ -397,6 +397,8 @@ def test_planner_recommends_the_fastest_fitting_split(fake_machine, tmp_path, ca
         "0",
         "--target-batch",
         "256",
+        "--throughput-rounds",
+        "1",
         "--results",
         str(tmp_path),
         "--json",
@@ -413,10 +415,19 @@ def test_planner_recommends_the_fastest_fitting_split(fake_machine, tmp_path, ca
     assert large["plan"]["recommended"]["micro_batch_size"] == 16
     rec = large["plan"]["recommended"]
     assert rec["headroom_bytes"] == 600 * MiB - rec["peak_bytes"]
-    # Each (b, k) was measured once (2 warm-up + 6 timed steps), with k = 256 / b.
+    # Each (b, k) was timed once without the cap (2 warm-up + 6 timed steps), k = 256 / b;
+    # the pick then ran once under each capacity.
     measured = [
-        (b, k) for (b, k, _), steps in zip(runner.calls, runner.steps, strict=True) if steps == 8
+        (b, k)
+        for (b, k, cap), steps in zip(runner.calls, runner.steps, strict=True)
+        if steps == 8 and cap is None
     ]
+    checked = [
+        (b, k, cap)
+        for (b, k, cap), steps in zip(runner.calls, runner.steps, strict=True)
+        if steps == 8 and cap is not None
+    ]
+    assert checked == [(16, 16, 330 * MiB), (16, 16, 600 * MiB)]
     assert {b for b, _ in measured} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
     assert len(measured) == len(set(measured))
     assert all(b * k == 256 for b, k in measured)

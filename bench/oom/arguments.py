@@ -82,6 +82,13 @@ def _search_arguments(g) -> None:
         help="stop bisecting when fit and OOM are T apart (default 1: exact)",
     )
     g.add_argument(
+        "--search",
+        choices=("bisect", "model"),
+        default="bisect",
+        help="bisect: double from --start, then bisect; model: fit memory = M0 + m*b on a "
+        "few probes, predict b*, search from there (default bisect)",
+    )
+    g.add_argument(
         "--confirm",
         type=int,
         default=3,
@@ -118,6 +125,14 @@ def _planner_arguments(g) -> None:
         metavar="S",
         help="timed optimizer steps per candidate, after 2 warm-up steps (default 6)",
     )
+    g.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="interleaved timing rounds per candidate, without the cap; ranked by the "
+        "median (default 3)",
+    )
 
 
 def _output_arguments(g) -> None:
@@ -147,6 +162,7 @@ def validate_args(args: argparse.Namespace) -> None:
         ("--target-batch", args.target_batch, 1),
         ("--candidates", args.candidates, 1),
         ("--throughput-steps", args.throughput_steps, 1),
+        ("--throughput-rounds", args.throughput_rounds, 1),
     ):
         if value is not None and value < minimum:
             raise BenchError(f"{flag} must be an integer >= {minimum}, got {value}")

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.oom.boundary_search import confirm_band, probe_bound, search
-from bench.oom.prober import ProbeFailed, Prober
+from bench.oom.model_search import model_search
+from bench.oom.prober import ProbeFailed, Prober, peak_bytes
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Boundary:
     repeats: int = 1  # R: runs per b at the ends of the band
     confirm_probes: int = 0  # probes asked by the confirmation (beyond the search's)
     exact: bool = True  # first_oom - boundary <= tolerance (or no OOM up to the limit)
+    model: dict | None = None  # the memory model's line and prediction (--search model)
 
     @property
     def band(self) -> list[int | None] | None:
@@ -49,24 +51,43 @@ def find_boundary(
     first_step: int | None = None,
     on_probe=None,
     repeats: int = 1,
+    model_budget: tuple[int, int] | None = None,
 ) -> Boundary:
     """The boundary search with ``prober``'s probes as ``fits``: ok fits, oom does not,
     and any other outcome raises ProbeFailed (it would read as a wrong boundary). With
-    ``repeats`` R > 1 the ends are then confirmed by R runs each (confirm_band)."""
+    ``model_budget`` (capacity, baseline) the memory model predicts where to search
+    (bench.oom.model_search). With ``repeats`` R > 1 the ends are then confirmed by R
+    runs each (confirm_band)."""
     before_probes, before_new = prober.probes, prober.new_probes
     t0 = time.perf_counter()
 
-    def fits(b: int, repeat: int = 0) -> bool:
+    def run(b: int, repeat: int = 0) -> dict:
         row = prober.run(b) if repeat == 0 else prober.run(b, repeat=repeat)
         if on_probe is not None:
             on_probe(row)
-        if row["outcome"] == "ok":
-            return True
-        if row["outcome"] == "oom":
-            return False
-        raise ProbeFailed(row)
+        if row["outcome"] not in ("ok", "oom"):
+            raise ProbeFailed(row)
+        return row
 
-    lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
+    def fits(b: int, repeat: int = 0) -> bool:
+        return run(b, repeat)["outcome"] == "ok"
+
+    def measured(b: int) -> tuple[bool, int | None]:
+        row = run(b)
+        return row["outcome"] == "ok", peak_bytes(row)
+
+    model = None
+    if model_budget is None:
+        lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
+    else:
+        lo, hi, model = model_search(
+            measured,
+            capacity=model_budget[0],
+            baseline=model_budget[1],
+            start=start,
+            upper=upper,
+            tolerance=tolerance,
+        )
     searched = prober.probes - before_probes
     if repeats > 1 and (lo > 0 or hi is not None):
         lo, hi = confirm_band(fits, lo, hi, repeats=repeats, upper=upper, tolerance=tolerance)
@@ -80,6 +101,7 @@ def find_boundary(
         repeats=repeats,
         confirm_probes=prober.probes - before_probes - searched,
         exact=lo >= upper if hi is None else hi - lo <= max(1, tolerance),
+        model=None if model is None else model.to_dict(),
     )
 
 
@@ -147,6 +169,7 @@ class CapacityResult:
             "band": self.boundary.band,
             "repeats": self.boundary.repeats,
             "confirm_probes": self.boundary.confirm_probes,
+            "model": self.boundary.model,
             "limited_by": self.boundary.limited_by,
             "margin_pct": self.margin_pct,
             "margin_capacity_bytes": self.margin_capacity_bytes,

@@ -160,6 +160,9 @@ class _Search:
             upper=self.upper,
             tolerance=args.tolerance,
             repeats=args.confirm,
+            model_budget=(cap, int(self.info["baseline_bytes"]))
+            if args.search == "model"
+            else None,
         )
         if bound.boundary == 0:
             raise BenchError(
@@ -206,6 +209,7 @@ class _Search:
             "dataset_size": self.n_train,
             "tolerance": args.tolerance,
             "confirm": args.confirm,
+            "search": args.search,
             "probes_path": str(self.store.path),
             "capacities": [r.to_dict() for r in results],
             "target_batch": args.target_batch,
@@ -248,6 +252,7 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
             target=args.target_batch,
             candidates=args.candidates,
             throughput_steps=args.throughput_steps,
+            rounds=args.throughput_rounds,
             make_prober=lambda cap: run.prober(cap, kind="throughput", phase="throughput"),
         )
     out = run.summary(results, error, time.perf_counter() - t_start)

@@ -14,7 +14,8 @@ def render(out: dict) -> str:
         lines += [
             "",
             f"planner: target batch {out['target_batch']} = b x k "
-            f"(b divides {out['target_batch']}; fastest measured)",
+            f"(b divides {out['target_batch']}; fastest measured without the cap, "
+            "then run under it)",
             _planner_table(out),
         ]
     lines += ["", f"probes: {out['probes_path']}   total time {out['wall_s']:.1f} s"]
@@ -68,6 +69,12 @@ def _boundary_table(out: dict) -> str:
     return text_table(header, rows)
 
 
+def _speed_cell(rec: dict) -> str:
+    low, high = rec.get("samples_per_s_min"), rec.get("samples_per_s_max")
+    spread = "" if low is None or high is None else f" ({low:.1f}-{high:.1f})"
+    return f"{rec['samples_per_s']:.1f}{spread}"
+
+
 def _boundary_cell(c: dict) -> str:
     """b* when it fit R of R and b* + 1 failed R of R; else the band those runs leave."""
     if c.get("exact", True):
@@ -77,7 +84,10 @@ def _boundary_cell(c: dict) -> str:
 
 
 def _planner_table(out: dict) -> str:
-    header = ("capacity", "boundary", "safe b", "b", "k", "samples/s", "peak memory", "headroom")
+    header = (
+        "capacity", "boundary", "safe b", "b", "k", "samples/s (median, min-max, uncapped)",
+        "peak memory (capped)", "headroom",
+    )  # fmt: skip
     rows = []
     for c in out["capacities"]:
         first = (format_bytes(c["capacity_bytes"]), c["boundary"], c["boundary_after_margin"])
@@ -90,7 +100,7 @@ def _planner_table(out: dict) -> str:
                 *first,
                 rec["micro_batch_size"],
                 rec["accumulation_steps"],
-                f"{rec['samples_per_s']:.1f}",
+                _speed_cell(rec),
                 format_bytes(rec["peak_bytes"]),
                 format_bytes(rec["headroom_bytes"]),
             )

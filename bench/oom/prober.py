@@ -161,7 +161,12 @@ def killed_by_sigkill(run) -> bool:
 
 # The child's own numbers (bench.procs' stats) that are ProbeRecord columns; any other
 # entry (a traceback) goes in the row's ``extra``.
-_STAT_COLUMNS = ("child_rss_hwm_bytes", "child_max_allocated_bytes", "child_max_reserved_bytes")
+_STAT_COLUMNS = (
+    "child_rss_hwm_bytes",
+    "child_max_allocated_bytes",
+    "child_max_reserved_bytes",
+    "vmdata_peak_bytes",
+)
 _PEAK_COLUMNS = (
     "peak_allocated_bytes",
     "peak_reserved_bytes",
@@ -221,7 +226,8 @@ def peak_bytes(row: dict | None) -> int | None:
     """The probe's peak memory on the measure the capacity is about.
 
     CUDA: context (outside the allocator) + the allocator's peak reserved bytes.
-    CPU: the probe process's peak RSS (meters' sampler, else the kernel's VmHWM)."""
+    CPU under a cap: the sampled peak of VmData, the quantity RLIMIT_DATA limits.
+    CPU without one: the probe process's peak RSS (meters' sampler, else VmHWM)."""
     if row is None:
         return None
     if str(row.get("device", "")).startswith("cuda"):
@@ -229,6 +235,8 @@ def peak_bytes(row: dict | None) -> int | None:
         if reserved is None:
             return row.get("nvml_process_peak_bytes")
         return int(reserved) + int(row.get("baseline_bytes") or 0)
+    if row.get("vmdata_peak_bytes") is not None:
+        return int(row["vmdata_peak_bytes"])
     values = [
         v for v in (row.get("cpu_peak_rss_bytes"), row.get("child_rss_hwm_bytes")) if v is not None
     ]

@@ -249,6 +249,9 @@ def child_stats(device: str) -> dict:
     """What the child measures about itself after a trial, independent of the meters:
     its RSS high-water mark and, on CUDA, the allocator's lifetime peaks."""
     stats: dict[str, Any] = {"child_rss_hwm_bytes": proc_status_bytes("VmHWM")}
+    from bench.procs.caps import vmdata_peak  # sampled under a CPU cap, else None
+
+    stats["vmdata_peak_bytes"] = vmdata_peak(reset=True)
     if device.startswith("cuda"):
         import torch
 
