@@ -167,3 +167,31 @@ def test_a_user_upper_bound_holds_after_any_outcome(fake_machine, tmp_path, caps
     assert max(b for b, _, _ in runner.calls) <= 101
     assert c["boundary"] == 100 and c["first_oom"] in (101, None)
     assert 400 * MiB == c["capacity_bytes"]
+
+
+def test_the_report_figure_draws_the_band_and_the_margin_line_from_probes(
+    fake_machine, tmp_path, capsys
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bench.report.figures import load_oom_probes, oom_boundaries, probe_boundaries
+
+    args = parse("--workload", "teacher-mlp", "--capacity", "400MiB", "--capacity", "500MiB",
+                 "--margin", "10", "--results", str(tmp_path), "--json")  # fmt: skip
+    assert oom.main(args, runner=NoisyRunner()) == 0
+    caps = {c["capacity_bytes"]: c for c in json.loads(capsys.readouterr().out)["capacities"]}
+    probes = load_oom_probes(tmp_path / "oom" / "teacher-mlp", [])
+    lines = probe_boundaries(probes).set_index("capacity_bytes")
+    assert lines.loc[400 * MiB, ["last_ok", "first_bad", "exact"]].tolist() == [100, 102, False]
+    assert lines.loc[500 * MiB, ["last_ok", "first_bad", "exact"]].tolist() == [200, 201, True]
+    assert lines.loc[int(400 * MiB * 0.9), "margin_pct"] == 10
+    fig = oom_boundaries(probes, [])
+    ax = fig.axes[0]
+    drawn = {ln.get_label(): ln for ln in ax.get_lines()}
+    safe = drawn["safe b after 10% margin fp32 adamw"]
+    assert list(safe.get_xdata()) == pytest.approx([400 * MiB, 500 * MiB])
+    assert list(safe.get_ydata()) == [c["boundary_after_margin"] for c in caps.values()]
+    (band,) = [c for c in ax.collections if c.get_label().startswith("band")]
+    (segment,) = band.get_segments()
+    assert segment[:, 1].tolist() == [100, 102] and segment[0, 0] == 400 * MiB
