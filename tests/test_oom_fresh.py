@@ -84,3 +84,21 @@ def test_reported_boundary_holds_in_fresh_bench_run_processes(tmp_path, capsys):
     statuses = _fresh_runs(toml, [b, b + 1] * 3, cap, baseline, tmp_path / "runs")
     assert statuses[0::2] == ["ok"] * 3, statuses
     assert statuses[1::2] == ["oom"] * 3, statuses
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--memory-baseline", "300MiB"], "--memory-baseline needs --memory-cap"),
+        (["--memory-cap", "200MiB", "--memory-baseline", "300MiB"], "no training budget"),
+        (["--memory-cap", "lots"], "--memory-cap"),
+    ],
+)
+def test_memory_cap_bad_input_is_one_line_exit_2(tmp_path, extra, needle):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--workload", "seed-mlp", "--out",
+         str(tmp_path / "out"), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and needle in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -37,7 +37,7 @@ def add_run_cap_arguments(p: argparse.ArgumentParser) -> None:
 def apply_run_cap(args: argparse.Namespace, device: str):
     """Cap this process as a probe is capped (a CapInfo), or None without --memory-cap.
     Call it before the trial prepares its data: a probe's data counts against the cap."""
-    from bench.config import parse_size
+    from bench.config import format_bytes, parse_size
     from bench.errors import ConfigError
 
     if getattr(args, "memory_cap", None) is None:
@@ -56,6 +56,11 @@ def apply_run_cap(args: argparse.Namespace, device: str):
             from bench.procs import measure_baseline
 
             reference = int(measure_baseline(device)["baseline_bytes"])
+        if cap <= reference:  # before the imports: bad input is told at once
+            raise ConfigError(
+                f"--memory-cap {args.memory_cap} is at or below the reference baseline "
+                f"{format_bytes(reference)}: no training budget is left"
+            )
         _preload()
     info = apply_memory_cap(cap, device, reference_baseline=reference)
     print(f"bench run: {info.describe()}", file=sys.stderr)
