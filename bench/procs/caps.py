@@ -174,6 +174,7 @@ def apply_memory_cap(
     *,
     fixed_malloc: bool = True,
     reference_baseline: int | None = None,
+    sample_peak: bool = True,
 ) -> CapInfo:
     """Cap this process's memory at ``cap_bytes`` on ``device`` ("cpu", "cuda", "cuda:1",
     or a torch.device). Call it in a fresh child process, before the trial's work.
@@ -183,7 +184,8 @@ def apply_memory_cap(
     changes how fast small-tensor CPU code allocates, so a sweep that times CPU trials
     under a cap may pass False.
 
-    ``reference_baseline`` (CPU): the capacity is that baseline plus a training budget,
+    ``sample_peak`` (CPU): sample VmData, the capped quantity, for its peak
+    (:func:`start_vmdata_sampler`). ``reference_baseline`` (CPU): the capacity is that baseline plus a training budget,
     and this process gets the same budget above its own baseline (``bench run
     --memory-cap``: its baseline is not the probe process's, see docs/notes/oom.md).
 
@@ -194,20 +196,28 @@ def apply_memory_cap(
 
     dev = torch.device(device)
     if dev.type == "cpu":
-        return _cap_cpu(int(cap_bytes), fixed_malloc=fixed_malloc, reference=reference_baseline)
+        return _cap_cpu(
+            int(cap_bytes),
+            fixed_malloc=fixed_malloc,
+            reference=reference_baseline,
+            sample_peak=sample_peak,
+        )
     if dev.type == "cuda":
         # The index without torch.cuda.current_device(), which initialises CUDA.
         return _cap_cuda(int(cap_bytes), dev.index if dev.index is not None else 0)
     raise BenchError(f"memory caps work on cpu and cuda devices, not {dev.type!r}")
 
 
-def _cap_cpu(cap_bytes: int, *, fixed_malloc: bool, reference: int | None = None) -> CapInfo:
+def _cap_cpu(
+    cap_bytes: int, *, fixed_malloc: bool, reference: int | None = None, sample_peak: bool = True
+) -> CapInfo:
     from bench.config import format_bytes
 
     if fixed_malloc:
         _fix_malloc()
     warm_cpu_threads()
-    start_vmdata_sampler()  # before the baseline: its thread's stack is part of it
+    if sample_peak:
+        start_vmdata_sampler()  # before the baseline: its thread's stack is part of it
     _settle_heap()
     baseline = proc_status_bytes("VmData") or 0
     total = machine_memory_bytes()
