@@ -617,10 +617,14 @@ def cpu_baseline() -> int:
 def test_cpu_boundary_is_exact_monotone_and_reused(case, tmp_path, capsys, cpu_baseline):
     argv, rooms = CASES[case]
     capacities = [cpu_baseline + room for room in rooms]
+    # --confirm 1: one run per b, so the search ends on adjacent ends that _recheck tests
+    # in fresh processes (confirmed runs and bands: test_oom_confirm.py, test_oom_fresh.py).
     common = [
         *argv,
         "--margin",
         "0",
+        "--confirm",
+        "1",
         "--steps",
         "2",
         "--results",
