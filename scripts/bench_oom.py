@@ -90,7 +90,7 @@ def table(runs: list[dict]) -> str:
                 continue
             answers = sorted({f"{r['boundary']} ({r['first_oom']})" for r in ok})
             shape = sorted({"exact" if r["exact"] else f"band {r['band']}" for r in ok})
-            probes = spread([r["real_probes"] - r["margin_probes"] for r in ok])
+            probes = spread([r["real_probes"] for r in ok])  # the margin search's apart
             split = (
                 spread([r["search_probes"] for r in ok])
                 + " + "
@@ -187,7 +187,11 @@ def main() -> int:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--lightning", action="store_true", help="also Lightning's binsearch")
     p.add_argument("--out", default="results/bench_oom.json")
+    p.add_argument("--table", metavar="JSON", help="only print the table of a finished run")
     args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())["runs"]))
+        return 0
     cases = args.cases.split(",")
     runs: list[dict] = []
     root = Path(tempfile.mkdtemp(prefix="bench-oom-"))

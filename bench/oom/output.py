@@ -37,9 +37,14 @@ def _preamble(out: dict) -> list[str]:
             "outside the allocator's fraction (subtracted from each capacity)"
         )
     else:
+        peak = (
+            "peak = VmData, what the cap counts, sampled every 1 ms"
+            if out["cap_method"] == "rlimit-data"
+            else "peak = the probe process's RSS"
+        )
         cap = (
             f"cap: {out['cap_method']}; idle probe process baseline {baseline} "
-            "(VmData, inside the capacity); peak = the probe process's RSS"
+            f"(VmData; the capacity is this baseline + the training budget); {peak}"
         )
     return [what, cap]
 
