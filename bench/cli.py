@@ -231,7 +231,9 @@ def config_from_args(
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    from bench.oom.run_cap import apply_run_cap, peak_line
 
+    cap = apply_run_cap(args, config.device)  # before prepare: a probe's data counts too
     from bench.trial import prepare, run_trial, write_result
 
     try:
@@ -279,6 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if t.get("error"):
         line += f" ({t['error']})"
     print(line)
+    if peak_line(cap):
+        print(peak_line(cap), file=sys.stderr)
     return 0 if t["status"] == "ok" else 1
 
 
@@ -338,6 +342,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="all-reduce once per window (no_sync, default) or every micro-batch",
     )
     p.add_argument("--out", required=True, help="folder for trial.parquet and steps.parquet")
+    from bench.oom.run_cap import add_run_cap_arguments
+
+    add_run_cap_arguments(p)
 
 
 # -- schema ------------------------------------------------------------------------------

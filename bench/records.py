@@ -180,6 +180,9 @@ class ProbeRecord:
     cap_method: str | None = None
     cap_limit_bytes: int | None = None
     baseline_bytes: int | None = None  # CPU: VmData of the idle child; CUDA: the context
+    repeat: int | None = None  # 0: the first run of this probe_key; i: its i-th repetition
+    phase: str | None = None  # "search", "confirm", "margin", "model", "throughput"
+    margin_pct: float | None = None  # the margin a "margin" probe's reduced cap applies
     # what happened
     outcome: str | None = None  # ok / oom / failed / diverged
     error: str | None = None
@@ -199,6 +202,7 @@ class ProbeRecord:
     config_json: str | None = None
     identity_json: str | None = None  # machine + software the probe ran on (in probe_key)
     killed: bool | None = None  # died by SIGKILL (twice under a cap): never reused
+    vmdata_peak_bytes: int | None = None  # CPU: sampled peak of VmData, what RLIMIT_DATA counts
     extra: str | None = None  # JSON object: detail outside the contract (extra_json)
     schema_version: int = SCHEMA_VERSION
 

@@ -155,9 +155,10 @@ class KilledOnceRunner(FakeRunner):
 
 @pytest.mark.parametrize("always", [False, True])
 def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys, always):
+    # --confirm 1: one run per b, so the kill and its re-run are the only rows at b = 8.
     args = parse(
         "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
-        "--results", str(tmp_path), "--json",
+        "--confirm", "1", "--results", str(tmp_path), "--json",
     )  # fmt: skip
     runner = KilledOnceRunner({8}, always=always)
     assert oom.main(args, runner=runner) == 0
@@ -178,7 +179,7 @@ def test_a_probe_killed_from_outside_is_run_again(fake_machine, tmp_path, capsys
 def test_a_probe_killed_twice_is_not_reused_by_the_next_run(fake_machine, tmp_path, capsys):
     args = parse(
         "--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "0",
-        "--results", str(tmp_path), "--json",
+        "--confirm", "1", "--results", str(tmp_path), "--json",
     )  # fmt: skip
     assert oom.main(args, runner=KilledOnceRunner({8}, always=True)) == 0
     assert json.loads(capsys.readouterr().out)["capacities"][0]["boundary"] == 7
@@ -265,7 +266,7 @@ def test_a_kill_without_a_cap_counts_at_once_and_a_late_kill_is_no_retry(
     fake_machine, tmp_path, capsys
 ):
     # Without --capacity a kill is the machine's own memory running out: an OOM at once.
-    base = ["--workload", "teacher-mlp", "--margin", "0", "--json"]
+    base = ["--workload", "teacher-mlp", "--margin", "0", "--confirm", "1", "--json"]
     runner = KilledOnceRunner({8})
     assert oom.main(parse(*base, "--results", str(tmp_path / "a")), runner=runner) == 0
     c = json.loads(capsys.readouterr().out)["capacities"][0]
@@ -396,6 +397,8 @@ def test_planner_recommends_the_fastest_fitting_split(fake_machine, tmp_path, ca
         "0",
         "--target-batch",
         "256",
+        "--throughput-rounds",
+        "1",
         "--results",
         str(tmp_path),
         "--json",
@@ -412,10 +415,19 @@ def test_planner_recommends_the_fastest_fitting_split(fake_machine, tmp_path, ca
     assert large["plan"]["recommended"]["micro_batch_size"] == 16
     rec = large["plan"]["recommended"]
     assert rec["headroom_bytes"] == 600 * MiB - rec["peak_bytes"]
-    # Each (b, k) was measured once (2 warm-up + 6 timed steps), with k = 256 / b.
+    # Each (b, k) was timed once without the cap (2 warm-up + 6 timed steps), k = 256 / b;
+    # the pick then ran once under each capacity.
     measured = [
-        (b, k) for (b, k, _), steps in zip(runner.calls, runner.steps, strict=True) if steps == 8
+        (b, k)
+        for (b, k, cap), steps in zip(runner.calls, runner.steps, strict=True)
+        if steps == 8 and cap is None
     ]
+    checked = [
+        (b, k, cap)
+        for (b, k, cap), steps in zip(runner.calls, runner.steps, strict=True)
+        if steps == 8 and cap is not None
+    ]
+    assert checked == [(16, 16, 330 * MiB), (16, 16, 600 * MiB)]
     assert {b for b, _ in measured} == {1, 2, 4, 8, 16, 32, 64, 128, 256}
     assert len(measured) == len(set(measured))
     assert all(b * k == 256 for b, k in measured)
@@ -605,10 +617,14 @@ def cpu_baseline() -> int:
 def test_cpu_boundary_is_exact_monotone_and_reused(case, tmp_path, capsys, cpu_baseline):
     argv, rooms = CASES[case]
     capacities = [cpu_baseline + room for room in rooms]
+    # --confirm 1: one run per b, so the search ends on adjacent ends that _recheck tests
+    # in fresh processes (confirmed runs and bands: test_oom_confirm.py, test_oom_fresh.py).
     common = [
         *argv,
         "--margin",
         "0",
+        "--confirm",
+        "1",
         "--steps",
         "2",
         "--results",

@@ -170,10 +170,11 @@ def test_planner_measures_each_split_once_and_recommends_the_fastest():
     assert [c["micro_batch_size"] for c in large.plan["candidates"]] == [3, 4, 6]
     assert all(c["accumulation_steps"] * c["micro_batch_size"] == 12
                for r in (small, large) for c in r.plan["candidates"])  # fmt: skip
-    # b = 3 and 4 were measured under the small cap and not again; b = 6 under the large
-    # capacity's margin (where its safe batch was verified), 2 warm-up + 5 timed steps.
-    assert [run for run in probers[10_000].runs] == [(2, 6, 7), (3, 4, 7), (4, 3, 7)]
-    assert probers[18_000].runs == [(6, 2, 7)]
+    # Speed without the cap: each b once (2 warm-up + 5 timed steps); the pick, b = 4,
+    # then ran once under each capacity where its safe batch was verified (the large
+    # one's margin).
+    assert probers[None].runs == [(2, 6, 7), (3, 4, 7), (4, 3, 7), (6, 2, 7)]
+    assert probers[10_000].runs == [(4, 3, 7)] and probers[18_000].runs == [(4, 3, 7)]
     for result in (small, large):
         rec = result.plan["recommended"]
         assert (rec["micro_batch_size"], rec["accumulation_steps"]) == (4, 3)
@@ -189,6 +190,39 @@ def test_planner_without_a_fitting_run_recommends_nothing():
         return FakeProber(0)  # every throughput probe runs out of memory
 
     plan([result], target=12, candidates=6, throughput_steps=1, make_prober=make_prober)
-    assert caps == [None], "the device's own memory is measured without a cap"
+    assert caps == [None], "speed, and the device's own memory, are measured without a cap"
     assert result.plan["recommended"] is None
     assert {c["outcome"] for c in result.plan["candidates"]} == {"oom"}
+
+
+class CapSlowedProber(FakeProber):
+    """b = 8 is the faster split without a cap, b = 4 under one (a cap's malloc
+    settings slow b = 8), each timing with some noise between runs."""
+
+    def run(self, b, k=1, *, steps=None, timing_warmup=None, evaluate=None, repeat=0) -> dict:
+        row = super().run(b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate)
+        uncapped = {4: 100.0, 8: 150.0}[b] + repeat
+        row["samples_per_s"] = uncapped if self.cap is None else {4: 90.0, 8: 40.0}[b]
+        row["vmdata_peak_bytes"] = 500 + b
+        return row
+
+
+def test_planner_ranks_by_uncapped_speed_in_interleaved_rounds():
+    probers: dict[int | None, CapSlowedProber] = {}
+
+    def make_prober(cap):
+        probers.setdefault(cap, CapSlowedProber(10**6, cap=cap))
+        return probers[cap]
+
+    result = _result(10_000, 8)
+    plan([result], target=8, candidates=2, throughput_steps=4, make_prober=make_prober, rounds=3)
+    rec = result.plan["recommended"]
+    assert (rec["micro_batch_size"], rec["accumulation_steps"]) == (8, 1)
+    assert (rec["samples_per_s"], rec["samples_per_s_min"], rec["samples_per_s_max"]) == (
+        151.0, 150.0, 152.0,
+    )  # fmt: skip
+    # Interleaved: every candidate once per round, all without a cap.
+    assert [b for b, _, _ in probers[None].runs] == [4, 8, 4, 8, 4, 8]
+    # The pick ran once under the cap; its peak there (VmData) gives the headroom.
+    assert probers[10_000].runs == [(8, 1, 6)]
+    assert rec["peak_bytes"] == 508 and rec["headroom_bytes"] == 10_000 - 508

@@ -152,6 +152,7 @@ def test_oom_probes_read_as_one_table(tmp_path, capsys):
     args = p.parse_args(
         ["--workload", "test_oom_helpers:build", "--option", "kill_at=3", "--samples", "16"]
         + ["--margin", "0", "--steps", "1", "--no-eval", "--results", str(tmp_path), "--json"]
+        + ["--confirm", "1"]  # one run per b: the four rows below
     )
     assert oom.main(args) == 0
     capsys.readouterr()

@@ -82,6 +82,21 @@ def _search_arguments(g) -> None:
         help="stop bisecting when fit and OOM are T apart (default 1: exact)",
     )
     g.add_argument(
+        "--search",
+        choices=("bisect", "model"),
+        default="bisect",
+        help="bisect: double from --start, then bisect; model: fit memory = M0 + m*b on a "
+        "few probes, predict b*, search from there (default bisect)",
+    )
+    g.add_argument(
+        "--confirm",
+        type=int,
+        default=3,
+        metavar="R",
+        help="runs of the last fit and the first OOM: b* is reported only when it fit R of R "
+        "and b*+1 failed R of R, else the band between (default 3; 1: no confirmation)",
+    )
+    g.add_argument(
         "--timeout",
         type=float,
         metavar="S",
@@ -110,6 +125,14 @@ def _planner_arguments(g) -> None:
         metavar="S",
         help="timed optimizer steps per candidate, after 2 warm-up steps (default 6)",
     )
+    g.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="interleaved timing rounds per candidate, without the cap; ranked by the "
+        "median (default 3)",
+    )
 
 
 def _output_arguments(g) -> None:
@@ -135,9 +158,11 @@ def validate_args(args: argparse.Namespace) -> None:
         ("--max-batch", args.max_batch, 1),
         ("--start", args.start, 1),
         ("--tolerance", args.tolerance, 1),
+        ("--confirm", args.confirm, 1),
         ("--target-batch", args.target_batch, 1),
         ("--candidates", args.candidates, 1),
         ("--throughput-steps", args.throughput_steps, 1),
+        ("--throughput-rounds", args.throughput_rounds, 1),
     ):
         if value is not None and value < minimum:
             raise BenchError(f"{flag} must be an integer >= {minimum}, got {value}")

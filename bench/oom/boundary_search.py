@@ -78,3 +78,52 @@ def _bisect(fits: Callable[[int], bool], lo: int, hi: int, tolerance: int) -> tu
 def probe_bound(boundary: int) -> int | None:
     """2*log2(b) + 2, the probe budget of an exact search from start 1."""
     return None if boundary < 1 else int(math.floor(2 * math.log2(boundary) + 2))
+
+
+def confirm_band(
+    fits: Callable[[int, int], bool],
+    lo: int,
+    hi: int | None,
+    *,
+    repeats: int,
+    upper: int,
+    tolerance: int = 1,
+) -> tuple[int, int | None]:
+    """The band [last always-fits, first always-fails] around a search's (lo, hi).
+
+    ``fits(b, i)`` is the i-th of ``repeats`` runs at b (i = 0 is the run the search
+    already made, so a caller that stores runs pays ``repeats - 1`` new ones). b always
+    fits when all its runs fit, always fails when none does; a mix is noise at the
+    boundary. ``lo`` moves down (steps 1, 2, 4, ...) until it always fits (0: nothing
+    does), ``hi`` up until it always fails (None: nothing up to ``upper`` does), then
+    both close in by bisection while the verdicts are clean. Every b asked lies in
+    [1, upper]; the answer is exact when ``hi - lo <= tolerance``.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    upper = max(1, upper)
+
+    def always(b: int) -> bool:  # all() stops at the first failure: no wasted runs
+        return all(fits(b, i) for i in range(repeats))
+
+    def never(b: int) -> bool:
+        return not any(fits(b, i) for i in range(repeats))
+
+    lo, hi = max(0, min(lo, upper)), None if hi is None or hi > upper else hi
+    step = 1
+    while lo >= 1 and not always(lo):
+        lo, step = max(0, lo - step), step * 2
+    step = 1
+    while hi is not None and not never(hi):
+        hi = None if hi >= upper else min(hi + step, upper)
+        step *= 2
+    top = upper + 1 if hi is None else hi
+    a, c = lo, top  # largest always-fits below the first always-fails (or the limit)
+    while c - a > max(1, tolerance):
+        mid = (a + c) // 2
+        a, c = (mid, c) if always(mid) else (a, mid)
+    lo, c = a, top  # smallest always-fails above it
+    while c - a > max(1, tolerance):
+        mid = (a + c) // 2
+        a, c = (a, mid) if never(mid) else (mid, c)
+    return lo, (None if c > upper else c)

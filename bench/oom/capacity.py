@@ -12,20 +12,34 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from bench.oom.boundary_search import probe_bound, search
-from bench.oom.prober import ProbeFailed, Prober
+from bench.oom.boundary_search import confirm_band, probe_bound, search
+from bench.oom.model_search import model_search
+from bench.oom.prober import ProbeFailed, Prober, peak_bytes
 
 
 @dataclass
 class Boundary:
-    """Result of one search: ``boundary`` fits, ``first_oom`` does not (None: never hit)."""
+    """Result of one search: ``boundary`` fits, ``first_oom`` does not (None: never hit).
+
+    With ``repeats`` R > 1 both ends are confirmed: ``boundary`` fit in all R runs and
+    ``first_oom`` failed in all R; ``exact`` says they are adjacent (b* is known), else
+    they bound a band where runs disagree."""
 
     boundary: int  # largest b proven to fit (0: not even the smallest tried)
     first_oom: int | None  # smallest b proven not to fit
     limited_by: str | None  # "max-batch" / "dataset" when the search hit the upper limit
-    probes: int
-    new_probes: int
+    probes: int  # the search's probes (within probe_bound)
+    new_probes: int  # probes run, not reused: search and confirmation
     wall_s: float
+    repeats: int = 1  # R: runs per b at the ends of the band
+    confirm_probes: int = 0  # probes asked by the confirmation (beyond the search's)
+    exact: bool = True  # first_oom - boundary <= tolerance (or no OOM up to the limit)
+    model: dict | None = None  # the memory model's line and prediction (--search model)
+
+    @property
+    def band(self) -> list[int | None] | None:
+        """[last always-fits, first always-fails] when b* is not known, else None."""
+        return None if self.exact else [self.boundary, self.first_oom]
 
 
 def find_boundary(
@@ -36,35 +50,69 @@ def find_boundary(
     tolerance: int,
     first_step: int | None = None,
     on_probe=None,
+    repeats: int = 1,
+    model_budget: tuple[int, int] | None = None,
 ) -> Boundary:
     """The boundary search with ``prober``'s probes as ``fits``: ok fits, oom does not,
-    and any other outcome raises ProbeFailed (it would read as a wrong boundary)."""
+    and any other outcome raises ProbeFailed (it would read as a wrong boundary). With
+    ``model_budget`` (capacity, baseline) the memory model predicts where to search
+    (bench.oom.model_search). With ``repeats`` R > 1 the ends are then confirmed by R
+    runs each (confirm_band)."""
     before_probes, before_new = prober.probes, prober.new_probes
     t0 = time.perf_counter()
 
-    def fits(b: int) -> bool:
-        row = prober.run(b)
+    def run(b: int, repeat: int = 0) -> dict:
+        row = prober.run(b) if repeat == 0 else prober.run(b, repeat=repeat)
         if on_probe is not None:
             on_probe(row)
-        if row["outcome"] == "ok":
-            return True
-        if row["outcome"] == "oom":
-            return False
-        raise ProbeFailed(row)
+        if row["outcome"] not in ("ok", "oom"):
+            raise ProbeFailed(row)
+        return row
 
-    lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
+    def fits(b: int, repeat: int = 0) -> bool:
+        return run(b, repeat)["outcome"] == "ok"
+
+    def measured(b: int) -> tuple[bool, int | None]:
+        row = run(b)
+        return row["outcome"] == "ok", peak_bytes(row)
+
+    model = None
+    if model_budget is None:
+        lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
+    else:
+        lo, hi, model = model_search(
+            measured,
+            capacity=model_budget[0],
+            baseline=model_budget[1],
+            start=start,
+            upper=upper,
+            tolerance=tolerance,
+        )
+    searched = prober.probes - before_probes
+    if repeats > 1 and (lo > 0 or hi is not None):
+        lo, hi = confirm_band(fits, lo, hi, repeats=repeats, upper=upper, tolerance=tolerance)
     return Boundary(
         boundary=lo,
         first_oom=hi,
         limited_by=None,
-        probes=prober.probes - before_probes,
+        probes=searched,
         new_probes=prober.new_probes - before_new,
         wall_s=time.perf_counter() - t0,
+        repeats=repeats,
+        confirm_probes=prober.probes - before_probes - searched,
+        exact=lo >= upper if hi is None else hi - lo <= max(1, tolerance),
+        model=None if model is None else model.to_dict(),
     )
 
 
 def margin_search(
-    prober: Prober, *, raw_boundary: int, margin_pct: float, upper: int, tolerance: int
+    prober: Prober,
+    *,
+    raw_boundary: int,
+    margin_pct: float,
+    upper: int,
+    tolerance: int,
+    repeats: int = 1,
 ) -> Boundary:
     """The largest b that fits under ``prober``'s reduced capacity: gallop from the raw
     boundary scaled by (1 - margin), in steps of 1/32 of it, then bisect. It never looks
@@ -76,6 +124,7 @@ def margin_search(
         first_step=max(tolerance, estimate // 32, 1),
         upper=min(upper, raw_boundary),
         tolerance=tolerance,
+        repeats=repeats,
     )
     if bound.first_oom is None:
         bound.limited_by = "raw boundary"
@@ -116,6 +165,11 @@ class CapacityResult:
             "capped": self.capped,
             "boundary": self.boundary.boundary,
             "first_oom": self.boundary.first_oom,
+            "exact": self.boundary.exact,
+            "band": self.boundary.band,
+            "repeats": self.boundary.repeats,
+            "confirm_probes": self.boundary.confirm_probes,
+            "model": self.boundary.model,
             "limited_by": self.boundary.limited_by,
             "margin_pct": self.margin_pct,
             "margin_capacity_bytes": self.margin_capacity_bytes,

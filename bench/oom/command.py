@@ -116,7 +116,7 @@ class _Search:
         max_batch = self.args.max_batch
         return self.n_train if max_batch is None else min(max_batch, self.n_train)
 
-    def prober(self, cap: int | None, kind: str = "boundary") -> Prober:
+    def prober(self, cap: int | None, kind: str = "boundary", phase: str = "search") -> Prober:
         """A Prober with the command's settings (timeout, --fresh, progress at a terminal)."""
         return Prober(
             self.spec,
@@ -128,6 +128,8 @@ class _Search:
             kind=kind,
             fresh=self.args.fresh,
             log=_progress if _progress_wanted() else None,
+            phase=phase,
+            margin_pct=self.args.margin if phase == "margin" else None,
         )
 
     def all_capacities(self, capacities: list[int]) -> tuple[list[CapacityResult], str | None]:
@@ -152,7 +154,16 @@ class _Search:
         # context then sits inside it, as on any card).
         prober = self.prober(cap if self.capped else None)
         args = self.args
-        bound = find_boundary(prober, start=args.start, upper=self.upper, tolerance=args.tolerance)
+        bound = find_boundary(
+            prober,
+            start=args.start,
+            upper=self.upper,
+            tolerance=args.tolerance,
+            repeats=args.confirm,
+            model_budget=(cap, int(self.info["baseline_bytes"]))
+            if args.search == "model"
+            else None,
+        )
         if bound.boundary == 0:
             raise BenchError(
                 f"--capacity {format_bytes(cap)}: workload {self.spec.base.workload!r} runs out of memory even at b=1"
@@ -171,11 +182,12 @@ class _Search:
         if cap <= int(self.info["baseline_bytes"]):
             return nothing_fits()
         return margin_search(
-            self.prober(cap),
+            self.prober(cap, phase="margin"),
             raw_boundary=raw_boundary,
             margin_pct=self.args.margin,
             upper=self.upper,
             tolerance=self.args.tolerance,
+            repeats=self.args.confirm,
         )
 
     def summary(self, results: list[CapacityResult], error: str | None, wall_s: float) -> dict:
@@ -196,6 +208,8 @@ class _Search:
             "total_bytes": int(self.info["total_bytes"]),
             "dataset_size": self.n_train,
             "tolerance": args.tolerance,
+            "confirm": args.confirm,
+            "search": args.search,
             "probes_path": str(self.store.path),
             "capacities": [r.to_dict() for r in results],
             "target_batch": args.target_batch,
@@ -238,7 +252,8 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
             target=args.target_batch,
             candidates=args.candidates,
             throughput_steps=args.throughput_steps,
-            make_prober=lambda cap: run.prober(cap, kind="throughput"),
+            rounds=args.throughput_rounds,
+            make_prober=lambda cap: run.prober(cap, kind="throughput", phase="throughput"),
         )
     out = run.summary(results, error, time.perf_counter() - t_start)
     print(json.dumps(out, indent=2, default=str) if args.json else render(out))

@@ -14,7 +14,8 @@ def render(out: dict) -> str:
         lines += [
             "",
             f"planner: target batch {out['target_batch']} = b x k "
-            f"(b divides {out['target_batch']}; fastest measured)",
+            f"(b divides {out['target_batch']}; fastest measured without the cap, "
+            "then run under it)",
             _planner_table(out),
         ]
     lines += ["", f"probes: {out['probes_path']}   total time {out['wall_s']:.1f} s"]
@@ -36,9 +37,14 @@ def _preamble(out: dict) -> list[str]:
             "outside the allocator's fraction (subtracted from each capacity)"
         )
     else:
+        peak = (
+            "peak = VmData, what the cap counts, sampled every 1 ms"
+            if out["cap_method"] == "rlimit-data"
+            else "peak = the probe process's RSS"
+        )
         cap = (
             f"cap: {out['cap_method']}; idle probe process baseline {baseline} "
-            "(VmData, inside the capacity); peak = the probe process's RSS"
+            f"(VmData; the capacity is this baseline + the training budget); {peak}"
         )
     return [what, cap]
 
@@ -47,8 +53,8 @@ def _boundary_table(out: dict) -> str:
     capacities = out["capacities"]
     margin = f"after {capacities[0]['margin_pct']:g}% margin" if capacities else "after margin"
     header = (
-        "capacity", "boundary", "first OOM", margin, "peak at boundary", "probes (new)",
-        "bound", "search time",
+        "capacity", "boundary", "first OOM", margin, "peak at boundary",
+        "probes: search + confirm (new)", "bound", "search time",
     )  # fmt: skip
     rows = []
     for c in capacities:
@@ -56,11 +62,11 @@ def _boundary_table(out: dict) -> str:
         rows.append(
             (
                 format_bytes(c["capacity_bytes"]),
-                f"{c['boundary']}{limit}",
+                _boundary_cell(c) + limit,
                 "-" if c["first_oom"] is None else c["first_oom"],
                 c["boundary_after_margin"] or "none (b=1 OOMs)",
                 format_bytes(c["peak_at_boundary_bytes"]),
-                f"{c['probes']} ({c['new_probes']})",
+                f"{c['probes']} + {c.get('confirm_probes', 0)} ({c['new_probes']})",
                 "-" if c["probe_bound"] is None else c["probe_bound"],
                 f"{c['search_wall_s']:.1f} s",
             )
@@ -68,8 +74,25 @@ def _boundary_table(out: dict) -> str:
     return text_table(header, rows)
 
 
+def _speed_cell(rec: dict) -> str:
+    low, high = rec.get("samples_per_s_min"), rec.get("samples_per_s_max")
+    spread = "" if low is None or high is None else f" ({low:.1f}-{high:.1f})"
+    return f"{rec['samples_per_s']:.1f}{spread}"
+
+
+def _boundary_cell(c: dict) -> str:
+    """b* when it fit R of R and b* + 1 failed R of R; else the band those runs leave."""
+    if c.get("exact", True):
+        return str(c["boundary"])
+    high = "-" if c["first_oom"] is None else c["first_oom"]
+    return f"band {c['boundary']}..{high} (R={c['repeats']})"
+
+
 def _planner_table(out: dict) -> str:
-    header = ("capacity", "boundary", "safe b", "b", "k", "samples/s", "peak memory", "headroom")
+    header = (
+        "capacity", "boundary", "safe b", "b", "k", "samples/s (median, min-max, uncapped)",
+        "peak memory (capped)", "headroom",
+    )  # fmt: skip
     rows = []
     for c in out["capacities"]:
         first = (format_bytes(c["capacity_bytes"]), c["boundary"], c["boundary_after_margin"])
@@ -82,7 +105,7 @@ def _planner_table(out: dict) -> str:
                 *first,
                 rec["micro_batch_size"],
                 rec["accumulation_steps"],
-                f"{rec['samples_per_s']:.1f}",
+                _speed_cell(rec),
                 format_bytes(rec["peak_bytes"]),
                 format_bytes(rec["headroom_bytes"]),
             )

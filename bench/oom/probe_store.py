@@ -31,11 +31,17 @@ class ProbeStore:
 
         return read_table(self.path, records.ProbeRecord).to_pylist()
 
-    def find(self, key: str) -> dict | None:
-        """The latest finished (ok / oom) probe with this key, or None. A probe killed
-        by outside pressure is not an answer to keep: the next run measures it again."""
-        for row in reversed(self.rows):
-            if row.get("probe_key") == key and row.get("outcome") in ("ok", "oom"):
+    def find(self, key: str, repeat: int = 0, *, since: int = 0) -> dict | None:
+        """The latest finished (ok / oom) probe with this key and repetition index
+        (``repeat``; a row without one is the first run, 0), among the rows from
+        position ``since`` on, or None. The i-th run answers only for the i-th: a
+        stored outcome near the boundary counts once, as the evidence it is. A probe
+        killed by outside pressure is not an answer to keep: the next run measures it
+        again."""
+        for row in reversed(self.rows[since:]):
+            if row.get("probe_key") != key or (row.get("repeat") or 0) != repeat:
+                continue
+            if row.get("outcome") in ("ok", "oom"):
                 return None if row.get("killed") else row
         return None
 

@@ -43,9 +43,19 @@ class Prober:
     kind: str = "boundary"
     fresh: bool = False  # run every probe, even one stored (--fresh)
     log: Callable[[str], None] | None = None  # one line per new probe (stderr in main)
-    probes: int = 0  # probes asked for (new + reused)
+    probes: int = 0  # distinct probes asked for (new + reused)
     new_probes: int = 0
     rows: list[dict] = field(default_factory=list)
+    phase: str | None = None  # recorded on new rows: "search", "confirm", "margin", ...
+    margin_pct: float | None = None  # recorded on new rows: the margin this cap applies
+    _since: int = field(default=0, init=False)  # --fresh: only rows added since answer
+    # This run's own answers, killed ones included: a search asks a b again (the
+    # confirmation re-reads the search's run) and must get the same row back.
+    _seen: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        if self.fresh:
+            self._since = len(self.store.rows)
 
     @property
     def capacity_key(self) -> int:
@@ -60,15 +70,20 @@ class Prober:
         steps: int | None = None,
         timing_warmup: int | None = None,
         evaluate: bool | None = None,
+        repeat: int = 0,
     ) -> dict:
-        """The probe row at (b, k): stored if one answers, else measured and stored."""
+        """The probe row at (b, k), run number ``repeat`` (0: the first): stored if one
+        answers, else measured and stored."""
         config = self.spec.probe_config(
             b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
         )
         key = probe_key(config, self.capacity_key, self.device, self.kind, self.spec.identity)
+        if (key, repeat) in self._seen:  # asked before in this run: not another probe
+            return self._seen[key, repeat]
         self.probes += 1
-        found = None if self.fresh else self.store.find(key)
+        found = self.store.find(key, repeat, since=self._since)
         if found is not None:
+            self._seen[key, repeat] = found
             self.rows.append(found)
             return found
         run, killed = self._execute(config)
@@ -86,7 +101,11 @@ class Prober:
         # Only under a cap is a kill outside pressure (not an answer to keep); without one
         # it is the machine's own memory running out: an OOM like any other, reused.
         row["killed"] = killed and self.capacity_bytes is not None
+        row["repeat"] = repeat
+        row["phase"] = self.phase if repeat == 0 else "confirm"
+        row["margin_pct"] = self.margin_pct
         self.new_probes += 1
+        self._seen[key, repeat] = row
         self.store.add(row)
         self.rows.append(row)
         self._log(row, run.wall_s)
@@ -142,7 +161,12 @@ def killed_by_sigkill(run) -> bool:
 
 # The child's own numbers (bench.procs' stats) that are ProbeRecord columns; any other
 # entry (a traceback) goes in the row's ``extra``.
-_STAT_COLUMNS = ("child_rss_hwm_bytes", "child_max_allocated_bytes", "child_max_reserved_bytes")
+_STAT_COLUMNS = (
+    "child_rss_hwm_bytes",
+    "child_max_allocated_bytes",
+    "child_max_reserved_bytes",
+    "vmdata_peak_bytes",
+)
 _PEAK_COLUMNS = (
     "peak_allocated_bytes",
     "peak_reserved_bytes",
@@ -202,7 +226,8 @@ def peak_bytes(row: dict | None) -> int | None:
     """The probe's peak memory on the measure the capacity is about.
 
     CUDA: context (outside the allocator) + the allocator's peak reserved bytes.
-    CPU: the probe process's peak RSS (meters' sampler, else the kernel's VmHWM)."""
+    CPU under a cap: the sampled peak of VmData, the quantity RLIMIT_DATA limits.
+    CPU without one: the probe process's peak RSS (meters' sampler, else VmHWM)."""
     if row is None:
         return None
     if str(row.get("device", "")).startswith("cuda"):
@@ -210,6 +235,8 @@ def peak_bytes(row: dict | None) -> int | None:
         if reserved is None:
             return row.get("nvml_process_peak_bytes")
         return int(reserved) + int(row.get("baseline_bytes") or 0)
+    if row.get("vmdata_peak_bytes") is not None:
+        return int(row["vmdata_peak_bytes"])
     values = [
         v for v in (row.get("cpu_peak_rss_bytes"), row.get("child_rss_hwm_bytes")) if v is not None
     ]

@@ -27,8 +27,10 @@ trial (:func:`lift_cpu_cap`, :func:`reapply_cpu_cap`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +168,14 @@ def _start_cuda(index: int) -> tuple[int, Any]:
     return cuda_context_bytes(index, device_before), props
 
 
-def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) -> CapInfo:
+def apply_memory_cap(
+    cap_bytes: int,
+    device: Any,
+    *,
+    fixed_malloc: bool = True,
+    reference_baseline: int | None = None,
+    sample_peak: bool = True,
+) -> CapInfo:
     """Cap this process's memory at ``cap_bytes`` on ``device`` ("cpu", "cuda", "cuda:1",
     or a torch.device). Call it in a fresh child process, before the trial's work.
 
@@ -175,6 +184,11 @@ def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) 
     changes how fast small-tensor CPU code allocates, so a sweep that times CPU trials
     under a cap may pass False.
 
+    ``sample_peak`` (CPU): sample VmData, the capped quantity, for its peak
+    (:func:`start_vmdata_sampler`). ``reference_baseline`` (CPU): the capacity is that baseline plus a training budget,
+    and this process gets the same budget above its own baseline (``bench run
+    --memory-cap``: its baseline is not the probe process's, see docs/notes/oom.md).
+
     Raises BenchError when the cap cannot be honoured: at or below the baseline the
     process already uses, above the real memory, or on a device without a cap method.
     """
@@ -182,21 +196,38 @@ def apply_memory_cap(cap_bytes: int, device: Any, *, fixed_malloc: bool = True) 
 
     dev = torch.device(device)
     if dev.type == "cpu":
-        return _cap_cpu(int(cap_bytes), fixed_malloc=fixed_malloc)
+        return _cap_cpu(
+            int(cap_bytes),
+            fixed_malloc=fixed_malloc,
+            reference=reference_baseline,
+            sample_peak=sample_peak,
+        )
     if dev.type == "cuda":
         # The index without torch.cuda.current_device(), which initialises CUDA.
         return _cap_cuda(int(cap_bytes), dev.index if dev.index is not None else 0)
     raise BenchError(f"memory caps work on cpu and cuda devices, not {dev.type!r}")
 
 
-def _cap_cpu(cap_bytes: int, *, fixed_malloc: bool) -> CapInfo:
+def _cap_cpu(
+    cap_bytes: int, *, fixed_malloc: bool, reference: int | None = None, sample_peak: bool = True
+) -> CapInfo:
     from bench.config import format_bytes
 
     if fixed_malloc:
         _fix_malloc()
     warm_cpu_threads()
+    if sample_peak:
+        start_vmdata_sampler()  # before the baseline: its thread's stack is part of it
+    _settle_heap()
     baseline = proc_status_bytes("VmData") or 0
     total = machine_memory_bytes()
+    if reference is not None:
+        if cap_bytes <= reference:
+            raise BenchError(
+                f"capacity {format_bytes(cap_bytes)} is at or below the reference baseline "
+                f"{format_bytes(reference)}: no training budget is left"
+            )
+        cap_bytes = baseline + (cap_bytes - reference)
     if cap_bytes <= baseline:
         raise BenchError(
             f"capacity {format_bytes(cap_bytes)} is at or below the probe process's baseline "
@@ -253,6 +284,20 @@ def _cap_cuda(cap_bytes: int, index: int) -> CapInfo:
     )
 
 
+def _settle_heap() -> None:
+    """Collect garbage and give the heap's free top back (malloc_trim) before the
+    baseline is read: free heap left by imports would otherwise serve the first
+    allocations of training without growing VmData, a budget that differs between a
+    probe child and a fresh process with other imports."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def _fix_malloc() -> bool:
     """Make glibc malloc's memory use a function of the live allocations, not of history.
 
@@ -273,6 +318,51 @@ def _fix_malloc() -> bool:
         return False
     m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
     return bool(mallopt(m_mmap_threshold, 128 * 1024)) and bool(mallopt(m_arena_max, 1))
+
+
+# The sampled VmData high-water mark (see start_vmdata_sampler); None: not sampling.
+_VMDATA_PEAK: list[int] = []
+
+
+def start_vmdata_sampler(interval_s: float = 0.001) -> None:
+    """Sample this process's VmData every ``interval_s`` from a daemon thread, keeping
+    the maximum (:func:`vmdata_peak`). RLIMIT_DATA counts VmData, for which the kernel
+    keeps no high-water mark (VmHWM is RSS, VmPeak the whole address space), so a
+    peak on the capped quantity has to be sampled; a spike shorter than the interval
+    (or than a GIL hand-over, 5 ms, while Python code runs) can be missed, so it is a
+    lower bound. Started once per process; its 256 KiB stack is counted in VmData."""
+    import threading
+
+    if _VMDATA_PEAK:
+        return
+    _VMDATA_PEAK.append(proc_status_bytes("VmData") or 0)
+
+    def sample() -> None:
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+        while True:
+            data = os.pread(fd, 4096, 0)  # a /proc read at offset 0 is a fresh snapshot
+            at = data.find(b"VmData:")
+            if at >= 0:
+                kib = int(data[at + 7 : data.index(b"kB", at)])
+                _VMDATA_PEAK[0] = max(_VMDATA_PEAK[0], kib * 1024)
+            time.sleep(interval_s)
+
+    old = threading.stack_size(256 * 1024)
+    try:
+        threading.Thread(target=sample, name="bench-vmdata-peak", daemon=True).start()
+    finally:
+        threading.stack_size(old)
+
+
+def vmdata_peak(*, reset: bool = False) -> int | None:
+    """The sampled VmData high-water mark since the sampler started or the last reset
+    (None when no cap started it); ``reset`` starts a new window at the current VmData."""
+    if not _VMDATA_PEAK:
+        return None
+    peak = _VMDATA_PEAK[0]
+    if reset:
+        _VMDATA_PEAK[0] = proc_status_bytes("VmData") or 0
+    return peak
 
 
 def reapply_cpu_cap(info: CapInfo) -> None:

@@ -121,7 +121,9 @@ def _start(conn: Any, setup: ChildSetup) -> Any:
         if setup.warm_up:
             warm_up(setup.device)
         if setup.cap_bytes and not cap_first:
-            cap = apply_memory_cap(setup.cap_bytes, device)
+            # A one-shot child (an oom probe) samples its VmData peak; a sweep's warm
+            # worker does not, so its timed trials share the CPU with no sampler thread.
+            cap = apply_memory_cap(setup.cap_bytes, device, sample_peak=setup.max_jobs == 1)
         if setup.warm_up:
             reset_peak_rss()  # the warm-up's peak is not the first trial's
         conn.send(msg.Ready(pid=os.getpid(), cap=cap))
@@ -249,6 +251,9 @@ def child_stats(device: str) -> dict:
     """What the child measures about itself after a trial, independent of the meters:
     its RSS high-water mark and, on CUDA, the allocator's lifetime peaks."""
     stats: dict[str, Any] = {"child_rss_hwm_bytes": proc_status_bytes("VmHWM")}
+    from bench.procs.caps import vmdata_peak  # sampled under a CPU cap, else None
+
+    stats["vmdata_peak_bytes"] = vmdata_peak(reset=True)
     if device.startswith("cuda"):
         import torch
 

@@ -40,8 +40,12 @@ def oom_boundaries(probes: pd.DataFrame | None, notes: list[str]):
         lines = probe_boundaries(p)
         groups = sorted(lines["group"].unique())
         colors = dict(zip(groups, sns.color_palette("deep", len(groups)), strict=True))
+        margin = lines[lines["margin_pct"].notna()]
+        lines = lines[lines["margin_pct"].isna()]
         for group, g in lines.groupby("group", sort=True):
             _draw_group(ax, g.sort_values("capacity_bytes"), group, colors[group])
+        for group, g in margin.groupby("group", sort=True):
+            _draw_margin(ax, g, group, colors[group])
         for c in planner_choices(p).itertuples():
             _draw_choice(ax, c, colors.get(c.group, "black"))
         ax.margins(x=0.08, y=0.15)  # the stars and their labels stay inside
@@ -52,7 +56,8 @@ def oom_boundaries(probes: pd.DataFrame | None, notes: list[str]):
         legend_outside(ax)
     fig.suptitle(
         "Largest micro-batch that fits (b*) against capacity, per precision and optimizer;\n"
-        "x: the first that did not; stars: the (b, k) the planner chose (after the margin)"
+        "x: the first that did not; bars: bands where runs disagree; dashed: the safe b\n"
+        "after the margin; stars: the (b, k) the planner chose (after the margin)"
     )
     return fig
 
@@ -60,6 +65,11 @@ def oom_boundaries(probes: pd.DataFrame | None, notes: list[str]):
 def _draw_group(ax, g: pd.DataFrame, group: str, color) -> None:
     fits = g[np.isfinite(g["last_ok"])]
     ax.plot(fits["capacity_bytes"], fits["last_ok"], marker="o", color=color, label=f"b* {group}")
+    band = g[~g["exact"].astype(bool) & np.isfinite(g["first_bad"])]
+    if len(band):  # [last always-fits, first always-fails]: runs between disagree
+        lows = band["last_ok"].fillna(0)
+        ax.vlines(band["capacity_bytes"], lows, band["first_bad"], color=color, lw=4,
+                  alpha=0.35, label=f"band {group}")  # fmt: skip
     bad = g[np.isfinite(g["first_bad"])]
     ax.scatter(
         bad["capacity_bytes"],
@@ -69,6 +79,17 @@ def _draw_group(ax, g: pd.DataFrame, group: str, color) -> None:
         s=30,
         label=f"first not fitting {group}",
     )
+
+
+def _draw_margin(ax, g: pd.DataFrame, group: str, color) -> None:
+    """The safe b of each capacity: found under capacity x (1 - margin), drawn at the
+    capacity itself, so it stands below that capacity's b*."""
+    g = g[np.isfinite(g["last_ok"])].copy()
+    g["at"] = g["capacity_bytes"] / (1 - g["margin_pct"] / 100)
+    g = g.sort_values("at")
+    pct = "/".join(f"{m:g}" for m in pd.unique(g["margin_pct"]))
+    ax.plot(g["at"], g["last_ok"], ls="--", marker=".", color=color,
+            label=f"safe b after {pct}% margin {group}")  # fmt: skip
 
 
 def _draw_choice(ax, c, color) -> None:

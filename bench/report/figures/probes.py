@@ -49,20 +49,33 @@ def load_oom_probes(folder: Path, notes: list[str]) -> pd.DataFrame | None:
 
 def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
     """Per search (one ``bench oom`` search: same configuration, capacity, machine; see
-    ``_probe_frame``): its label, capacity, the smallest micro-batch that did not
-    fit (``first_bad``, NaN if none), whether that was an OOM or a kill from outside
-    (``bad_outcome``), and the largest ok micro-batch below it (``last_ok``)."""
+    ``_probe_frame``): its label, capacity, the smallest micro-batch whose every run
+    did not fit (``first_bad``, NaN if none), whether that was an OOM or a kill from
+    outside (``bad_outcome``), the largest micro-batch below it whose every run was ok
+    (``last_ok``), ``exact`` (they are adjacent: b* is known; else runs between them
+    disagree, or were not made, and the two bound a band, as bench oom reports it), and
+    ``margin_pct`` (a search under capacity x (1 - margin) for the safe batch, NaN for
+    the boundary search)."""
     cols = ["search", "label", "group", "capacity_bytes", "first_bad", "bad_outcome", "last_ok"]
+    cols += ["exact", "margin_pct"]
     rows = []
     for search, q in p.groupby("search", sort=False):
         cap = float(q["capacity_bytes"].fillna(0).iloc[0])
         # What tells searches apart in a reader's terms: capacity, precision, optimizer.
         group = [str(v) for col in ("precision", "optimizer") for v in pd.unique(q[col].dropna())]
         parts = [compact_bytes(cap) if cap > 0 else "device", *group]
-        bad = q[q["outcome"].isin(["oom", "killed"])].sort_values("micro_batch_size")
-        okb = q.loc[q["outcome"] == "ok", "micro_batch_size"].dropna()
+        verdict = q.groupby("micro_batch_size")["outcome"].agg(
+            lambda o: (
+                "ok" if (o == "ok").all() else "bad" if o.isin(["oom", "killed"]).all() else "mixed"
+            )
+        )
+        bad = q[q["micro_batch_size"].isin(verdict.index[verdict == "bad"])]
+        bad = bad.sort_values("micro_batch_size")
+        okb = pd.Series(verdict.index[verdict == "ok"], dtype=float)
         first_bad = float(bad["micro_batch_size"].iloc[0]) if len(bad) else np.nan
         below = okb[okb < first_bad] if len(bad) else okb
+        last_ok = float(below.max()) if len(below) else np.nan
+        margins = q["margin_pct"].dropna()
         rows.append(
             {
                 "search": search,
@@ -71,7 +84,9 @@ def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
                 "capacity_bytes": cap,
                 "first_bad": first_bad,
                 "bad_outcome": bad["outcome"].iloc[0] if len(bad) else None,
-                "last_ok": float(below.max()) if len(below) else np.nan,
+                "last_ok": last_ok,
+                "exact": bool(first_bad - last_ok == 1) or not len(bad),
+                "margin_pct": float(margins.iloc[0]) if len(margins) else np.nan,
             }
         )
     out = pd.DataFrame(rows, columns=cols)
@@ -83,11 +98,21 @@ def probe_boundaries(p: pd.DataFrame) -> pd.DataFrame:
 
 def planner_choices(p: pd.DataFrame) -> pd.DataFrame:
     """Per capacity, the (b, k) ``bench oom --target-batch`` would choose: of its
-    throughput probes (k = B / b, run under the capacity after the margin) that ran ok,
-    the fastest. Columns: capacity_bytes, micro_batch_size, accumulation_steps,
-    samples_per_s, group (precision and optimizer)."""
+    throughput probes (k = B / b) that ran ok under the capacity after the margin, the
+    fastest, by the median of its timing runs without a cap where those exist (the
+    planner times without the cap and runs its pick under it), else by its own speed.
+    Columns: capacity_bytes, micro_batch_size, accumulation_steps, samples_per_s, group
+    (precision and optimizer)."""
     cols = ["capacity_bytes", "micro_batch_size", "accumulation_steps", "samples_per_s", "group"]
     t = p[(p["kind"] == "throughput") & (p["outcome"] == "ok") & p["samples_per_s"].notna()]
+    free = t[t["capacity_bytes"].fillna(0) == 0]
+    uncapped = free.groupby(["micro_batch_size", "accumulation_steps", "precision"], dropna=False)
+    speed = uncapped["samples_per_s"].median().to_dict()
+    t = t[t["capacity_bytes"].fillna(0) > 0].copy()
+    t["samples_per_s"] = [
+        speed.get((r.micro_batch_size, r.accumulation_steps, r.precision), r.samples_per_s)
+        for r in t.itertuples()
+    ]
     rows = []
     for _, q in t.groupby(["capacity_bytes", "precision", "optimizer"], dropna=False):
         best = q.loc[q["samples_per_s"].astype(float).idxmax()]
@@ -105,9 +130,12 @@ def planner_choices(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def _newest_per_key(probes: list[ProbeRecord]) -> list[ProbeRecord]:
-    """A probe measured again (--fresh, or after a kill) supersedes its older rows."""
-    last = {p.probe_key: i for i, p in enumerate(probes) if p.probe_key is not None}
-    return [p for i, p in enumerate(probes) if p.probe_key is None or last[p.probe_key] == i]
+    """A probe measured again (--fresh, or after a kill) supersedes its older rows; its
+    confirmation runs (``repeat`` 1, 2, ...) are rows of their own, as in bench oom."""
+    last = {(p.probe_key, p.repeat or 0): i for i, p in enumerate(probes) if p.probe_key}
+    return [
+        p for i, p in enumerate(probes) if not p.probe_key or last[p.probe_key, p.repeat or 0] == i
+    ]
 
 
 def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
@@ -116,7 +144,7 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
     (``search_key``, else workload + precision + capacity)."""
     cols = ["micro_batch_size", "outcome", "capacity_bytes", "peak_bytes"]
     cols += ["workload", "precision", "optimizer", "search", "kind", "accumulation_steps"]
-    cols += ["samples_per_s"]
+    cols += ["samples_per_s", "margin_pct"]
     rows = []
     for p in probes:
         if not p.micro_batch_size or p.micro_batch_size <= 0 or p.outcome is None:
@@ -136,6 +164,7 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
                 "kind": p.kind,
                 "accumulation_steps": p.accumulation_steps,
                 "samples_per_s": p.samples_per_s,
+                "margin_pct": p.margin_pct,
             }
         )
     df = pd.DataFrame(rows, columns=cols)
@@ -145,6 +174,7 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
         "peak_bytes",
         "accumulation_steps",
         "samples_per_s",
+        "margin_pct",
     ):
         df[c] = pd.to_numeric(df[c]).astype(float)
     return df
