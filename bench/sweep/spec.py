@@ -12,13 +12,11 @@ or (b, k) pairs with a fixed b*k); the trials are cases x grid x seeds. A grid a
 name a workload option as ``"workload_options.width" = [64, 128]`` (or a nested table
 ``[grid.workload_options] width = [64, 128]``).
 
-The file's shape is :class:`bench.sweep.spec_schema.SpecFile` (pydantic models, also
-the JSON Schema that editors use to check and complete spec files).
+The file's shape is :class:`bench.sweep.spec_schema.SpecFile` (also the JSON Schema).
 
 Errors: a bad spec raises :class:`bench.errors.ConfigError` with one line that names
 the key (``grid.lr[1]``, ``search.sampler`` ...). Grid *points* that are invalid only in
-combination (batch_size > samples, say) are not errors: they are reported and skipped.
-Nothing here writes anything.
+combination (batch_size > samples, say) are reported and skipped. Nothing here writes.
 """
 
 from __future__ import annotations

@@ -464,8 +464,7 @@ class SpecFile(_Table):
     cases: Annotated[list[CaseTable], Accepts("an array of tables ([[cases]])")] = []
     grid: GridTable = Field(default_factory=GridTable)
     search: SearchTable | None = Field(None, json_schema_extra=_absent)
-    # Expanding costs ~0.2 ms and ~2 KB a point: 100,000 points took 21 s and 170 MB before
-    # any trial (2-core AMD EPYC, 2026-12-05), and are more than a day of trials at 1 s each.
+    # ~0.2 ms and ~2 KB a point to expand: 100,000 took 21 s and 170 MB (2-core EPYC).
     max_points: integer(1) = MAX_POINTS
     """Refuse a spec whose cases x grid x seeds exceed this many points (counted first)."""
     execution: Literal["solo", "stacked"] = "solo"

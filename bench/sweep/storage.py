@@ -246,5 +246,3 @@ def redact(url: str) -> str:
             cred = cred.split(":", 1)[0] + ":***"
         return f"{scheme}://{cred}@{host}"
     return url
-
-
