@@ -33,6 +33,7 @@ from bench.meters.clock import StepClock
 from bench.plan import Plan
 from bench.train_data import Batches, cast_batch
 from bench.train_events import EarlyStopping, EventSchedule, evaluate
+from bench.train_noise import NoiseScale
 from bench.train_optim import (
     LRSchedule,
     autocast_context,
@@ -147,6 +148,15 @@ class _Run:
             dtype=dtype,
             device=device,
         )
+        self.noise = NoiseScale(
+            self.model,
+            self.params,
+            every=config.noise_scale_every,
+            sample_normalised=config.normalize == "sample",
+            accumulation_steps=plan.accumulation_steps,
+            device=device,
+            scaler=self.scaler,
+        )
         self.clock = StepClock(device)
         self.recorder = StepRecorder(
             outcome,
@@ -176,14 +186,30 @@ class _Run:
         model, loss_of, units_of = self.model, self.workload.loss_sum, self.workload.units
         autocast, scaler, batches = self.autocast, self.scaler, self.batches
         step_windows = [(w.micro_batches, w.weights) for w in self.windows.windows]
+        noise = self.noise
+
+        def micro_step(batch, weight):
+            """Forward and weighted backward of one micro-batch; its detached loss sum."""
+            if autocast is None:
+                loss_sum = loss_of(model, batch)
+            else:
+                with autocast:
+                    loss_sum = loss_of(model, batch)
+            seed = loss_sum if scaler is None else scaler.scale(loss_sum)
+            # d(loss_sum * weight)/d(theta): the gradient of loss_sum / units. The spent
+            # graph is freed on return (``seed`` and ``loss_sum`` were its last holders).
+            seed.backward(weight)
+            return loss_sum.detach()
+
         token_window, keep_units = self.windows.token_window, recorder.keep_units
         update = window_update(
-            self.config, self.optimizer, self.params, scaler, self.schedule, recorder.keep_norm
-        )
-        mark, keep_loss = clock.mark, recorder.keep_loss
+            self.config, self.optimizer, self.params, scaler, self.schedule, recorder.keep_norm,
+            recorder.keep_scale,
+        )  # fmt: skip
+        mark, keep_loss, keep_noise = clock.mark, recorder.keep_loss, recorder.keep_noise
         order_generator = torch.Generator().manual_seed(self.config.seed)
         global_step, stop = 0, False
-        event = self.events.next(0)
+        event, noise_at = self.events.next(0), noise.next_due(0)
         clock.start()
         try:
             for epoch in range(1, plan.epochs_run + 1):
@@ -200,21 +226,19 @@ class _Run:
                         keep_units(window_units)
                     else:
                         window_batches = micro
-                    window_loss = None
-                    for weight in weights:
-                        batch = next(window_batches)
-                        if autocast is None:
-                            loss_sum = loss_of(model, batch)
-                        else:
-                            with autocast:
-                                loss_sum = loss_of(model, batch)
-                        seed = loss_sum if scaler is None else scaler.scale(loss_sum)
-                        # d(loss_sum * weight)/d(theta): the gradient of loss_sum / units.
-                        seed.backward(weight)
-                        # Nothing may keep the spent graph: ``seed`` would until the next forward.
-                        del seed
-                        loss_sum = loss_sum.detach()
-                        window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+                    if global_step == noise_at:
+                        window_loss, b_simple = noise.window(
+                            micro_step, window_batches, weights, units_of
+                        )
+                        keep_noise(global_step, b_simple)
+                        noise_at = noise.next_due(global_step)
+                    else:
+                        window_loss = None
+                        for weight in weights:
+                            loss_sum = micro_step(next(window_batches), weight)
+                            window_loss = (
+                                loss_sum if window_loss is None else window_loss + loss_sum
+                            )
                     update(global_step)
                     mark()
                     keep_loss(window_loss)
@@ -233,6 +257,7 @@ class _Run:
                     self.schedule.step()
             with host_sync_point(device):
                 recorder.flush()
+                outcome.b_simple = noise.trial_value()
         except BaseException:
             # An OOM or error mid-run: the steps completed since the last flush are real and
             # are kept (their count, samples and losses); the read-back may fail too after a

@@ -29,6 +29,9 @@ class TrainOutcome:
     step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
     tokens_seen: int | None = None
     best_val_loss: float | None = None
+    restored_val_loss: float | None = None  # restore_best: the reloaded weights' val loss
+    skipped_steps: int | None = None  # fp16: steps GradScaler skipped (inf/nan gradients)
+    b_simple: float | None = None  # the gradient noise scale over the run (bench.train_noise)
     epochs_run: int = 0
     timing_warmup_steps: int = 0  # steps actually excluded from throughput
     notes: list[str] = field(default_factory=list)
@@ -68,12 +71,30 @@ class StepRecorder:
         self._losses: list[torch.Tensor] = []
         self._units: list[torch.Tensor] = []  # token workloads only
         self._norms: dict[int, torch.Tensor] = {}  # step -> global gradient norm
+        self._noise: dict[int, torch.Tensor] = {}  # step -> B_simple (sampled steps)
+        self._scales: list[torch.Tensor] = []  # fp16: the loss scale after each step
+        self._scale_before: float | None = None  # the scale before the first pending step
         # Bound once: the hot loop calls these every step.
         self.keep_loss = self._losses.append
         self.keep_units = self._units.append
 
     def keep_norm(self, step: int, norm: torch.Tensor) -> None:
         self._norms[step] = norm
+
+    def keep_noise(self, step: int, b_simple: torch.Tensor | None) -> None:
+        if b_simple is not None:
+            self._noise[step] = b_simple
+
+    def keep_scale(self, scale: torch.Tensor) -> None:
+        """GradScaler's scale after a step's ``update`` (first: the initial scale).
+
+        ``update`` multiplies the scale by ``backoff_factor`` (< 1) exactly when the step
+        found inf/nan gradients and skipped ``optimizer.step``, and otherwise keeps it or
+        grows it: a step was skipped iff the scale after it is below the scale before.
+        """
+        if self.outcome.skipped_steps is None:
+            self.outcome.skipped_steps = 0
+        self._scales.append(scale)
 
     def flush(self) -> bool:
         """Read back pending losses and times; False when training must stop (diverged)."""
@@ -84,12 +105,19 @@ class StepRecorder:
         steps = range(first, first + len(self._losses))
         seconds = self.clock.flush()
         losses, tokens = self._read_losses(steps)
-        norms = self._read_norms()
+        norms = self._read(self._norms)
+        noise = self._read(self._noise)
+        skipped = self._read_skipped(len(steps))
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
-            outcome.rows.append(self._row(step, loss, n_tokens, norms.get(step), elapsed))
+            row = self._row(step, loss, n_tokens, norms.get(step), elapsed)
+            b_simple = noise.get(step)
+            row["b_simple"] = b_simple if b_simple is not None and math.isfinite(b_simple) else None
+            outcome.rows.append(row)
             outcome.step_seconds.append(dt)
+            if skipped is not None:
+                outcome.skipped_steps += skipped[step - first]
             if not math.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.error = f"non-finite loss ({loss}) at step {step}"
@@ -97,6 +125,8 @@ class StepRecorder:
         self._losses.clear()
         self._units.clear()
         self._norms.clear()
+        self._noise.clear()
+        self._scales.clear()
         return outcome.status == "ok"
 
     def drop_unfinished_window(self) -> None:
@@ -121,11 +151,25 @@ class StepRecorder:
         ]
         return losses, tokens
 
-    def _read_norms(self) -> dict[int, float]:
-        if not self._norms:
+    def _read_skipped(self, n_steps: int) -> list[bool] | None:
+        """Per pending step, whether GradScaler skipped it (None without a GradScaler)."""
+        if not self._scales:
+            return None
+        scales = torch.stack(self._scales).tolist()  # one read for all steps
+        if self._scale_before is None:
+            self._scale_before = scales.pop(0)
+        scales = scales[:n_steps]  # a step that raised after its update has no loss kept
+        before = [self._scale_before, *scales[:-1]]
+        self._scale_before = scales[-1] if scales else self._scale_before
+        return [after < prior for prior, after in zip(before, scales, strict=True)]
+
+    @staticmethod
+    def _read(kept: dict[int, torch.Tensor]) -> dict[int, float]:
+        """Step -> value of device scalars kept for some steps: one read for all."""
+        if not kept:
             return {}
-        values = torch.stack(list(self._norms.values())).tolist()  # one read for all steps
-        return dict(zip(self._norms, values, strict=True))
+        values = torch.stack([v.double() for v in kept.values()]).tolist()
+        return dict(zip(kept, values, strict=True))
 
     def _row(
         self, step: int, loss: float, tokens: int | None, grad_norm: float | None, time_s: float

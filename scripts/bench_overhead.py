@@ -40,6 +40,11 @@ noise, for attributing single microseconds.
     python scripts/bench_overhead.py --threads 1           # both workloads, 7 rounds
     python scripts/bench_overhead.py --variant sampler --repeats 5
     python scripts/bench_overhead.py --rss-miss
+    python scripts/bench_overhead.py --noise-scale 128 --threads 1   # B_simple's cost
+
+``--noise-scale EVERY`` runs bench with the gradient noise scale measured every EVERY
+steps against bench with it off, interleaved, at k = 1 (each sampled micro-batch run as
+two halves) and k = 4 (the same effective batch), see ``noise_scale_cost``.
 """
 
 from __future__ import annotations
@@ -229,6 +234,57 @@ def sampler_cost(name: str, repeats: int, intervals_ms: list[float]) -> None:
         )
 
 
+# -- what measuring the gradient noise scale costs ----------------------------------------
+
+
+def noise_scale_cost(name: str, repeats: int, every: int, k: int) -> None:
+    """bench with B_simple measured every ``every`` steps vs not at all (``noise_scale_every
+    = 0``), interleaved with the order alternating. Two figures per round:
+
+    - throughput on / off (bench's clock, and the window wall time): what a user sees,
+      but a ~1 % effect inside load noise of several %;
+    - the cost share from the measured run's own steps: a sampled step's time over the
+      median step, minus 1, divided by ``every``: the overhead at this interval, from one
+      run, so machine drift between runs does not enter it.
+    """
+    import math
+
+    base = {**CONFIGS[name], "device": "cpu", "eval_every": 0, "accumulation_steps": k}
+    base["batch_size"] = CONFIGS[name]["batch_size"] // k  # the same effective batch
+    on = TrialConfig.from_mapping({**base, "noise_scale_every": every})
+    off = on.replace(noise_scale_every=0)
+    bench_run(on)  # warm
+    clock, wall, share = [], [], []
+    for r in range(repeats):
+        got = {}
+        for which in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            config = on if which == "on" else off
+            result = run_trial(config)
+            row = result.trial
+            skip = len(result.steps) - int(row["timed_steps"])
+            timed = result.steps["samples"].iloc[skip:].sum()
+            got[which] = (row["samples_per_s"], timed / row["window_wall_s"], result.steps)
+        clock.append(got["on"][0] / got["off"][0])
+        wall.append(got["on"][1] / got["off"][1])
+        steps = got["on"][2]
+        dt = steps["time_s"].diff().iloc[1:]
+        sampled = (steps["step"].iloc[1:] % every == 0).to_numpy()
+        typical = statistics.median(dt[~sampled])
+        extra = statistics.median(dt[sampled]) / typical - 1
+        share.append(extra / every)
+        print(
+            f"  {name} k={k} round {r + 1}: throughput on/off {clock[-1]:.3f} (wall {wall[-1]:.3f}); "
+            f"a sampled step {extra + 1:.2f}x the median step ({typical * 1e6:.0f} us): "
+            f"overhead {100 * share[-1]:.2f} % at every={every}",
+            flush=True,
+        )
+    print(f"{name} k={k}, noise_scale_every={every}, 1-min load {os.getloadavg()[0]:.1f}:")
+    print(f"  throughput on/off (bench clock): {summary(clock)}")
+    print(f"  throughput on/off (window wall): {summary(wall)}")
+    print(f"  overhead from sampled steps (%): {summary([100 * v for v in share])}")
+    assert not any(math.isnan(v) for v in share)
+
+
 # -- how much a sleeping sampler misses ---------------------------------------------------
 
 
@@ -306,11 +362,29 @@ def main() -> int:
         action="store_true",
         help="only measure what a sampler thread costs the loop",
     )
+    parser.add_argument(
+        "--noise-scale",
+        type=int,
+        metavar="EVERY",
+        help="only measure what B_simple costs, sampled every EVERY steps (bench's default: 128)",
+    )
+    parser.add_argument(
+        "--accumulation-steps",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="--noise-scale: the k to measure at (the effective batch stays the same)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_miss:
         rss_miss(args.interval_ms, trials=28)
+        return 0
+    if args.noise_scale is not None:
+        for name in args.workloads:
+            for k in args.accumulation_steps:
+                noise_scale_cost(name, args.repeats, args.noise_scale, k)
         return 0
     if args.sampler_cost:
         for name in args.workloads:
