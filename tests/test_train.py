@@ -491,6 +491,16 @@ def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly()
             "grad_clip": 1.0,
             "workload_options": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
         },
+        # B_simple's sampled windows: fp16 with k = 2; token units with k = 1 by halves.
+        {"precision": "fp16", "accumulation_steps": 2, "noise_scale_every": 3},
+        {
+            "workload": "char-lm",
+            "samples": 256,
+            "batch_size": 16,
+            "accumulation_steps": 1,
+            "noise_scale_every": 3,
+            "workload_options": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
+        },
     ],
 )
 def test_cuda_hot_loop_never_syncs_outside_flush_points(overrides):
@@ -662,6 +672,16 @@ _SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"
             "grad_clip": 1.0,
             "workload_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
         },
+        # B_simple's sampled windows: k = 2, k = 1 by halves, "micro", token units, fp16.
+        {"precision": "fp16", "fused": True, "noise_scale_every": 3},
+        {"accumulation_steps": 1, "normalize": "micro", "noise_scale_every": 3},
+        {
+            "workload": "char-lm",
+            "samples": 64,
+            "batch_size": 4,
+            "noise_scale_every": 3,
+            "workload_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
+        },
     ],
 )
 def test_no_host_read_of_a_tensor_outside_sync_points(monkeypatch, overrides):
@@ -705,6 +725,9 @@ def test_no_host_read_of_a_tensor_outside_sync_points(monkeypatch, overrides):
         _, outcome = train(config, workload, plan, device)
     assert outcome.status == "ok" and outcome.optimizer_steps == plan.total_steps
     assert any(r["val_loss"] is not None for r in outcome.rows)
+    if "noise_scale_every" in overrides:
+        assert outcome.b_simple is not None
+        assert [r["step"] for r in outcome.rows if r["b_simple"] is not None][:2] == [3, 6]
 
 
 def test_importing_bench_runs_no_backward_and_a_forked_child_can_train():
