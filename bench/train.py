@@ -154,7 +154,6 @@ class _Run:
             every=config.noise_scale_every,
             sample_normalised=config.normalize == "sample",
             accumulation_steps=plan.accumulation_steps,
-            device=device,
             scaler=self.scaler,
         )
         self.clock = StepClock(device)
@@ -257,7 +256,6 @@ class _Run:
                     self.schedule.step()
             with host_sync_point(device):
                 recorder.flush()
-                outcome.b_simple = noise.trial_value()
         except BaseException:
             # An OOM or error mid-run: the steps completed since the last flush are real and
             # are kept (their count, samples and losses); the read-back may fail too after a
@@ -267,6 +265,7 @@ class _Run:
                 recorder.flush()
             raise
         finally:
+            outcome.b_simple = noise.trial_value()  # of the windows flushed: host numbers
             if self.token_unit:
                 outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
 

@@ -31,6 +31,7 @@ the flush reads the per-step value (an EMA ratio) and the end of the run the tri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -68,7 +69,15 @@ def halves_change_the_model(model: nn.Module) -> bool:
 
 class NoiseScale:
     """Measures B_simple on sampled windows; the loop calls ``window`` instead of its own
-    micro-batch loop at the steps ``due`` names."""
+    micro-batch loop at the steps ``next_due`` names.
+
+    On the device a sampled window adds one norm per parameter per micro-batch, the
+    window gradient's norm and one stack: every other operation (squares, the factors
+    1/(w_i·u_i), the estimates, the averages) is host arithmetic on the few numbers the
+    flush reads back (``Pending``). Each factor follows from the loop's weighting rule
+    (n/u_i under "sample", U_i·k/u_i under "micro", U_i the units w_i was made for)
+    without reading w_i.
+    """
 
     def __init__(
         self,
@@ -78,28 +87,27 @@ class NoiseScale:
         every: int,
         sample_normalised: bool,
         accumulation_steps: int,
-        device: torch.device,
         scaler: torch.amp.GradScaler | None,
     ) -> None:
         self.params, self.every, self.scaler = params, every, scaler
         self.sample_normalised, self.k = sample_normalised, accumulation_steps
         self.can_split = not halves_change_the_model(model)
-        # float64 sums of squares: a large model's |G|² and tr(Σ) differ by orders of
-        # magnitude, and their difference is the estimate (MPS has no float64).
+        device = params[0].device if params else torch.device("cpu")
+        # float64 read-back: squares of norms differ by orders of magnitude and each
+        # estimate is a difference of two of them (MPS has no float64).
         self.dtype = torch.float32 if device.type == "mps" else torch.float64
-        zero = torch.zeros((), dtype=self.dtype, device=device)
         self.one = torch.ones((), device=device)
-        # EMAs (per-step column) and plain sums (the trial's value) of tr(Σ) and |G|².
-        self.ema_noise, self.ema_signal = zero.clone(), zero.clone()
-        self.sum_noise, self.sum_signal = zero.clone(), zero.clone()
-        self.samples = 0  # windows measured
         self.skipped_single = 0  # one-micro-batch windows left out (halves would change them)
-        self._squares: list[torch.Tensor] = []  # |increment|² per parameter, this backward
+        # Host averages of (tr(Σ), |G|²): EMAs for the per-step column, sums for the trial.
+        self.ema = [0.0, 0.0]
+        self.sums = [0.0, 0.0]
+        self.measured = 0  # windows whose estimates were finite
+        self._norms: list[torch.Tensor] = []  # |increment| per parameter, this window
         self._window_sum: list[torch.Tensor | None] = []  # "micro": Σ_i c_i·increment_i
-        self._coefficient: torch.Tensor | None = None
+        self._coefficient = None  # c_i of the micro-batch running ("micro")
 
     def next_due(self, step: int) -> int:
-        """The first sampled step after ``step`` (never: a step past any run)."""
+        """The first sampled step after ``step`` (never: -1, a step no run has)."""
         if not self.every:
             return -1
         return (step // self.every + 1) * self.every
@@ -110,10 +118,10 @@ class NoiseScale:
         batches: Iterator[Batch],
         weights: list[torch.Tensor],
         units_of: Callable[[Batch], int | torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, Pending | None]:
         """Run one window's micro-batches through ``micro_step`` (forward + weighted
         backward, returning the detached summed loss) and measure it. Returns the
-        window's summed loss and the per-step B_simple (None: not measured)."""
+        window's summed loss and what the flush reads (None: not measured)."""
         pairs = [(next(batches), w) for w in weights]
         if len(pairs) == 1:
             (batch, w), n = pairs[0], int(pairs[0][0][0].shape[0])
@@ -124,32 +132,44 @@ class NoiseScale:
             pairs = [(tuple(t[:half] for t in batch), w), (tuple(t[half:] for t in batch), w)]
         units = [units_of(b) for b, _ in pairs]
         total = sum(units)
+        split = len(weights) == 1
         handles = [p.register_hook(self._hook(i)) for i, p in enumerate(self.params)]
-        self._window_sum = [None] * len(self.params)
-        micro_squares, loss = [], None
+        self._window_sum, counts, loss = [None] * len(self.params), [], None
+        self._norms = []
         try:
             for (batch, w), u in zip(pairs, units, strict=True):
-                # G_n = Σ_i increment_i / (w_i·n): under "sample" w_i·n = 1 and .grad is G_n.
-                self._coefficient = None if self.sample_normalised else 1.0 / (w * total)
+                if not self.sample_normalised:  # G_n = Σ_i increment_i / (w_i·n)
+                    self._coefficient = (total if split else u) * self.k / total
                 part = micro_step(batch, w)
                 loss = part if loss is None else loss + part
-                squares = torch.stack(self._squares).sum() if self._squares else None
-                self._squares.clear()
-                # |G_i|² = |increment_i|² / (w_i·u_i)²
-                micro_squares.append(squares / (w * u) ** 2)
+                counts.append(len(self._norms) - sum(counts))
         finally:
             for h in handles:
                 h.remove()
-        window = self._window_gradient()
-        # The scale the window's backwards ran with (update() changes it after the step).
-        scale = None if self.scaler is None else self.scaler.scale(self.one)
-        value = self._update(micro_squares, window, units, total, scale)
-        return loss, value
+            self._coefficient = None
+        if self.sample_normalised:  # .grad is the window's sample-mean gradient
+            window = [p.grad for p in self.params if p.grad is not None]
+        else:
+            window = [g for g in self._window_sum if g is not None]
+            self._window_sum = []
+        read = [*self._norms, nn.utils.get_total_norm(window, foreach=True)]
+        self._norms = []
+        if self.scaler is not None:  # the scale these backwards ran with; update() moves it
+            read.append(self.scaler.scale(self.one))
+        tokens = [u for u in units if isinstance(u, torch.Tensor)]  # token units: counted
+        # One stack of the norms (one dtype: the gradients'), cast once: each op counts.
+        if len({t.dtype for t in read}) > 1:  # parameters of several dtypes
+            read = [t.to(self.dtype) for t in read]
+        tensor = torch.stack(read).to(self.dtype)
+        if tokens:
+            tensor = torch.cat((tensor, torch.stack(tokens).to(self.dtype)))
+        host_units = None if tokens else units
+        return loss, Pending(self, tensor, counts, host_units, split)
 
     def _hook(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             # The increment this backward adds to .grad; .grad is not yet updated.
-            self._squares.append(grad.to(self.dtype).square().sum())
+            self._norms.append(torch.linalg.vector_norm(grad))
             if self._coefficient is not None:
                 add = grad * self._coefficient
                 acc = self._window_sum[index]
@@ -157,40 +177,71 @@ class NoiseScale:
 
         return hook
 
-    def _window_gradient(self) -> list[torch.Tensor]:
-        if self.sample_normalised:
-            return [p.grad for p in self.params if p.grad is not None]
-        return [g for g in self._window_sum if g is not None]
-
-    def _update(
-        self,
-        micro_squares: list[torch.Tensor],
-        window: list[torch.Tensor],
-        units: list,
-        total,
-        scale: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Fold one window's estimates into the averages; the per-step EMA ratio."""
-        window_square = nn.utils.get_total_norm(window, foreach=True).to(self.dtype) ** 2
-        big = torch.stack(micro_squares).mean()  # mean_i |G_i|²
-        inverse = sum(1.0 / u for u in units) / len(units)  # mean_i 1/u_i
-        if scale is not None:  # increments and .grad carry GradScaler's scale
-            inv = 1.0 / scale.to(self.dtype) ** 2
-            big, window_square = big * inv, window_square * inv
-        noise = (big - window_square) / (inverse - 1.0 / total)
-        signal = window_square - noise / total
-        ok = torch.isfinite(noise) & torch.isfinite(signal)  # a skipped fp16 step: inf
-        d = EMA_DECAY
-        self.ema_noise = torch.where(ok, d * self.ema_noise + (1 - d) * noise, self.ema_noise)
-        self.ema_signal = torch.where(ok, d * self.ema_signal + (1 - d) * signal, self.ema_signal)
-        self.sum_noise = torch.where(ok, self.sum_noise + noise, self.sum_noise)
-        self.sum_signal = torch.where(ok, self.sum_signal + signal, self.sum_signal)
-        self.samples += 1
-        return self.ema_noise / self.ema_signal
+    def fold(self, noise: float, signal: float) -> float | None:
+        """Add one window's estimates of tr(Σ) and |G|² to the averages (left out when
+        not finite: a skipped fp16 step); B_simple of the EMAs after it."""
+        if math.isfinite(noise) and math.isfinite(signal):
+            self.ema = [
+                a + (1 - EMA_DECAY) * (v - a)
+                for a, v in zip(self.ema, (noise, signal), strict=True)
+            ]
+            self.sums = [a + v for a, v in zip(self.sums, (noise, signal), strict=True)]
+            self.measured += 1
+        return _ratio(*self.ema)
 
     def trial_value(self) -> float | None:
-        """B_simple over the whole run (a host read: call at the end)."""
-        if not self.samples:
-            return None
-        value = float(self.sum_noise / self.sum_signal)
-        return value if value == value else None  # 0/0: nothing finite was measured
+        """B_simple over the run: the ratio of the sums of the flushed windows."""
+        return _ratio(*self.sums) if self.measured else None
+
+
+class Pending:
+    """A measured window's device numbers until the flush reads them: per-parameter
+    increment norms of each micro-batch, the window gradient's norm, GradScaler's scale,
+    and token counts where the units are tokens."""
+
+    def __init__(
+        self,
+        owner: NoiseScale,
+        tensor: torch.Tensor,
+        counts: list[int],
+        units: list[int] | None,
+        split: bool,
+    ) -> None:
+        self.owner, self.tensor, self.counts = owner, tensor, counts
+        self.units, self.split = units, split  # units None: read back with the rest
+
+    def finish(self, values: list[float]) -> float | None:
+        """Fold the window's estimates, from its read-back ``values``, into the owner's
+        averages; returns the per-step B_simple."""
+        owner, m = self.owner, len(self.counts)
+        units = self.units
+        if units is None:
+            values, units = values[:-m], values[-m:]
+        if owner.scaler is not None:
+            values, scale = values[:-1], values[-1]
+        else:
+            scale = 1.0
+        norms, window_norm = values[:-1], values[-1]
+        total = sum(units)
+        if min(units) <= 0 or scale == 0:  # a micro-batch of padding only: no mean
+            return owner.fold(math.nan, math.nan)
+        squares, at = [], 0
+        for count, u in zip(self.counts, units, strict=True):
+            # |G_i| = |increment_i| / (w_i·u_i), w_i = 1/n ("sample"), 1/(U_i·k) ("micro")
+            own = total if self.split else u
+            factor = total / u if owner.sample_normalised else own * owner.k / u
+            squares.append(factor**2 * sum(v * v for v in norms[at : at + count]))
+            at += count
+        big = sum(squares) / m / scale**2  # mean_i |G_i|², unscaled
+        small = window_norm**2 / scale**2  # |G_n|²
+        # tr(Σ) = (|G_b|² − |G_n|²) / (mean 1/u_i − 1/n), |G|² = |G_n|² − tr(Σ)/n
+        noise = (big - small) / (sum(1 / u for u in units) / m - 1 / total)
+        return owner.fold(noise, small - noise / total)
+
+
+def _ratio(noise: float, signal: float) -> float | None:
+    """noise / signal, None where it is no number (0/0: nothing finite measured yet)."""
+    if signal == 0:
+        return None
+    value = noise / signal
+    return value if math.isfinite(value) else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.meters.clock import StepClock
+from bench.train_noise import Pending
 from bench.train_optim import LRSchedule
 from bench.train_windows import WindowPlan
 
@@ -71,7 +72,7 @@ class StepRecorder:
         self._losses: list[torch.Tensor] = []
         self._units: list[torch.Tensor] = []  # token workloads only
         self._norms: dict[int, torch.Tensor] = {}  # step -> global gradient norm
-        self._noise: dict[int, torch.Tensor] = {}  # step -> B_simple (sampled steps)
+        self._noise: dict[int, Pending] = {}  # sampled step -> its noise-scale numbers
         self._scales: list[torch.Tensor] = []  # fp16: the loss scale after each step
         self._scale_before: float | None = None  # the scale before the first pending step
         # Bound once: the hot loop calls these every step.
@@ -81,9 +82,10 @@ class StepRecorder:
     def keep_norm(self, step: int, norm: torch.Tensor) -> None:
         self._norms[step] = norm
 
-    def keep_noise(self, step: int, b_simple: torch.Tensor | None) -> None:
-        if b_simple is not None:
-            self._noise[step] = b_simple
+    def keep_noise(self, step: int, pending: Pending | None) -> None:
+        """Sampled step ``step``'s noise-scale numbers (None: not measured)."""
+        if pending is not None:
+            self._noise[step] = pending
 
     def keep_scale(self, scale: torch.Tensor) -> None:
         """GradScaler's scale after a step's ``update`` (first: the initial scale).
@@ -105,15 +107,14 @@ class StepRecorder:
         steps = range(first, first + len(self._losses))
         seconds = self.clock.flush()
         losses, tokens = self._read_losses(steps)
-        norms = self._read(self._norms)
-        noise = self._read(self._noise)
+        norms = self._read_norms()
+        noise = self._read_noise()
         skipped = self._read_skipped(len(steps))
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
             row = self._row(step, loss, n_tokens, norms.get(step), elapsed)
-            b_simple = noise.get(step)
-            row["b_simple"] = b_simple if b_simple is not None and math.isfinite(b_simple) else None
+            row["b_simple"] = noise.get(step)
             outcome.rows.append(row)
             outcome.step_seconds.append(dt)
             if skipped is not None:
@@ -163,13 +164,24 @@ class StepRecorder:
         self._scale_before = scales[-1] if scales else self._scale_before
         return [after < prior for prior, after in zip(before, scales, strict=True)]
 
-    @staticmethod
-    def _read(kept: dict[int, torch.Tensor]) -> dict[int, float]:
-        """Step -> value of device scalars kept for some steps: one read for all."""
-        if not kept:
+    def _read_noise(self) -> dict[int, float | None]:
+        """Step -> B_simple after each sampled step: one read for all pending windows."""
+        if not self._noise:
             return {}
-        values = torch.stack([v.double() for v in kept.values()]).tolist()
-        return dict(zip(kept, values, strict=True))
+        pending = list(self._noise.values())
+        flat = torch.cat([p.tensor for p in pending]).tolist()
+        out, at = {}, 0
+        for step, p in zip(self._noise, pending, strict=True):
+            n = p.tensor.numel()
+            out[step] = p.finish(flat[at : at + n])
+            at += n
+        return out
+
+    def _read_norms(self) -> dict[int, float]:
+        if not self._norms:
+            return {}
+        values = torch.stack(list(self._norms.values())).tolist()  # one read for all steps
+        return dict(zip(self._norms, values, strict=True))
 
     def _row(
         self, step: int, loss: float, tokens: int | None, grad_norm: float | None, time_s: float

@@ -237,7 +237,7 @@ def sampler_cost(name: str, repeats: int, intervals_ms: list[float]) -> None:
 # -- what measuring the gradient noise scale costs ----------------------------------------
 
 
-def noise_scale_cost(name: str, repeats: int, every: int, k: int) -> None:
+def noise_scale_cost(name: str, repeats: int, every: int, k: int, epochs: int) -> None:
     """bench with B_simple measured every ``every`` steps vs not at all (``noise_scale_every
     = 0``), interleaved with the order alternating. Two figures per round:
 
@@ -250,6 +250,7 @@ def noise_scale_cost(name: str, repeats: int, every: int, k: int) -> None:
     import math
 
     base = {**CONFIGS[name], "device": "cpu", "eval_every": 0, "accumulation_steps": k}
+    base["epochs"] = epochs  # enough sampled steps for a median of their times
     base["batch_size"] = CONFIGS[name]["batch_size"] // k  # the same effective batch
     on = TrialConfig.from_mapping({**base, "noise_scale_every": every})
     off = on.replace(noise_scale_every=0)
@@ -270,7 +271,7 @@ def noise_scale_cost(name: str, repeats: int, every: int, k: int) -> None:
         dt = steps["time_s"].diff().iloc[1:]
         sampled = (steps["step"].iloc[1:] % every == 0).to_numpy()
         typical = statistics.median(dt[~sampled])
-        extra = statistics.median(dt[sampled]) / typical - 1
+        extra = statistics.median(dt[sampled]) / typical - 1  # median: robust to a burst
         share.append(extra / every)
         print(
             f"  {name} k={k} round {r + 1}: throughput on/off {clock[-1]:.3f} (wall {wall[-1]:.3f}); "
@@ -375,6 +376,9 @@ def main() -> int:
         default=[1, 4],
         help="--noise-scale: the k to measure at (the effective batch stays the same)",
     )
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="--noise-scale: epochs per run (default 8)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,7 +388,7 @@ def main() -> int:
     if args.noise_scale is not None:
         for name in args.workloads:
             for k in args.accumulation_steps:
-                noise_scale_cost(name, args.repeats, args.noise_scale, k)
+                noise_scale_cost(name, args.repeats, args.noise_scale, k, args.epochs)
         return 0
     if args.sampler_cost:
         for name in args.workloads:

@@ -117,7 +117,7 @@ def test_one_window_is_measured_exactly_in_both_normalisations(normalize, sample
     params = list(model.parameters())
     noise = NoiseScale(
         model, params, every=1, sample_normalised=normalize == "sample",
-        accumulation_steps=3, device=torch.device("cpu"), scaler=None,
+        accumulation_steps=3, scaler=None,
     )  # fmt: skip
 
     def micro_step(batch, weight):
@@ -125,13 +125,14 @@ def test_one_window_is_measured_exactly_in_both_normalisations(normalize, sample
         loss.backward(weight)
         return loss.detach()
 
-    loss, value = noise.window(micro_step, iter(parts), window.weights, workload.units)
+    loss, pending = noise.window(micro_step, iter(parts), window.weights, workload.units)
     big, small, inverse, n = by_hand(model, workload.loss_sum, measured)
     trace = (big - small) / (inverse - 1 / n)
     signal = small - trace / n
-    assert float(noise.sum_noise) == pytest.approx(float(trace), rel=1e-12)
-    assert float(noise.sum_signal) == pytest.approx(float(signal), rel=1e-12)
-    assert float(value) == pytest.approx(float(trace / signal), rel=1e-12)
+    b_simple = pending.finish(pending.tensor.tolist())  # what the flush does
+    assert noise.sums == pytest.approx([float(trace), float(signal)], rel=1e-12)
+    assert b_simple == pytest.approx(float(trace / signal), rel=1e-12)  # one window
+    assert noise.trial_value() == pytest.approx(float(trace / signal), rel=1e-12)
     with torch.no_grad():
         assert float(loss) == pytest.approx(float(sum(workload.loss_sum(model, p) for p in parts)))
     # The loop's .grad is untouched by the measurement: the window's weighted sum.
