@@ -292,7 +292,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--noise-scale-every",
         type=int,
         metavar="STEPS",
-        help="measure the gradient noise scale B_simple every N steps (default 128; 0: never)",
+        help="measure the gradient noise scale B_simple every N steps (default 256; 0: never)",
     )
     g = p.add_argument_group("evaluation and early stopping")
     g.add_argument("--eval-every", type=int, metavar="STEPS", help="default: every epoch")

@@ -145,7 +145,7 @@ class TrialConfig:
     # It costs one foreach norm, ~15 us on seed-mlp's ~100 us CPU step, so it is sampled.
     grad_norm_every: integer(0, " (0: never)") = 16
     """Global gradient norm every N optimizer steps (1: every step; 0: never)."""
-    noise_scale_every: integer(0, " (0: never)") = 128
+    noise_scale_every: integer(0, " (0: never)") = 256
     """Measure the gradient noise scale B_simple every N optimizer steps (0: never)."""
     # validation and early stopping
     eval_every: integer(0, " (0: never)") | None = None
