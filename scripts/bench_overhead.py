@@ -255,7 +255,7 @@ def noise_scale_cost(name: str, repeats: int, every: int, k: int, epochs: int) -
     on = TrialConfig.from_mapping({**base, "noise_scale_every": every})
     off = on.replace(noise_scale_every=0)
     bench_run(on)  # warm
-    clock, wall, share = [], [], []
+    clock, wall, share, plain = [], [], [], []
     for r in range(repeats):
         got = {}
         for which in ("on", "off") if r % 2 == 0 else ("off", "on"):
@@ -276,17 +276,20 @@ def noise_scale_cost(name: str, repeats: int, every: int, k: int, epochs: int) -
         typical = _lower_quartile(dt[~sampled])
         extra = _lower_quartile(dt[sampled]) / typical - 1
         share.append(extra / every)
+        # Whether a run with B_simple on is slower outside its sampled steps too.
+        plain.append(typical / _lower_quartile(got["off"][2]["time_s"].diff().iloc[1:]))
         print(
             f"  {name} k={k} round {r + 1}: throughput on/off {clock[-1]:.3f} (wall {wall[-1]:.3f}); "
             f"a sampled step {extra + 1:.2f}x a plain step ({typical * 1e6:.0f} us, lower "
             f"quartiles of {int(sampled.sum())} and {int((~sampled).sum())}): "
-            f"overhead {100 * share[-1]:.2f} % at every={every}",
+            f"overhead {100 * share[-1]:.2f} % at every={every}; plain step on/off {plain[-1]:.3f}",
             flush=True,
         )
     print(f"{name} k={k}, noise_scale_every={every}, 1-min load {os.getloadavg()[0]:.1f}:")
     print(f"  throughput on/off (bench clock): {summary(clock)}")
     print(f"  throughput on/off (window wall): {summary(wall)}")
     print(f"  overhead from sampled steps (%): {summary([100 * v for v in share])}")
+    print(f"  plain step time on/off:          {summary(plain)}")
     assert not any(math.isnan(v) for v in share)
 
 
