@@ -17,7 +17,9 @@ Hot-loop rules (nanoGPT's comment: ``.item()`` is a sync point): losses, gradien
 and token counts stay on the device and are read back at flush points (every
 ``flush_every`` steps, at evaluations and at the end: ``bench.train_record``); step
 times come from ``StepClock`` the same way. Where the loop looks up from training is
-decided by ``bench.train_events``.
+decided by ``bench.train_events``. Every ``noise_scale_every`` steps the window runs
+through ``bench.train_noise``, which measures the gradient noise scale B_simple on the
+way (the same gradient; its numbers are read at the next flush).
 """
 
 from __future__ import annotations
@@ -226,10 +228,10 @@ class _Run:
                     else:
                         window_batches = micro
                     if global_step == noise_at:
-                        window_loss, b_simple = noise.window(
+                        window_loss, measured = noise.window(
                             micro_step, window_batches, weights, units_of
                         )
-                        keep_noise(global_step, b_simple)
+                        keep_noise(global_step, measured)
                         noise_at = noise.next_due(global_step)
                     else:
                         window_loss = None
