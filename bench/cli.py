@@ -90,7 +90,12 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, for_run: bool) -> None:
         metavar="k",
         help="micro-batches per optimizer step (default 1)",
     )
-    g.add_argument("--epochs", type=int, metavar="E", help="epochs (default 1 unless --max-steps)")
+    g.add_argument(
+        "--epochs",
+        type=int,
+        metavar="E",
+        help="epochs (default 1; with --max-steps alone, as many as it takes)",
+    )
     g.add_argument("--max-steps", type=int, metavar="S", help="stop after S optimizer steps")
     g.add_argument(
         "--drop-last",
@@ -131,8 +136,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     values = _plan_values(args)
     if "samples" not in values:
         raise ConfigError("--samples is required")
-    if "epochs" not in values and "max_steps" not in values:
-        values["epochs"] = 1
     if args.world_size is not None:
         from bench.ddp.plan import make_parallel_plan
 
@@ -146,15 +149,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.at_epoch is not None:
         out["at_epoch"], out["at_batch"] = args.at_epoch, args.at_batch
         out["global_step"] = plan.global_step(args.at_epoch, args.at_batch)
+        if out["global_step"] is None:
+            out["no_step_reason"] = plan.no_step_reason(args.at_epoch, args.at_batch)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     rows = [(key.replace("_", " "), _plan_cell(value)) for key, value in out.items()]
     print(text_table(None, rows))
     if args.at_epoch is not None and out["global_step"] is None:
-        print(
-            "(that micro-batch reaches no optimizer step: its window is dropped or past max_steps)"
-        )
+        print(f"(that micro-batch reaches no optimizer step: {out['no_step_reason']})")
     return 0
 
 
@@ -224,8 +227,6 @@ def config_from_args(
         if not isinstance(options, Mapping):
             raise ConfigError("workload_options must be a table of options")
         values["workload_options"] = {**options, **dict(parse_option(o) for o in args.option)}
-    if "max_steps" in values and "epochs" not in values:
-        values["epochs"] = None  # max_steps alone: train until it, however many epochs
     return TrialConfig.from_mapping(values, where=str(config) if config else where)
 
 
@@ -310,11 +311,24 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--normalize", choices=("sample", "micro"), help="loss normalisation across a window"
     )
+    g.add_argument(
+        "--noise-scale-every",
+        type=int,
+        metavar="STEPS",
+        help="measure the gradient noise scale B_simple every N steps (default 256; 0: never)",
+    )
     g = p.add_argument_group("evaluation and early stopping")
     g.add_argument("--eval-every", type=int, metavar="STEPS", help="default: every epoch")
     g.add_argument("--patience", type=int)
     g.add_argument("--min-delta", type=float)
     g.add_argument("--restore-best", action="store_true", default=None)
+    g.add_argument(
+        "--restore-rule",
+        dest="restore",
+        choices=("best", "last_improvement"),
+        help="which weights --restore-best reloads: the lowest val loss (default) or the "
+        "last improvement larger than --min-delta (Keras)",
+    )
     g = p.add_argument_group("execution")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"))
     g.add_argument("--seed", type=int)

@@ -24,9 +24,10 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Gt, Le, Lt, MinLen
 from pydantic import ConfigDict, StringConstraints, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
 from bench.errors import Accepts, ConfigError, validation_error
-from bench.plan import MODES, PARTIAL_WINDOWS, Plan, make_plan
+from bench.plan import MODES, PARTIAL_WINDOWS, Plan, default_epochs, make_plan
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("constant", "linear-warmup", "cosine", "step")
@@ -38,6 +39,10 @@ SYNCS = ("window", "every")
 # Data-parallel keys a configuration leaves out of to_dict (and so of trial_key) while
 # they hold these defaults: a 1-process configuration keeps the key it always had.
 PARALLEL_DEFAULTS = {"nproc": None, "sync": "window"}
+RESTORE_RULES = ("best", "last_improvement")
+# torch.optim's default weight_decay per optimizer (torch 2.13; a test reads torch's
+# signatures): what an unset weight_decay trains with.
+TORCH_WEIGHT_DECAY = {"sgd": 0.0, "adamw": 0.01}
 
 
 # Results hold every integer as int64 (bench.records): a larger one would pass, train,
@@ -115,6 +120,7 @@ class TrialConfig:
     accumulation_steps: integer(1) = 1
     """Micro-batches per optimizer step k."""
     epochs: integer(1) | None = 1
+    """Epochs; not given: 1, or with max_steps alone as many as max_steps takes."""
     max_steps: integer(1) | None = None
     """Stop after this many optimizer steps (with epochs: whichever ends first)."""
     drop_last: Flag = False
@@ -127,9 +133,10 @@ class TrialConfig:
     optimizer: Literal[OPTIMIZERS] = "sgd"
     lr: number(">= 0", Ge(0), Le(LR_MAX), above=f"at most {LR_MAX:g}") = 0.01
     momentum: number("in [0, 1)", Ge(0), Lt(1)) = 0.0
-    weight_decay: number(
-        ">= 0", Ge(0), Le(WEIGHT_DECAY_MAX), above=f"at most {WEIGHT_DECAY_MAX:g}"
-    ) = 0.0
+    weight_decay: (
+        number(">= 0", Ge(0), Le(WEIGHT_DECAY_MAX), above=f"at most {WEIGHT_DECAY_MAX:g}") | None
+    ) = None
+    """None: the optimizer's own torch default (SGD 0, AdamW 0.01)."""
     scheduler: Literal[SCHEDULERS] = "constant"
     scheduler_interval: Literal[INTERVALS] = "step"
     warmup: integer(0) = 0
@@ -142,6 +149,8 @@ class TrialConfig:
     # It costs one foreach norm, ~15 us on seed-mlp's ~100 us CPU step, so it is sampled.
     grad_norm_every: integer(0, " (0: never)") = 16
     """Global gradient norm every N optimizer steps (1: every step; 0: never)."""
+    noise_scale_every: integer(0, " (0: never)") = 256
+    """Measure the gradient noise scale B_simple every N optimizer steps (0: never)."""
     # validation and early stopping
     eval_every: integer(0, " (0: never)") | None = None
     """Optimizer steps between evaluations; none: at the end of every epoch; 0: never."""
@@ -149,6 +158,10 @@ class TrialConfig:
     """Evaluations without improvement before stopping; none: never stop early."""
     min_delta: number(">= 0", Ge(0), Le(FLOAT32_MAX), above=FLOAT32_TEXT) = 0.0
     restore_best: Flag = False
+    """At the end, load the weights that ``restore`` picks."""
+    restore: Literal[RESTORE_RULES] = "best"
+    """best: the lowest validation loss; last_improvement: the last evaluation that beat
+    the reference by more than min_delta (Keras' rule). The same when min_delta is 0."""
     # execution
     precision: Literal[PRECISIONS] = "fp32"
     seed: integer(0) = 0
@@ -180,6 +193,7 @@ class TrialConfig:
     @classmethod
     def _one_line(cls, values: Any, handler: Any) -> Any:
         # However it is built (keywords, replace, a mapping), a bad value is one line.
+        values = _epochs_for_max_steps_alone(values)
         try:
             return handler(values)
         except ValidationError as exc:
@@ -247,10 +261,48 @@ class TrialConfig:
         return plan
 
     @property
+    def effective_weight_decay(self) -> float:
+        """The weight decay the optimizer gets: the given one, else torch's default."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return TORCH_WEIGHT_DECAY[self.optimizer]
+
+    @property
     def trial_key(self) -> str:
-        """Content hash of the configuration, seed included (16 hex digits)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        """Content hash of the configuration, seed included (16 hex digits).
+
+        It hashes what is trained: the weight decay as the optimizer gets it (an unset
+        one and torch's default written out are one configuration), and the fields of
+        KEY_OMITS_AT_DEFAULT only when set, so a configuration that leaves them alone
+        keeps the key stored results and studies hold for it.
+        """
+        values = self.to_dict()
+        values["weight_decay"] = float(self.effective_weight_decay)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in KEY_OMITS_AT_DEFAULT:
+            if values[name] == defaults[name]:
+                del values[name]
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Fields added after results were first stored, hashed into trial_key only when set.
+KEY_OMITS_AT_DEFAULT = ("restore", "noise_scale_every")
+
+
+def _epochs_for_max_steps_alone(values: Any) -> Any:
+    """max_steps given and epochs not: epochs None, whatever the field's default (1), so
+    that max_steps means "run until max_steps" here as in ``bench.plan.default_epochs``.
+    An explicit ``epochs`` (``replace`` passes every field) is kept."""
+    kwargs = getattr(values, "kwargs", None)  # keyword construction: ArgsKwargs
+    if isinstance(values, Mapping):
+        kwargs = values
+    if kwargs is None or "epochs" in kwargs or kwargs.get("max_steps") is None:
+        return values
+    epochs = default_epochs(kwargs["max_steps"])
+    if isinstance(values, Mapping):
+        return {**values, "epochs": epochs}
+    return ArgsKwargs(values.args, {**kwargs, "epochs": epochs})
 
 
 # Resolved hints, not annotation strings: "float | None", "Optional[float]" alike.

@@ -11,12 +11,16 @@ Vocabulary (the seed tutorial's, made exact):
   ceil(M/k)); ``"drop"`` discards it (steps per epoch = floor(M/k)). Gradients never
   carry across an epoch boundary: that is the leak in the tutorial's accumulation loop.
 - Training ends after E epochs or ``max_steps`` optimizer steps, whichever comes first.
+  Epochs not given: 1, or with ``max_steps`` alone as many epochs as ``max_steps`` takes
+  (:func:`default_epochs`; ``bench plan``, ``bench run``, TrialConfig and a sweep's
+  ``[budget]`` all follow it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import EllipsisType
 
 from bench.errors import ConfigError, unknown
 
@@ -119,6 +123,18 @@ class Plan:
         step = (epoch - 1) * self.steps_per_epoch + window_index + 1
         return step if step <= self.total_steps else None
 
+    def no_step_reason(self, epoch: int, batch: int) -> str | None:
+        """Why micro-batch ``batch`` of ``epoch`` reaches no optimizer step, in words that
+        name only the budget that ends the run; None when it reaches one."""
+        if self.global_step(epoch, batch) is not None:
+            return None
+        if (batch - 1) // self.accumulation_steps >= self.steps_per_epoch:
+            return "its window is the epoch's short window, dropped (partial_window 'drop')"
+        total = self.total_steps
+        if self.max_steps is not None and total == self.max_steps:
+            return f"the run ends at max_steps = {total}, in epoch {self.epochs_run}"
+        return f"the run ends after {self.epochs} epoch(s), {total} optimizer steps"
+
     def to_dict(self) -> dict:
         return {
             "samples": self.samples,
@@ -139,6 +155,13 @@ class Plan:
         }
 
 
+def default_epochs(max_steps: int | None) -> int | None:
+    """The epochs of a budget that names none: with ``max_steps``, None (run until
+    max_steps, as many epochs as it takes: a cap of one epoch would make ``max_steps``
+    mean "at most one epoch"); without, one epoch."""
+    return None if max_steps is not None else 1
+
+
 def _check_int(key: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer, got {value!r}")
@@ -153,12 +176,15 @@ def make_plan(
     batch_size: int | None = None,
     accumulation_steps: int = 1,
     mode: str = "mbgd",
-    epochs: int | None = 1,
+    epochs: int | None | EllipsisType = ...,
     max_steps: int | None = None,
     drop_last: bool = False,
     partial_window: str = "step",
 ) -> Plan:
-    """Validate and build a Plan. ``mode`` sgd / bgd force b = 1 / b = N."""
+    """Validate and build a Plan. ``mode`` sgd / bgd force b = 1 / b = N. ``epochs``
+    left out: :func:`default_epochs`; given as None, ``max_steps`` is required."""
+    if epochs is ...:
+        epochs = default_epochs(max_steps)
     samples = _check_int("samples", samples, 1)
     if mode not in MODES:
         raise unknown("mode", mode, MODES)

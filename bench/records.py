@@ -88,6 +88,9 @@ class TrialRecord:
     final_loss: float | None = None  # the last optimizer step's loss
     tail_loss: float | None = None  # mean loss over the last TAIL_FRACTION of samples
     best_val_loss: float | None = None
+    restored_val_loss: float | None = None  # restore_best: validation loss of the weights reloaded
+    skipped_steps: int | None = None  # fp16: optimizer steps GradScaler skipped (inf/nan grads)
+    b_simple: float | None = None  # gradient noise scale tr(Σ)/|G|² over the run, in loss units
     # time and throughput, over the steps after the timing warm-up
     train_time_s: float | None = None
     timed_steps: int | None = None
@@ -158,6 +161,7 @@ class StepRecord:
     grad_norm: float | None = None
     time_s: float | None = None  # training wall time at the end of this step
     val_loss: float | None = None
+    b_simple: float | None = None  # gradient noise scale (EMA ratio); null when not sampled
 
 
 @dataclass(frozen=True, kw_only=True)

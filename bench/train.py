@@ -17,7 +17,9 @@ Hot-loop rules (nanoGPT's comment: ``.item()`` is a sync point): losses, gradien
 and token counts stay on the device and are read back at flush points (every
 ``flush_every`` steps, at evaluations and at the end: ``bench.train_record``); step
 times come from ``StepClock`` the same way. Where the loop looks up from training is
-decided by ``bench.train_events``.
+decided by ``bench.train_events``. Every ``noise_scale_every`` steps the window runs
+through ``bench.train_noise``, which measures the gradient noise scale B_simple on the
+way (the same gradient; its numbers are read at the next flush).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bench.meters.clock import StepClock
 from bench.plan import Plan
 from bench.train_data import Batches, cast_batch
 from bench.train_events import EarlyStopping, EventSchedule, evaluate
+from bench.train_noise import NoiseScale
 from bench.train_optim import (
     LRSchedule,
     autocast_context,
@@ -164,6 +167,16 @@ class _Run:
             world_size=1 if parallel is None else parallel.world_size,
             reduce_units=None if parallel is None else parallel.reduce_units,
         )
+        self.noise = NoiseScale(
+            self.model,
+            self.params,
+            # Under DDP a rank's micro-batch gradients are its own until the window's
+            # all-reduce, so .grad differences would mix local and averaged gradients.
+            every=config.noise_scale_every if parallel is None else 0,
+            sample_normalised=config.normalize == "sample",
+            accumulation_steps=plan.accumulation_steps,
+            scaler=self.scaler,
+        )
         self.clock = StepClock(device)
         self.recorder = StepRecorder(
             outcome,
@@ -195,14 +208,30 @@ class _Run:
         step_windows = [(w.micro_batches, w.weights) for w in self.windows.windows]
         if self.parallel is not None:  # no_sync on a window's first k - 1 forwards
             loss_of = self.parallel.loss_fn(loss_of, [n for n, _ in step_windows])
+        noise = self.noise
+
+        def micro_step(batch, weight):
+            """Forward and weighted backward of one micro-batch; its detached loss sum."""
+            if autocast is None:
+                loss_sum = loss_of(model, batch)
+            else:
+                with autocast:
+                    loss_sum = loss_of(model, batch)
+            seed = loss_sum if scaler is None else scaler.scale(loss_sum)
+            # d(loss_sum * weight)/d(theta): the gradient of loss_sum / units. The spent
+            # graph is freed on return (``seed`` and ``loss_sum`` were its last holders).
+            seed.backward(weight)
+            return loss_sum.detach()
+
         token_window, keep_units = self.windows.token_window, recorder.keep_units
         update = window_update(
-            self.config, self.optimizer, self.params, scaler, self.schedule, recorder.keep_norm
-        )
-        mark, keep_loss = clock.mark, recorder.keep_loss
+            self.config, self.optimizer, self.params, scaler, self.schedule, recorder.keep_norm,
+            recorder.keep_scale,
+        )  # fmt: skip
+        mark, keep_loss, keep_noise = clock.mark, recorder.keep_loss, recorder.keep_noise
         order_generator = torch.Generator().manual_seed(self.config.seed)
         global_step, stop = 0, False
-        event = self.events.next(0)
+        event, noise_at = self.events.next(0), noise.next_due(0)
         clock.start()
         try:
             for epoch in range(1, plan.epochs_run + 1):
@@ -219,21 +248,19 @@ class _Run:
                         keep_units(window_units)
                     else:
                         window_batches = micro
-                    window_loss = None
-                    for weight in weights:
-                        batch = next(window_batches)
-                        if autocast is None:
-                            loss_sum = loss_of(model, batch)
-                        else:
-                            with autocast:
-                                loss_sum = loss_of(model, batch)
-                        seed = loss_sum if scaler is None else scaler.scale(loss_sum)
-                        # d(loss_sum * weight)/d(theta): the gradient of loss_sum / units.
-                        seed.backward(weight)
-                        # Nothing may keep the spent graph: ``seed`` would until the next forward.
-                        del seed
-                        loss_sum = loss_sum.detach()
-                        window_loss = loss_sum if window_loss is None else window_loss + loss_sum
+                    if global_step == noise_at:
+                        window_loss, measured = noise.window(
+                            micro_step, window_batches, weights, units_of
+                        )
+                        keep_noise(global_step, measured)
+                        noise_at = noise.next_due(global_step)
+                    else:
+                        window_loss = None
+                        for weight in weights:
+                            loss_sum = micro_step(next(window_batches), weight)
+                            window_loss = (
+                                loss_sum if window_loss is None else window_loss + loss_sum
+                            )
                     update(global_step)
                     mark()
                     keep_loss(window_loss)
@@ -261,6 +288,7 @@ class _Run:
                 recorder.flush()
             raise
         finally:
+            outcome.b_simple = noise.trial_value()  # of the windows flushed: host numbers
             if self.token_unit:
                 outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
 

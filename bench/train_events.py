@@ -77,31 +77,38 @@ class EarlyStopping:
     """Stops after exactly ``patience`` evaluations without an improvement of ``min_delta``.
 
     (The seed tutorial's ``counter > patience`` waits one evaluation too many.)
+
+    Two evaluations matter for ``restore_best``: the *lowest* validation loss, and the
+    *reference*, which moves only on an improvement of more than min_delta (Keras' rule,
+    what patience counts from). ``restore = "best"`` reloads the first, ``"last_improvement"``
+    the second; with min_delta 0 they are the same evaluation. Only the chosen one's
+    weights are kept (``torch.save`` / ``torch.load(weights_only=True)``).
     """
 
     def __init__(self, config: TrialConfig) -> None:
         self.config = config
         self.bad_evals = 0
         self.reference: float | None = None
-        self.best_state: bytes | None = None
-        self.best_step: int | None = None
+        self.kept_state: bytes | None = None
+        self.kept_step: int | None = None
+        self.kept_val_loss: float | None = None
 
     def update(self, val_loss: float, model: nn.Module, step: int, outcome: TrainOutcome) -> bool:
         """Record an evaluation; True when training must stop."""
         if not math.isfinite(val_loss):
             outcome.status, outcome.error = "diverged", f"non-finite validation loss at step {step}"
             return True
-        # The reported best is the lowest loss seen; the early-stopping reference moves
-        # only on an improvement of more than min_delta (Keras' rule), so with
-        # min_delta > 0 the two can differ, and the restored weights are the reference's.
-        if outcome.best_val_loss is None or val_loss < outcome.best_val_loss:
+        lowest = outcome.best_val_loss is None or val_loss < outcome.best_val_loss
+        if lowest:
             outcome.best_val_loss = val_loss
-        if self.reference is None or val_loss < self.reference - self.config.min_delta:
-            self.reference, self.bad_evals, self.best_step = val_loss, 0, step
-            if self.config.restore_best:  # torch.save / torch.load(weights_only=True)
-                buffer = io.BytesIO()
-                torch.save(model.state_dict(), buffer)
-                self.best_state = buffer.getvalue()
+        improved = self.reference is None or val_loss < self.reference - self.config.min_delta
+        if improved:
+            self.reference, self.bad_evals = val_loss, 0
+        if self._keep_this_one(lowest, improved):
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)
+            self.kept_state, self.kept_step, self.kept_val_loss = buffer.getvalue(), step, val_loss
+        if improved:
             return False
         self.bad_evals += 1
         if self.config.patience is not None and self.bad_evals >= self.config.patience:
@@ -112,11 +119,19 @@ class EarlyStopping:
             return True
         return False
 
+    def _keep_this_one(self, lowest: bool, improved: bool) -> bool:
+        if not self.config.restore_best:
+            return False
+        return lowest if self.config.restore == "best" else improved
+
     def restore_best(self, model: nn.Module, outcome: TrainOutcome) -> None:
-        """Load the best weights kept by ``restore_best`` (a no-op when none were kept)."""
-        if self.best_state is None:
+        """Load the weights kept by ``restore_best`` (a no-op when none were kept) and
+        record their validation loss as ``restored_val_loss``."""
+        if self.kept_state is None:
             return
-        model.load_state_dict(torch.load(io.BytesIO(self.best_state), weights_only=True))
+        model.load_state_dict(torch.load(io.BytesIO(self.kept_state), weights_only=True))
+        outcome.restored_val_loss = self.kept_val_loss
         outcome.notes.append(
-            f"restored the best weights (step {self.best_step}, val loss {self.reference:.6g})"
+            f"restored the {self.config.restore.replace('_', ' ')} weights "
+            f"(step {self.kept_step}, val loss {self.kept_val_loss:.6g})"
         )

@@ -29,17 +29,15 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def build_optimizer(config: TrialConfig, params, *, fused: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW, torch's default implementation (foreach on CUDA) unless ``fused``."""
+    """SGD or AdamW, torch's default implementation (foreach on CUDA) unless ``fused``.
+    An unset weight decay is torch's default for the optimizer (SGD 0, AdamW 0.01)."""
     extra = {"fused": True} if fused else {}
+    decay = config.effective_weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            **extra,
+            params, lr=config.lr, momentum=config.momentum, weight_decay=decay, **extra
         )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=decay, **extra)
 
 
 def fused_step_wanted(config: TrialConfig, device: torch.device) -> bool:
@@ -117,17 +115,27 @@ def window_update(
     scaler: torch.amp.GradScaler | None,
     schedule: LRSchedule,
     keep_norm: Callable[[int, torch.Tensor], None],
+    keep_scale: Callable[[torch.Tensor], None] | None = None,
 ) -> Callable[[int], None]:
     """The update that ends window ``step``: unscale, gradient norm (clipped, or sampled
     every ``grad_norm_every`` steps), optimizer step, zero_grad, per-step lr schedule.
 
-    The norm stays a device tensor, handed to ``keep_norm`` for the next flush. Built as
-    a closure once per run: the step reads its settings from cells, not attributes.
+    The norm stays a device tensor, handed to ``keep_norm`` for the next flush; with a
+    GradScaler, so does the loss scale after ``update`` (``keep_scale``), from which the
+    flush tells skipped steps (``bench.train_record``). A skipped step is still a step:
+    it is counted, its samples are seen, and the schedule moves, as in torch's AMP recipe
+    (``scaler.step``, ``scaler.update``, ``scheduler.step`` every iteration); only the
+    parameters stay as they were. Built as a closure once per run: the step reads its
+    settings from cells, not attributes.
     """
     clip, norm_every = config.grad_clip, config.grad_norm_every
     step_schedule = config.scheduler != "constant" and config.scheduler_interval != "epoch"
     optimizer_step, zero_grad, schedule_step = optimizer.step, optimizer.zero_grad, schedule.step
     clip_grad_norm, total_norm = nn.utils.clip_grad_norm_, nn.utils.get_total_norm
+    one = None
+    if scaler is not None:
+        one = torch.ones((), device=params[0].device)
+        keep_scale(scaler.scale(one))  # the initial scale: what the first step is seen against
 
     def update(step: int) -> None:
         if scaler is not None:
@@ -143,6 +151,8 @@ def window_update(
         else:
             scaler.step(optimizer)
             scaler.update()
+            # scale(one) is the scale as a new device tensor: public API, no host read.
+            keep_scale(scaler.scale(one))
         zero_grad(set_to_none=True)
         if step_schedule:
             schedule_step()

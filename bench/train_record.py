@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.meters.clock import StepClock
+from bench.train_noise import Pending
 from bench.train_optim import LRSchedule
 from bench.train_windows import WindowPlan
 
@@ -29,6 +30,9 @@ class TrainOutcome:
     step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
     tokens_seen: int | None = None
     best_val_loss: float | None = None
+    restored_val_loss: float | None = None  # restore_best: the reloaded weights' val loss
+    skipped_steps: int | None = None  # fp16: steps GradScaler skipped (inf/nan gradients)
+    b_simple: float | None = None  # the gradient noise scale over the run (bench.train_noise)
     epochs_run: int = 0
     timing_warmup_steps: int = 0  # steps actually excluded from throughput
     notes: list[str] = field(default_factory=list)
@@ -68,12 +72,31 @@ class StepRecorder:
         self._losses: list[torch.Tensor] = []
         self._units: list[torch.Tensor] = []  # token workloads only
         self._norms: dict[int, torch.Tensor] = {}  # step -> global gradient norm
+        self._noise: dict[int, Pending] = {}  # sampled step -> its noise-scale numbers
+        self._scales: list[torch.Tensor] = []  # fp16: the loss scale after each step
+        self._scale_before: float | None = None  # the scale before the first pending step
         # Bound once: the hot loop calls these every step.
         self.keep_loss = self._losses.append
         self.keep_units = self._units.append
 
     def keep_norm(self, step: int, norm: torch.Tensor) -> None:
         self._norms[step] = norm
+
+    def keep_noise(self, step: int, pending: Pending | None) -> None:
+        """Sampled step ``step``'s noise-scale numbers (None: not measured)."""
+        if pending is not None:
+            self._noise[step] = pending
+
+    def keep_scale(self, scale: torch.Tensor) -> None:
+        """GradScaler's scale after a step's ``update`` (first: the initial scale).
+
+        ``update`` multiplies the scale by ``backoff_factor`` (< 1) exactly when the step
+        found inf/nan gradients and skipped ``optimizer.step``, and otherwise keeps it or
+        grows it: a step was skipped iff the scale after it is below the scale before.
+        """
+        if self.outcome.skipped_steps is None:
+            self.outcome.skipped_steps = 0
+        self._scales.append(scale)
 
     def flush(self) -> bool:
         """Read back pending losses and times; False when training must stop (diverged)."""
@@ -85,11 +108,17 @@ class StepRecorder:
         seconds = self.clock.flush()
         losses, tokens = self._read_losses(steps)
         norms = self._read_norms()
+        noise = self._read_noise()
+        skipped = self._read_skipped(len(steps))
         elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
         for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
             elapsed += dt
-            outcome.rows.append(self._row(step, loss, n_tokens, norms.get(step), elapsed))
+            row = self._row(step, loss, n_tokens, norms.get(step), elapsed)
+            row["b_simple"] = noise.get(step)
+            outcome.rows.append(row)
             outcome.step_seconds.append(dt)
+            if skipped is not None:
+                outcome.skipped_steps += skipped[step - first]
             if not math.isfinite(loss):
                 outcome.status = "diverged"
                 outcome.error = f"non-finite loss ({loss}) at step {step}"
@@ -97,6 +126,8 @@ class StepRecorder:
         self._losses.clear()
         self._units.clear()
         self._norms.clear()
+        self._noise.clear()
+        self._scales.clear()
         return outcome.status == "ok"
 
     def drop_unfinished_window(self) -> None:
@@ -120,6 +151,31 @@ class StepRecorder:
             loss_sum / n if n else math.nan for loss_sum, n in zip(loss_sums, units, strict=True)
         ]
         return losses, tokens
+
+    def _read_skipped(self, n_steps: int) -> list[bool] | None:
+        """Per pending step, whether GradScaler skipped it (None without a GradScaler)."""
+        if not self._scales:
+            return None
+        scales = torch.stack(self._scales).tolist()  # one read for all steps
+        if self._scale_before is None:
+            self._scale_before = scales.pop(0)
+        scales = scales[:n_steps]  # a step that raised after its update has no loss kept
+        before = [self._scale_before, *scales[:-1]]
+        self._scale_before = scales[-1] if scales else self._scale_before
+        return [after < prior for prior, after in zip(before, scales, strict=True)]
+
+    def _read_noise(self) -> dict[int, float | None]:
+        """Step -> B_simple after each sampled step: one read for all pending windows."""
+        if not self._noise:
+            return {}
+        pending = list(self._noise.values())
+        flat = torch.cat([p.tensor for p in pending]).tolist()
+        out, at = {}, 0
+        for step, p in zip(self._noise, pending, strict=True):
+            n = p.tensor.numel()
+            out[step] = p.finish(flat[at : at + n])
+            at += n
+        return out
 
     def _read_norms(self) -> dict[int, float]:
         if not self._norms:

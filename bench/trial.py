@@ -264,6 +264,9 @@ def _outcome_fields(run: _Run) -> dict:
             [r["tokens"] for r in outcome.rows],
         ),
         "best_val_loss": outcome.best_val_loss,
+        "restored_val_loss": outcome.restored_val_loss,
+        "skipped_steps": outcome.skipped_steps,
+        "b_simple": outcome.b_simple,
     }
 
 

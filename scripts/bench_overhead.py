@@ -40,6 +40,11 @@ noise, for attributing single microseconds.
     python scripts/bench_overhead.py --threads 1           # both workloads, 7 rounds
     python scripts/bench_overhead.py --variant sampler --repeats 5
     python scripts/bench_overhead.py --rss-miss
+    python scripts/bench_overhead.py --noise-scale 256 --threads 1   # B_simple's cost
+
+``--noise-scale EVERY`` runs bench with the gradient noise scale measured every EVERY
+steps against bench with it off, interleaved, at k = 1 (each sampled micro-batch run as
+two halves) and k = 4 (the same effective batch), see ``noise_scale_cost``.
 """
 
 from __future__ import annotations
@@ -229,6 +234,69 @@ def sampler_cost(name: str, repeats: int, intervals_ms: list[float]) -> None:
         )
 
 
+# -- what measuring the gradient noise scale costs ----------------------------------------
+
+
+def noise_scale_cost(name: str, repeats: int, every: int, k: int, epochs: int) -> None:
+    """bench with B_simple measured every ``every`` steps vs not at all (``noise_scale_every
+    = 0``), interleaved with the order alternating. Two figures per round:
+
+    - throughput on / off (bench's clock, and the window wall time): what a user sees,
+      but a ~1 % effect inside load noise of several %;
+    - the cost share from the measured run's own steps: a sampled step's time over a
+      plain step's (lower quartiles), minus 1, divided by ``every``: the overhead at this
+      interval, from one run, so machine drift between runs does not enter it.
+    """
+    import math
+
+    base = {**CONFIGS[name], "device": "cpu", "eval_every": 0, "accumulation_steps": k}
+    base["epochs"] = epochs  # enough sampled steps for a quartile of their times
+    base["batch_size"] = CONFIGS[name]["batch_size"] // k  # the same effective batch
+    on = TrialConfig.from_mapping({**base, "noise_scale_every": every})
+    off = on.replace(noise_scale_every=0)
+    bench_run(on)  # warm
+    clock, wall, share, plain = [], [], [], []
+    for r in range(repeats):
+        got = {}
+        for which in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            config = on if which == "on" else off
+            result = run_trial(config)
+            row = result.trial
+            skip = len(result.steps) - int(row["timed_steps"])
+            timed = result.steps["samples"].iloc[skip:].sum()
+            got[which] = (row["samples_per_s"], timed / row["window_wall_s"], result.steps)
+        clock.append(got["on"][0] / got["off"][0])
+        wall.append(got["on"][1] / got["off"][1])
+        steps = got["on"][2]
+        dt = steps["time_s"].diff().iloc[1:]
+        sampled = (steps["step"].iloc[1:] % every == 0).to_numpy()
+        # Lower quartiles, not medians: on a loaded machine a step is now and then
+        # preempted for milliseconds, and a step 3x as long is 3x as likely to be, which
+        # moves the median of a few dozen sampled steps but not their lower quartile.
+        typical = _lower_quartile(dt[~sampled])
+        extra = _lower_quartile(dt[sampled]) / typical - 1
+        share.append(extra / every)
+        # Whether a run with B_simple on is slower outside its sampled steps too.
+        plain.append(typical / _lower_quartile(got["off"][2]["time_s"].diff().iloc[1:]))
+        print(
+            f"  {name} k={k} round {r + 1}: throughput on/off {clock[-1]:.3f} (wall {wall[-1]:.3f}); "
+            f"a sampled step {extra + 1:.2f}x a plain step ({typical * 1e6:.0f} us, lower "
+            f"quartiles of {int(sampled.sum())} and {int((~sampled).sum())}): "
+            f"overhead {100 * share[-1]:.2f} % at every={every}; plain step on/off {plain[-1]:.3f}",
+            flush=True,
+        )
+    print(f"{name} k={k}, noise_scale_every={every}, 1-min load {os.getloadavg()[0]:.1f}:")
+    print(f"  throughput on/off (bench clock): {summary(clock)}")
+    print(f"  throughput on/off (window wall): {summary(wall)}")
+    print(f"  overhead from sampled steps (%): {summary([100 * v for v in share])}")
+    print(f"  plain step time on/off:          {summary(plain)}")
+    assert not any(math.isnan(v) for v in share)
+
+
+def _lower_quartile(values) -> float:
+    return statistics.quantiles(list(values), n=4, method="inclusive")[0]
+
+
 # -- how much a sleeping sampler misses ---------------------------------------------------
 
 
@@ -306,11 +374,32 @@ def main() -> int:
         action="store_true",
         help="only measure what a sampler thread costs the loop",
     )
+    parser.add_argument(
+        "--noise-scale",
+        type=int,
+        metavar="EVERY",
+        help="only measure what B_simple costs, sampled every EVERY steps (bench's default: 256)",
+    )
+    parser.add_argument(
+        "--accumulation-steps",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="--noise-scale: the k to measure at (the effective batch stays the same)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="--noise-scale: epochs per run (default 8)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_miss:
         rss_miss(args.interval_ms, trials=28)
+        return 0
+    if args.noise_scale is not None:
+        for name in args.workloads:
+            for k in args.accumulation_steps:
+                noise_scale_cost(name, args.repeats, args.noise_scale, k, args.epochs)
         return 0
     if args.sampler_cost:
         for name in args.workloads:

@@ -410,3 +410,58 @@ def test_the_largest_int64_seed_trains_and_is_written(tmp_path):
               "--device", "cpu", "--seed", str(2**63 - 1), "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert store.load_results(out).trials.iloc[0].seed == 2**63 - 1
+
+
+# -- one meaning for a budget -------------------------------------------------------------
+# N = 40, b = 10: 4 steps an epoch. Each budget as plan, run and a sweep's [budget] read it.
+BUDGETS = [
+    ({}, 4),  # neither: one epoch
+    ({"epochs": 2}, 8),
+    ({"max_steps": 6}, 6),  # max_steps alone: as many epochs as it takes (2)
+    ({"max_steps": 3}, 3),
+    ({"epochs": 2, "max_steps": 6}, 6),  # both: whichever ends first
+    ({"epochs": 1, "max_steps": 6}, 4),
+]
+
+
+def _flags(budget):
+    return [w for k, v in budget.items() for w in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.mark.parametrize("budget, steps", BUDGETS)
+def test_plan_run_and_sweep_agree_on_every_budget(capsys, tmp_path, budget, steps):
+    import tomllib
+
+    from bench.sweep.spec import parse_spec
+
+    assert (
+        plan_json(capsys, "--samples", "40", "--batch-size", "10", *_flags(budget))["total_steps"]
+        == steps
+    )
+    out = tmp_path / "run"
+    common = ["--workload", "seed-mlp", "--samples", "40", "--batch-size", "10"]
+    assert main(["run", *common, *_flags(budget), "--device", "cpu", "--out", str(out)]) == 0
+    trial = pd.read_parquet(out / "trial.parquet").iloc[0]
+    assert (trial["planned_steps"], trial["optimizer_steps"]) == (steps, steps)
+    lines = [f"{k} = {v}" for k, v in budget.items()]
+    text = (
+        '# budgets\nname = "b"\ndevice = "cpu"\nseeds = [0]\n[workload]\nname = "seed-mlp"\n'
+        "[base]\nsamples = 40\n[budget]\n" + "\n".join(lines) + "\n[[cases]]\nbatch_size = 10\n"
+    )
+    (point,) = parse_spec(tomllib.loads(text), text=text).points
+    assert point.config.plan(40).total_steps == steps
+    # The sweep's trial is the run's configuration: the same key, so the same training.
+    assert point.config.to_dict() == json.loads(trial["config_json"])
+
+
+def test_at_epoch_past_the_run_names_the_budget_that_ends_it(capsys):
+    base = ["plan", "--samples", "40", "--batch-size", "10", "--at-epoch", "3", "--at-batch", "1"]
+    assert main([*base, "--epochs", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "after 2 epoch(s), 8 optimizer steps" in said and "max_steps" not in said
+    assert main([*base, "--max-steps", "6"]) == 0
+    assert "the run ends at max_steps = 6, in epoch 2" in capsys.readouterr().out
+    assert main([*base, "--epochs", "2", "--max-steps", "20"]) == 0
+    assert "max_steps" not in capsys.readouterr().out.split("reaches no optimizer step")[1]
+    out = plan_json(capsys, *base[1:], "--max-steps", "10")
+    assert out["global_step"] == 9 and "no_step_reason" not in out

@@ -330,7 +330,7 @@ INT_FIELDS, FLOAT_FIELDS = fields_accepting("an integer"), fields_accepting("a n
 def test_an_accepted_integer_fits_its_int64_column(key, value):
     import pyarrow as pa
 
-    assert len(INT_FIELDS) == 14 and "seed" in INT_FIELDS and "nproc" in INT_FIELDS
+    assert len(INT_FIELDS) == 15 and {"seed", "nproc", "noise_scale_every"} <= set(INT_FIELDS)
     try:
         config = TrialConfig(**{key: value})
     except ConfigError as exc:

@@ -2,6 +2,8 @@
 
 import contextlib
 import copy
+import inspect
+import math
 import subprocess
 import sys
 
@@ -274,6 +276,39 @@ def test_best_val_loss_is_the_lowest_seen_even_when_min_delta_holds_the_referenc
     assert firsts[-1] > min(evaluations)
 
 
+@pytest.mark.parametrize("rule", ["best", "last_improvement"])
+def test_restore_rules_reload_the_lowest_or_the_last_min_delta_improvement(rule):
+    # The run above: with min_delta = 0.05 the last improvement larger than min_delta is
+    # not the lowest loss. "best" reloads the lowest; "last_improvement" Keras' reference.
+    # 3 epochs: the last improvement larger than 0.05 is at step 55, the lowest at 60.
+    cfg = dict(batch_size=10, samples=200, epochs=3, lr=0.05, eval_every=5, min_delta=0.05)
+    model, outcome, workload, _ = run(**cfg, restore_best=True, restore=rule)
+    evaluated = [(r["step"], r["val_loss"]) for r in outcome.rows if r["val_loss"] is not None]
+    reference = [evaluated[0]]
+    for step, v in evaluated[1:]:
+        if v < reference[-1][1] - 0.05:
+            reference.append((step, v))
+    lowest = min(evaluated, key=lambda e: e[1])
+    step, val_loss = lowest if rule == "best" else reference[-1]
+    assert reference[-1][1] > lowest[1]  # the two rules differ here
+    assert outcome.restored_val_loss == val_loss
+    # The reloaded weights are those of the run cut at that step, and evaluate to it.
+    cut, _, _, _ = run(**{**cfg, "max_steps": step})
+    assert torch.equal(params(model), params(cut))
+    val = tuple(t.to(torch.float32) if t.is_floating_point() else t for t in workload.val)
+    with torch.no_grad():
+        assert float(workload.loss_sum(model, val) / workload.units(val)) == pytest.approx(
+            val_loss, rel=1e-5
+        )
+
+
+def test_without_restore_best_nothing_is_reloaded():
+    cfg = dict(batch_size=10, samples=200, epochs=3, lr=0.05, eval_every=5)
+    model, outcome, _, _ = run(**cfg)
+    assert outcome.restored_val_loss is None
+    assert torch.equal(params(model), params(run(**cfg)[0]))
+
+
 @pytest.mark.parametrize("workload", ["teacher-mlp", "char-lm"])
 def test_steps_completed_before_an_error_are_kept(workload):
     # A simulated OOM in the 40th forward (b = 8, k = 1, no evaluation): 39 optimizer
@@ -350,6 +385,43 @@ def test_mixed_precision_trains_on_cpu(precision):
     assert losses[-1] < losses[0]
 
 
+def test_a_step_gradscaler_skips_is_counted_and_still_a_step_of_the_count_and_schedule():
+    # fp16 on the CPU (torch 2.13's GradScaler runs there): 96 samples, b = 8, k = 2, so
+    # 6 windows. An inf planted in the gradient of window 3's second micro-batch makes
+    # GradScaler skip that optimizer step.
+    config = TrialConfig(
+        workload="teacher-mlp", device="cpu", precision="fp16", batch_size=8,
+        accumulation_steps=2, samples=96, lr=0.05, scheduler="cosine", warmup=2,
+        workload_options={"width": 16}, timing_warmup_steps=0, flush_every=4,
+    )  # fmt: skip
+    workload, plan, device = prepare(config)
+    torch.manual_seed(config.seed)
+    model = workload.make_model()
+    backwards, window_starts = [0], []
+
+    def plant(grad):
+        backwards[0] += 1
+        window, micro = divmod(backwards[0] - 1, 2)
+        if micro == 0:  # the parameters as the window found them
+            window_starts.append(params(model).clone())
+        return torch.full_like(grad, math.inf) if (window, micro) == (2, 1) else grad
+
+    next(model.parameters()).register_hook(plant)
+    model, outcome = train(config, workload, plan, device, model=model)
+    _, clean, _, _ = run(**{f: getattr(config, f) for f in ("precision", "batch_size",
+        "accumulation_steps", "samples", "lr", "scheduler", "warmup", "workload_options",
+        "timing_warmup_steps", "flush_every")})  # fmt: skip
+    assert (outcome.skipped_steps, clean.skipped_steps) == (1, 0)
+    # The skipped step is a step: counted, its samples seen, the schedule moved past it.
+    assert outcome.optimizer_steps == plan.total_steps == 6 and outcome.samples_seen == 96
+    assert [r["lr"] for r in outcome.rows] == [r["lr"] for r in clean.rows]
+    assert outcome.status == "ok" and all(math.isfinite(r["loss"]) for r in outcome.rows)
+    # Only the parameters stayed: window 4 starts where window 3 did.
+    assert torch.equal(window_starts[3], window_starts[2])
+    assert not torch.equal(window_starts[2], window_starts[1])
+    assert run(samples=96, batch_size=8)[1].skipped_steps is None  # no GradScaler, no count
+
+
 def test_fused_step_only_for_fp16_on_cuda():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     wanted = bench.train_optim.fused_step_wanted
@@ -417,6 +489,16 @@ def test_micro_normalisation_with_uneven_micro_batches_weights_samples_wrongly()
             "optimizer": "adamw",
             "lr": 1e-3,
             "grad_clip": 1.0,
+            "workload_options": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
+        },
+        # B_simple's sampled windows: fp16 with k = 2; token units with k = 1 by halves.
+        {"precision": "fp16", "accumulation_steps": 2, "noise_scale_every": 3},
+        {
+            "workload": "char-lm",
+            "samples": 256,
+            "batch_size": 16,
+            "accumulation_steps": 1,
+            "noise_scale_every": 3,
             "workload_options": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
         },
     ],
@@ -590,6 +672,16 @@ _SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"
             "grad_clip": 1.0,
             "workload_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
         },
+        # B_simple's sampled windows: k = 2, k = 1 by halves, "micro", token units, fp16.
+        {"precision": "fp16", "fused": True, "noise_scale_every": 3},
+        {"accumulation_steps": 1, "normalize": "micro", "noise_scale_every": 3},
+        {
+            "workload": "char-lm",
+            "samples": 64,
+            "batch_size": 4,
+            "noise_scale_every": 3,
+            "workload_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16},
+        },
     ],
 )
 def test_no_host_read_of_a_tensor_outside_sync_points(monkeypatch, overrides):
@@ -633,6 +725,9 @@ def test_no_host_read_of_a_tensor_outside_sync_points(monkeypatch, overrides):
         _, outcome = train(config, workload, plan, device)
     assert outcome.status == "ok" and outcome.optimizer_steps == plan.total_steps
     assert any(r["val_loss"] is not None for r in outcome.rows)
+    if "noise_scale_every" in overrides:
+        assert outcome.b_simple is not None
+        assert [r["step"] for r in outcome.rows if r["b_simple"] is not None][:2] == [3, 6]
 
 
 def test_importing_bench_runs_no_backward_and_a_forked_child_can_train():
@@ -734,3 +829,19 @@ def test_window_plan_weights_and_counts_follow_the_plan(normalize):
         assert weights == [[1 / 32] * 4] * 3 + [[1 / 16]]
     assert [windows.samples_seen(s) for s in range(1, 9)] == [32, 64, 96, 100, 132, 164, 196, 200]
     assert windows.of_step(8) is windows.windows[3]
+
+
+@pytest.mark.parametrize("optimizer, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_settings_left_out_are_torchs_defaults_but_the_tutorials_lr(optimizer, cls):
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    built = bench.train_optim.build_optimizer(TrialConfig(optimizer=optimizer), weights)
+    # Every hyperparameter torch's constructor defaults, but lr: 0.01, the seed tutorial's.
+    assert built.defaults == cls(weights, lr=0.01).defaults
+    assert built.defaults["weight_decay"] == {"sgd": 0, "adamw": 0.01}[optimizer]
+    given = TrialConfig(optimizer=optimizer, weight_decay=0.0, momentum=0.0)
+    assert bench.train_optim.build_optimizer(given, weights).defaults["weight_decay"] == 0.0
+    # Unset and torch's default written out train the same: one configuration, one key.
+    torchs = inspect.signature(cls).parameters["weight_decay"].default
+    assert TrialConfig(optimizer=optimizer, weight_decay=float(torchs)).trial_key == (
+        TrialConfig(optimizer=optimizer).trial_key
+    )
