@@ -289,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file of TrialConfig keys (flags override it)")
-    p.add_argument("--workload", help="seed-mlp, teacher-mlp, char-lm, or module:function")
+    p.add_argument("--workload", help="seed-mlp, teacher-mlp, char-lm, resnet, or module:function")
     p.add_argument(
         "--option", action="append", metavar="KEY=VALUE", help="workload option (repeatable)"
     )

@@ -107,7 +107,7 @@ class TrialConfig:
 
     # what is trained
     workload: WorkloadName = "seed-mlp"
-    """seed-mlp, teacher-mlp, char-lm, or module:function."""
+    """seed-mlp, teacher-mlp, char-lm, resnet, or module:function."""
     workload_options: Options = field(default_factory=dict)
     """Keyword options of the workload's factory."""
     samples: integer(1) | None = None

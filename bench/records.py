@@ -18,7 +18,12 @@ Adding, renaming or changing a column bumps ``SCHEMA_VERSION``. How version 1 fi
 differ from version 2 (``upgrade`` reads both): ``started_at`` is ISO 8601 text;
 ``flops_per_sample``, ``attempt`` and ``optuna_trial`` are undeclared columns whose type
 varies between files (null-typed where a trial failed); ``extra`` is absent; probes
-files have no ``schema_version``.
+files have no ``schema_version``. Version 3 adds columns only (version 2 files read
+them as null): trials ``batch_dependent_layers``, ``world_size``, ``sync``,
+``stack_size``, ``stack_id``, ``restored_val_loss``, ``skipped_steps``, ``b_simple``,
+``samples_per_s_per_rank``, ``timing_basis``, ``allreduce_calls``, ``allreduce_bytes``,
+``allreduce_time_s``; steps ``b_simple``; probes ``repeat``, ``phase``, ``margin_pct``,
+``vmdata_peak_bytes``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

@@ -137,9 +137,9 @@ class _StackRun:
         self.base = copy.deepcopy(models[0]).to("meta")
         self.leaves = list(self.params.values())
         self.accumulators = hold_grad_accumulators(self.leaves)
-        hyper = {
-            name: torch.tensor([getattr(c, name) for c in configs], dtype=dtype, device=device)
-            for name in ("momentum", "weight_decay")
+        hyper = {  # an unset weight decay is torch's default for the optimizer
+            name: torch.tensor([getattr(c, attr) for c in configs], dtype=dtype, device=device)
+            for name, attr in (("momentum", "momentum"), ("weight_decay", "effective_weight_decay"))
         }
         self.optimizer = stacked_optimizer(
             first.optimizer, self.leaves, hyper["momentum"], hyper["weight_decay"]
