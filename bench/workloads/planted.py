@@ -1,0 +1,79 @@
+"""Planted regressions of known size: what ``bench compare`` detects is measured by
+planting a change and seeing whether it is called (scripts/detection_power.py).
+
+A planted workload is a classification workload whose ``loss_sum`` adds, on training
+calls only (autograd on; validation runs under ``no_grad``):
+
+- ``step_slowdown`` (a fraction): a busy-wait before each forward of that fraction of
+  the typical micro-batch cycle (the work between two calls: forward, backward,
+  optimizer step, batch indexing, the harness's bookkeeping: what a real regression
+  slows). The typical cycle is the median of the last ``CYCLES`` cycles measured in the
+  process that trains, so the first calls (autograd's set-up) and a pause do not plant
+  long waits. The timing itself costs about 5-8 us a call on the 2-core dev machine (4 %
+  of seed-mlp's 200 us step at b = 1): a plain workload against a planted 5 % measured
+  +7-9 %. So ``step_slowdown = 0`` runs the same timing and waits nothing, and is the
+  baseline a planted slowdown is measured against: the two differ by the wait alone.
+  A busy-wait, not a sleep: sleeps overshoot by tens of microseconds, a whole step of
+  the smoke sweep.
+- ``extra_memory_bytes``: a buffer of that many bytes on the training device, written
+  once (so its pages are resident and count in RSS) and held until the workload is
+  dropped: a peak-memory regression of known size.
+- ``loss_change`` (a fraction): every loss reported ``1 + loss_change`` times its value,
+  training and validation, with the same gradients (the added part is detached): a
+  loss regression of known size on an otherwise identical, bit-for-bit equal run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.workloads.base import Batch, ClassificationWorkload
+
+# Cycles the typical one is the median of: enough that one slow cycle (an allocation, a
+# preemption) does not move it, few enough to follow a change of micro-batch size.
+CYCLES = 16
+
+
+@dataclass
+class PlantedWorkload(ClassificationWorkload):
+    slowdown: float | None = None  # None: no timing at all; 0: timing, no wait
+    extra_memory_bytes: int = 0
+    loss_change: float = 0.0
+    _cycles: deque = field(default_factory=lambda: deque(maxlen=CYCLES))
+    _own: deque = field(default_factory=lambda: deque(maxlen=CYCLES))
+    _left_at: float | None = None  # when the last training call's plant returned
+    _held: torch.Tensor | None = None
+
+    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # validation: not a training step
+            self._left_at = None  # and the gap across it is not a cycle
+        else:
+            if self.slowdown is not None:
+                self._busy_wait()
+            if self.extra_memory_bytes and self._held is None:
+                self._held = torch.ones(
+                    self.extra_memory_bytes, dtype=torch.uint8, device=batch[0].device
+                )
+        loss = super().loss_sum(model, batch)
+        if self.loss_change:
+            loss = loss + self.loss_change * loss.detach()
+        return loss
+
+    def _busy_wait(self) -> None:
+        entered = time.perf_counter()
+        wait = 0.0
+        if self._left_at is not None:
+            self._cycles.append(entered - self._left_at)
+            own = sorted(self._own)[len(self._own) // 2] if self._own else 0.0
+            wait = max(0.0, self.slowdown * sorted(self._cycles)[len(self._cycles) // 2] - own)
+            until = entered + wait
+            while time.perf_counter() < until:
+                pass
+        left = time.perf_counter()
+        self._own.append(left - entered - wait)
+        self._left_at = left
