@@ -70,7 +70,7 @@ PLANTS = {
     # waits nothing (step_slowdown = 0): the two sides differ by the wait alone.
     "slowdown": Plant("step_slowdown", "None", "0.0", "step_time_ms_median", "%", 0.01),
     "memory": Plant("extra_memory_bytes", "0", "0", "peak_memory_bytes", " MiB", 2**20),
-    "loss": Plant("loss_change", "0.0", "0.0", "tail_loss", "%", 0.01),
+    "loss": Plant("loss_change", "None", "0.0", "tail_loss", "%", 0.01),
 }
 DEFAULT_LEVELS = {"slowdown": [0, 5, 10, 20], "memory": [0, 8, 16, 32], "loss": [0, 3, 6, 10]}
 
@@ -84,15 +84,18 @@ def set_default(clone: Path, plant: Plant, old: str, new: str) -> None:
     mlp.write_text(text, encoding="utf-8")
 
 
-def planted_clone(where: Path, plant: Plant, level: float) -> Path:
-    """A clone of HEAD with two commits on top: the baseline (the plant's zero) and the
-    planted level (none at 0)."""
-    clone = where / f"plant-{plant.option}-{level:g}"
+def planted_clone(where: Path, plants: list[Plant], levels: tuple[float, ...]) -> Path:
+    """A clone of HEAD with two commits on top: the baseline (each plant's zero) and the
+    planted levels (none at 0)."""
+    clone = where / ("plant-" + "-".join(f"{lv:g}" for lv in levels))
     git(ROOT, "clone", "-q", "--no-hardlinks", str(ROOT), str(clone))
-    set_default(clone, plant, plant.default, plant.base)
-    git(clone, "commit", "-qam", f"baseline: {plant.option} = {plant.base}", "--allow-empty")
-    set_default(clone, plant, plant.base, plant.value(level) if level else plant.base)
-    git(clone, "commit", "-qam", f"plant {level:g}{plant.unit} ({plant.option})", "--allow-empty")
+    for plant in plants:
+        set_default(clone, plant, plant.default, plant.base)
+    git(clone, "commit", "-qam", "baseline: the plants' zeros", "--allow-empty")
+    for plant, lv in zip(plants, levels, strict=True):
+        set_default(clone, plant, plant.base, plant.value(lv) if lv else plant.base)
+    planted = ", ".join(f"{p.option} {lv:g}{p.unit}" for p, lv in zip(plants, levels, strict=True))
+    git(clone, "commit", "-qam", f"plant {planted}", "--allow-empty")
     return clone
 
 
@@ -101,11 +104,12 @@ def cells(line: str) -> list[str]:
     return [re.sub(r"\\(.)", r"\1", c).strip() for c in line.strip().strip("|").split("|")]
 
 
-def one_compare(
-    clone: Path, out: Path, rounds: int, metric: str, compare_args: list[str]
-) -> tuple[int, bool, float]:
-    """compare_ab's exit status, whether a row of ``metric`` was called regressed, and
-    the median ratio of that metric's rows."""
+Outcome = tuple[int, dict[str, tuple[bool, float]]]
+
+
+def one_compare(clone: Path, out: Path, rounds: int, compare_args: list[str]) -> Outcome:
+    """compare_ab's exit status and, per metric, whether a row of it was called
+    regressed and the median ratio of its rows."""
     done = subprocess.run(
         [sys.executable, "scripts/compare_ab.py", "--base", "HEAD~1", "--rounds", str(rounds),
          "--out", str(out), "--", *compare_args],
@@ -116,25 +120,30 @@ def one_compare(
             f"detection_power: compare_ab exit {done.returncode}: {done.stderr[-2000:]}"
         )
     rows = [cells(r) for r in done.stdout.splitlines() if r.startswith("| ")]
-    rows = [r for r in rows if len(r) == 8 and r[1] == metric]
-    ratios = [float(r[4].split()[0]) for r in rows if re.match(r"[\d.]+ ", r[4])]
-    hit = any(r[7] == "regressed" for r in rows)
-    return done.returncode, hit, statistics.median(ratios) if ratios else float("nan")
+    metrics: dict[str, tuple[bool, list[float]]] = {}
+    for r in rows:
+        if len(r) == 8 and re.match(r"[\d.]+ ", r[4]):
+            hit, ratios = metrics.get(r[1], (False, []))
+            metrics[r[1]] = (hit or r[7] == "regressed", [*ratios, float(r[4].split()[0])])
+    return done.returncode, {m: (h, statistics.median(v)) for m, (h, v) in metrics.items()}
 
 
-def table(plant: Plant, results: dict[float, list[tuple[int, bool, float]]]) -> str:
-    """Levels x runs: the share called regressed (any row: what fails CI), the share with
-    a row of the planted metric called regressed, the median ratio of that metric."""
+def table(plant: Plant, index: int, levels: list[tuple], results: list[list[Outcome]]) -> str:
+    """Levels x runs of one plant: the share called regressed (any row: what fails CI),
+    the share with a row of the planted metric called, that metric's median ratio."""
     lines = [
         f"| planted ({plant.option}) | runs | called regressed | on {plant.metric} "
         f"| median {plant.metric} ratio |",
         "| --: | --: | --: | --: | --: |",
     ]
-    for level, got in results.items():
-        n, called, hit = len(got), sum(c == 1 for c, _, _ in got), sum(h for _, h, _ in got)
-        ratio = statistics.median(r for _, _, r in got)
+    for lv, got in zip(levels, results, strict=True):
+        if not got:
+            continue
+        n, called = len(got), sum(code == 1 for code, _ in got)
+        per = [m.get(plant.metric, (False, float("nan"))) for _, m in got]
+        hit, ratio = sum(h for h, _ in per), statistics.median(r for _, r in per)
         lines.append(
-            f"| {level:g}{plant.unit} | {n} | {called}/{n} ({called / n:.0%}) "
+            f"| {lv[index]:g}{plant.unit} | {n} | {called}/{n} ({called / n:.0%}) "
             f"| {hit}/{n} ({hit / n:.0%}) | {ratio:.3f} |"
         )
     return "\n".join(lines)
@@ -145,34 +154,42 @@ def main(argv: list[str] | None = None) -> int:
     compare_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plant", choices=sorted(PLANTS), default="slowdown")
+    parser.add_argument(
+        "--plant", choices=sorted(PLANTS), nargs="+", default=["slowdown"],
+        help="what to plant; several at once plant their levels together (default slowdown)",
+    )  # fmt: skip
     parser.add_argument("--runs", type=int, default=5, help="compares per level (default 5)")
     parser.add_argument("--rounds", type=int, default=6, help="compare_ab rounds (default 6)")
     parser.add_argument(
-        "--levels", type=float, nargs="+", help="planted levels (% or MiB; default by --plant)"
+        "--levels", type=float, nargs="+", help="planted levels, with one --plant (% or MiB)"
     )
     args = parser.parse_args(argv)
-    plant, levels = PLANTS[args.plant], args.levels or DEFAULT_LEVELS[args.plant]
-    if args.runs < 1 or args.rounds < 2 or any(p < 0 or p > 1000 for p in levels):
+    plants = [PLANTS[p] for p in args.plant]
+    if args.levels and len(plants) > 1:
+        parser.error("--levels goes with one --plant; several plant their default levels")
+    per_plant = [args.levels] if args.levels else [DEFAULT_LEVELS[p] for p in args.plant]
+    levels = list(zip(*per_plant, strict=True))
+    if args.runs < 1 or args.rounds < 2 or any(v < 0 or v > 1000 for lv in levels for v in lv):
         parser.error("--runs >= 1, --rounds >= 2, levels in [0, 1000]")
-    results: dict[float, list[tuple[int, bool, float]]] = {lv: [] for lv in levels}
+    results: list[list[Outcome]] = [[] for _ in levels]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="detection-power-") as tmp:
-        clones = {lv: planted_clone(Path(tmp), plant, lv) for lv in levels}
+        clones = [planted_clone(Path(tmp), plants, lv) for lv in levels]
         # Levels interleaved, run by run (a rotating order): a change in the machine's
         # load lands on every level, not on the last one measured.
         for run in range(args.runs):
-            for lv in levels[run % len(levels) :] + levels[: run % len(levels)]:
-                out = Path(tmp) / f"out-{lv:g}-{run}"
-                got = one_compare(clones[lv], out, args.rounds, plant.metric, compare_args)
-                results[lv].append(got)
+            for i in [*range(len(levels))][run % len(levels) :] + [*range(run % len(levels))]:
+                got = one_compare(
+                    clones[i], Path(tmp) / f"out-{i}-{run}", args.rounds, compare_args
+                )
+                results[i].append(got)
                 print(
-                    f"[{time.monotonic() - t0:6.0f} s] run {run} {lv:g}{plant.unit}: exit {got[0]}, "
-                    f"{plant.metric} regressed {got[1]}, ratio {got[2]:.3f}, "
-                    f"load {os.getloadavg()[0]:.1f}",
+                    f"[{time.monotonic() - t0:6.0f} s] run {run} level {levels[i]}: exit {got[0]} "
+                    f"{got[1]} load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
-            print(table(plant, {lv: r for lv, r in results.items() if r}), flush=True)
+            for k, plant in enumerate(plants):
+                print(table(plant, k, levels, results), flush=True)
     return 0
 
 

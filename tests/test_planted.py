@@ -28,6 +28,8 @@ def test_loss_change_raises_the_reported_loss_and_keeps_the_gradients():
     (lp, gp), (lc, gc) = one_step(plain), one_step(changed)
     assert torch.allclose(lc, lp * 1.25, rtol=1e-6) and lc != lp
     assert all(torch.equal(a, b) for a, b in zip(gp, gc, strict=True))  # bit-equal training
+    zero = build_workload("seed-mlp", samples=16, options={"loss_change": 0.0})
+    assert zero.loss_change == 0.0 and torch.equal(one_step(zero)[0], lp)  # the op, no change
     with torch.no_grad():  # validation reports the changed loss too
         model = changed.make_model()
         val = changed.loss_sum(model, changed.val)

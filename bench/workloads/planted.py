@@ -20,7 +20,9 @@ calls only (autograd on; validation runs under ``no_grad``):
   dropped: a peak-memory regression of known size.
 - ``loss_change`` (a fraction): every loss reported ``1 + loss_change`` times its value,
   training and validation, with the same gradients (the added part is detached): a
-  loss regression of known size on an otherwise identical, bit-for-bit equal run.
+  loss regression of known size on an otherwise identical, bit-for-bit equal run
+  (0: the same two operations, the loss unchanged, so that a planted loss change does
+  not also plant their microseconds into the step time).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ CYCLES = 16
 class PlantedWorkload(ClassificationWorkload):
     slowdown: float | None = None  # None: no timing at all; 0: timing, no wait
     extra_memory_bytes: int = 0
-    loss_change: float = 0.0
+    loss_change: float | None = None  # None: no op; 0: the op, the loss unchanged
     _cycles: deque = field(default_factory=lambda: deque(maxlen=CYCLES))
     _own: deque = field(default_factory=lambda: deque(maxlen=CYCLES))
     _left_at: float | None = None  # when the last training call's plant returned
@@ -60,7 +62,7 @@ class PlantedWorkload(ClassificationWorkload):
                     self.extra_memory_bytes, dtype=torch.uint8, device=batch[0].device
                 )
         loss = super().loss_sum(model, batch)
-        if self.loss_change:
+        if self.loss_change is not None:  # 0: loss + 0, bit-equal, at the same cost
             loss = loss + self.loss_change * loss.detach()
         return loss
 

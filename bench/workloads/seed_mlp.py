@@ -6,9 +6,9 @@ this workload measures speed and step arithmetic, not convergence).
 ``step_slowdown``, ``extra_memory_bytes`` and ``loss_change`` plant a regression of
 known size (bench/workloads/planted.py): they exist to measure what ``bench compare``
 detects (scripts/detection_power.py), where a commit that changes one's default is a
-code regression of a known size. ``step_slowdown`` is unset by default (no timer in the
-hot loop); 0 runs the plant's timing without waiting, the baseline of a planted
-slowdown.
+code regression of a known size. ``step_slowdown`` and ``loss_change`` are unset by
+default (nothing added to the hot loop); 0 runs the plant's work with no effect, the
+baseline a planted level is timed against.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def build(
     data_seed: int = 0,
     step_slowdown: float | None = None,
     extra_memory_bytes: int = 0,
-    loss_change: float = 0.0,
+    loss_change: float | None = None,
 ) -> ClassificationWorkload:
     n = check_int("samples", 10_000 if samples is None else samples, 1)
     val_samples = check_int("val_samples", val_samples, 1)
@@ -37,7 +37,9 @@ def build(
         if step_slowdown is None
         else check_float("step_slowdown", step_slowdown, 0.0, 10.0),
         "extra_memory_bytes": check_int("extra_memory_bytes", extra_memory_bytes, 0, 2**40),
-        "loss_change": check_float("loss_change", loss_change, -0.99, 100.0),
+        "loss_change": None
+        if loss_change is None
+        else check_float("loss_change", loss_change, -0.99, 100.0),
     }
 
     def draw(g: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +52,9 @@ def build(
         make_model=lambda: mlp([10, 50, 2]),
         options={"val_samples": val_samples, "data_seed": data_seed},
     )
-    # step_slowdown = 0 is planted too: the plant's timing with no wait, the baseline
-    # that a planted slowdown is measured against (its bookkeeping costs both sides).
-    planted = {k: v for k, v in planted.items() if v or (k == "step_slowdown" and v == 0)}
+    # step_slowdown = 0 and loss_change = 0 are planted too: the plant's work with no
+    # effect, the baseline a planted level is timed against (its cost lands on both sides).
+    planted = {k: v for k, v in planted.items() if v or (v == 0 and k != "extra_memory_bytes")}
     if not planted:  # the plain workload: nothing added to the hot loop
         return ClassificationWorkload(**parts)
     parts["options"] |= planted
@@ -60,5 +62,5 @@ def build(
         **parts,
         slowdown=planted.get("step_slowdown"),
         extra_memory_bytes=planted.get("extra_memory_bytes", 0),
-        loss_change=planted.get("loss_change", 0.0),
+        loss_change=planted.get("loss_change"),
     )
