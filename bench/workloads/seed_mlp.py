@@ -36,7 +36,7 @@ def build(
         "step_slowdown": None
         if step_slowdown is None
         else check_float("step_slowdown", step_slowdown, 0.0, 10.0),
-        "extra_memory_bytes": check_int("extra_memory_bytes", extra_memory_bytes, 0, 2**40),
+        "extra_memory_bytes": check_int("extra_memory_bytes", extra_memory_bytes, 0, 2**50),
         "loss_change": None
         if loss_change is None
         else check_float("loss_change", loss_change, -0.99, 100.0),
