@@ -42,6 +42,9 @@ def test_extra_memory_is_held_from_the_first_training_call():
     with torch.no_grad():
         w.loss_sum(model, w.val)
     assert w._held is None  # validation allocates nothing
+    w.loss_sum(model.to("meta"), tuple(t[:4].to("meta") for t in w.train))
+    assert w._held is None  # nor the FLOP counter's pass on the meta device
+    model = w.make_model()
     w.loss_sum(model, tuple(t[:4] for t in w.train))
     assert w._held.numel() == 3 * 2**20 and int(w._held[-1]) == 1  # written: resident
     held = w._held

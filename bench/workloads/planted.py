@@ -54,7 +54,8 @@ class PlantedWorkload(ClassificationWorkload):
     def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         if not torch.is_grad_enabled():  # validation: not a training step
             self._left_at = None  # and the gap across it is not a cycle
-        else:
+        elif batch[0].device.type != "meta":  # not the FLOP counter's pass on meta tensors
+            # (a buffer "held" there would be none, and the pass is not a cycle)
             if self.slowdown is not None:
                 self._busy_wait()
             if self.extra_memory_bytes and self._held is None:
