@@ -216,7 +216,7 @@ def replay(repo: Path, base: str, work: Path, rounds: int, metrics: str = "") ->
         script.write_text(step["run"])
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-            cwd=repo, env=env | step_env, capture_output=True, text=True, timeout=300,
+            cwd=repo, env=env | step_env, capture_output=True, text=True, timeout=1200,
         )  # fmt: skip
         log += done.stdout + done.stderr
         if done.returncode:
