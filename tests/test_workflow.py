@@ -214,6 +214,8 @@ def replay(repo: Path, base: str, work: Path, rounds: int, metrics: str = "") ->
         }
         script = work / "step.sh"
         script.write_text(step["run"])
+        # A generous limit: at a load average of 15 on 2 cores one tiny sweep took
+        # 100-140 s, and 2 rounds with reports passed 300 s.
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
             cwd=repo, env=env | step_env, capture_output=True, text=True, timeout=1200,
