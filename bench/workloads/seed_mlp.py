@@ -3,24 +3,21 @@
 10 -> 50 -> ReLU -> 2, X ~ N(0, 1), labels drawn at random (so nothing is learnable:
 this workload measures speed and step arithmetic, not convergence).
 
-``step_slowdown`` (a fraction, 0.2 = 20 %) plants a known slowdown: each training
-micro-batch busy-waits that fraction of the measured micro-batch cycle. It exists to
-measure what ``bench compare`` detects (scripts/detection_power.py): a commit that
-changes its default is a code regression of a known size.
+``step_slowdown``, ``extra_memory_bytes`` and ``loss_change`` plant a regression of
+known size (bench/workloads/planted.py): they exist to measure what ``bench compare``
+detects (scripts/detection_power.py), where a commit that changes one's default is a
+code regression of a known size. ``step_slowdown`` and ``loss_change`` are unset by
+default (nothing added to the hot loop); 0 runs the plant's work with no effect, the
+baseline a planted level is timed against.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections import deque
-from dataclasses import dataclass, field
-
 import torch
-from torch import nn
 
-from bench.workloads.base import Batch, ClassificationWorkload, draw_rows, mlp
+from bench.workloads.base import ClassificationWorkload, draw_rows, mlp
 from bench.workloads.options import check_float, check_int
+from bench.workloads.planted import PlantedWorkload
 
 
 def build(
@@ -28,12 +25,22 @@ def build(
     samples: int | None = None,
     val_samples: int = 1000,
     data_seed: int = 0,
-    step_slowdown: float = 0.0,
+    step_slowdown: float | None = None,
+    extra_memory_bytes: int = 0,
+    loss_change: float | None = None,
 ) -> ClassificationWorkload:
     n = check_int("samples", 10_000 if samples is None else samples, 1)
     val_samples = check_int("val_samples", val_samples, 1)
     data_seed = check_int("data_seed", data_seed, 0)
-    step_slowdown = check_float("step_slowdown", step_slowdown, 0.0, 10.0)
+    planted = {
+        "step_slowdown": None
+        if step_slowdown is None
+        else check_float("step_slowdown", step_slowdown, 0.0, 10.0),
+        "extra_memory_bytes": check_int("extra_memory_bytes", extra_memory_bytes, 0, 2**50),
+        "loss_change": None
+        if loss_change is None
+        else check_float("loss_change", loss_change, -0.99, 100.0),
+    }
 
     def draw(g: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.randn(rows, 10, generator=g), torch.randint(0, 2, (rows,), generator=g)
@@ -45,34 +52,15 @@ def build(
         make_model=lambda: mlp([10, 50, 2]),
         options={"val_samples": val_samples, "data_seed": data_seed},
     )
-    if not step_slowdown:  # the plain workload: no timer in the hot loop
+    # step_slowdown = 0 and loss_change = 0 are planted too: the plant's work with no
+    # effect, the baseline a planted level is timed against (its cost lands on both sides).
+    planted = {k: v for k, v in planted.items() if v or (v == 0 and k != "extra_memory_bytes")}
+    if not planted:  # the plain workload: nothing added to the hot loop
         return ClassificationWorkload(**parts)
-    parts["options"]["step_slowdown"] = step_slowdown
-    return _SlowedWorkload(**parts, slowdown=step_slowdown)
-
-
-@dataclass
-class _SlowedWorkload(ClassificationWorkload):
-    """Busy-waits ``slowdown`` x the typical micro-batch cycle before each training
-    forward. A cycle is the time from the end of one wait to the next call (forward,
-    backward, optimizer step, batch indexing: the work a real regression slows), on the
-    host clock; typical is the median of the last 8, so that the first calls (autograd's
-    set-up) and a pause (an epoch boundary) do not plant long waits. A busy-wait, not a
-    sleep: sleeps overshoot by tens of microseconds, a whole step of the smoke sweep."""
-
-    slowdown: float = 0.0
-    _gaps: deque = field(default_factory=lambda: deque(maxlen=8))
-    _last: float | None = None
-
-    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        if not torch.is_grad_enabled():  # validation: not a training step
-            self._last = None  # and the gap across it is not a cycle
-            return super().loss_sum(model, batch)
-        now = time.perf_counter()
-        if self._last is not None:
-            self._gaps.append(now - self._last)
-            until = now + self.slowdown * statistics.median(self._gaps)
-            while time.perf_counter() < until:
-                pass
-        self._last = time.perf_counter()
-        return super().loss_sum(model, batch)
+    parts["options"] |= planted
+    return PlantedWorkload(
+        **parts,
+        slowdown=planted.get("step_slowdown"),
+        extra_memory_bytes=planted.get("extra_memory_bytes", 0),
+        loss_change=planted.get("loss_change"),
+    )
