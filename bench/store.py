@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,69 @@ def write_trial(folder: str | Path, trial: dict, steps: pd.DataFrame, *, per_key
     else:
         write_atomic(steps_part, folder / "steps.parquet")
         write_atomic(trial_part, folder / "trial.parquet")
+
+
+def write_trials(folder: str | Path, trials: list[tuple[dict, pd.DataFrame]]) -> None:
+    """Store several trials of a sweep (one file per key, as ``write_trial(per_key=True)``)
+    at the cost of a few fsyncs instead of two per trial: a stack's 64 members write 128
+    files in ~0.5 s instead of ~1.4 s (docs/benchmarks.md, "Stacked sweeps").
+
+    Every table is built and checked first (the trials rows as one table, then sliced).
+    Then each file is written to its temporary name and fsynced, concurrently (pyarrow
+    and fsync release the GIL, and concurrent fsyncs share the filesystem's journal
+    commits); then, only when all are, renamed into place in order (each trial's steps
+    before its row); then each directory is fsynced. So after a kill -9 at any point a
+    file under its own name is whole, and a trial's row means its steps are complete;
+    after a power loss a renamed file's data is on disk, and once this returns so are
+    the renames (on a journaling filesystem, ext4 or XFS, renames reach the disk in
+    order). A failure before the renames (a full disk: DiskFull) writes none of them."""
+    folder = Path(folder)
+    if not trials:
+        return
+    rows = trials_table([row for row, _ in trials])
+    files: list[tuple[pa.Table, Path]] = []
+    for i, (row, steps) in enumerate(trials):
+        key = row["trial_key"]
+        files.append((steps_table(steps), folder / "steps" / f"{key}.parquet"))
+        files.append((rows.slice(i, 1), folder / "trials" / f"{key}.parquet"))
+    for sub in ("steps", "trials"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    tmps: list[str] = []
+    try:
+        tmps = [_temp_path(path) for _, path in files]
+        with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+            list(pool.map(_write_synced, [t for t, _ in files], tmps))
+        for tmp, (_, path) in zip(tmps, files, strict=True):
+            os.replace(tmp, path)
+        tmps = []
+        for sub in ("steps", "trials"):
+            _fsync_path(folder / sub)
+    except BaseException as exc:
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise DiskFull.at(folder, exc) from None
+        raise
+
+
+def _temp_path(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # as _replace_atomically: results are for everyone who may read them
+    return tmp
+
+
+def _write_synced(table: pa.Table, tmp: str) -> None:
+    pq.write_table(table, tmp)
+    _fsync_path(tmp)
+
+
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def tail_loss(loss, samples, units=None, *, fraction: float = TAIL_FRACTION) -> float | None:

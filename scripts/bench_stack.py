@@ -1,6 +1,7 @@
 """Whole sweeps, solo against stacked: an 8 lr x 8 seed grid (64 configurations) at b = 32.
 
     python scripts/bench_stack.py [--repeats 3] [--workers 2] [--threads 1] [--device cpu]
+                                  [--before TREE]
 
 For each workload (seed-mlp at its default N = 10000, teacher-mlp at N = 8192), one
 epoch, the same spec runs as ``execution = "solo"`` and as ``execution = "stacked"``
@@ -9,13 +10,16 @@ records written, study told, exactly what a user runs. The variants are interlea
 (solo, stacked, solo, stacked, ...) so a change in machine load hits both alike. It
 prints each run's wall time, then per workload the solo / stacked wall-time ratio over
 the repetitions (each repetition's pair gives one ratio): median, min and max, with the
-1-minute load average. ``--steps-check`` also reports the largest relative difference
+1-minute load average, and the median start-up: from the command's start until its first
+worker was ready (the sweep's own ``BENCH_SWEEP_SUMMARY`` plus the command's time before
+the sweep began). ``--steps-check`` also reports the largest relative difference
 between a stacked member's per-step losses and its solo run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -57,18 +61,23 @@ def write_spec(folder: Path, workload: str, execution: str, device: str) -> Path
     return path
 
 
-def run_sweep(spec: Path, results: Path, workers: int, threads: int | None) -> float:
+def run_sweep(
+    spec: Path, results: Path, workers: int, threads: int | None, repo: Path = REPO
+) -> tuple[float, dict]:
+    """(command wall, the sweep's own summary: ``startup_s`` until its first worker was
+    ready, ``wall_s`` of the sweep inside the command)."""
     cmd = [sys.executable, "-m", "bench", "sweep", str(spec), "--workers", str(workers)]
     if threads:
         cmd += ["--threads", str(threads)]
     cmd += ["--results", str(results)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(repo), "BENCH_SWEEP_SUMMARY": "1"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=1800)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"sweep failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("BENCH_SWEEP_SUMMARY "))
+    return wall, json.loads(line.split(" ", 1)[1])
 
 
 def loss_difference(solo: Path, stacked: Path) -> float:
@@ -92,21 +101,33 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workloads", nargs="+", default=["seed-mlp", "teacher-mlp"])
     p.add_argument("--steps-check", action="store_true")
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="another tree (e.g. from git archive): its stacked sweep runs as a third "
+        "interleaved variant, 'stacked@before', for a before/after comparison",
+    )
     args = p.parse_args()
     walls: dict[tuple[str, str], list[float]] = {}
+    startups: dict[tuple[str, str], list[float]] = {}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         root = Path(tmp)
         for i in range(args.repeats):
             for workload in args.workloads:
-                for execution in ("solo", "stacked"):  # interleaved
-                    spec = write_spec(root, workload, execution, args.device)
-                    results = root / f"r{i}-{workload}-{execution}"
-                    wall = run_sweep(spec, results, args.workers, args.threads)
+                variants = ["solo", "stacked"] + (["stacked@before"] if args.before else [])
+                for execution in variants:  # interleaved
+                    kind, _, tree = execution.partition("@")
+                    spec = write_spec(root, workload, kind, args.device)
+                    results = root / f"r{i}-{workload}-{kind}{tree}"
+                    repo = args.before.resolve() if tree else REPO
+                    wall, summary = run_sweep(spec, results, args.workers, args.threads, repo)
                     walls.setdefault((workload, execution), []).append(wall)
+                    startup = summary["startup_s"] + wall - summary["wall_s"]
+                    startups.setdefault((workload, execution), []).append(startup)
                     loads.append(os.getloadavg()[0])
-                    print(f"rep {i + 1} {workload:12s} {execution:8s} wall {wall:7.2f} s "
-                          f"(load {loads[-1]:.1f})", flush=True)  # fmt: skip
+                    print(f"rep {i + 1} {workload:12s} {execution:8s} wall {wall:7.2f} s, "
+                          f"start-up {startup:5.2f} s (load {loads[-1]:.1f})", flush=True)  # fmt: skip
                 if args.steps_check and i == 0:
                     diff = loss_difference(
                         root / f"r0-{workload}-solo" / f"{workload}-solo",
@@ -119,14 +140,29 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, 1-min load average median {statistics.median(loads):.1f} "
         f"(min {min(loads):.1f}, max {max(loads):.1f})"
     )
+    for (workload, variant), w in walls.items():
+        after = [a - b for a, b in zip(w, startups[(workload, variant)], strict=True)]
+        print(
+            f"{workload:12s} {variant:15s} wall after start-up median "
+            f"{statistics.median(after):6.2f} s (min {min(after):.2f}, max {max(after):.2f})"
+        )
     for workload in args.workloads:
         solo, stacked = walls[(workload, "solo")], walls[(workload, "stacked")]
         ratios = [a / b for a, b in zip(solo, stacked, strict=True)]
         print(
             f"{workload:12s} solo {statistics.median(solo):7.2f} s  stacked "
             f"{statistics.median(stacked):6.2f} s  ratio median {statistics.median(ratios):5.1f}x "
-            f"(min {min(ratios):.1f}, max {max(ratios):.1f})"
+            f"(min {min(ratios):.1f}, max {max(ratios):.1f}); start-up (command start to first "
+            f"worker ready) median solo {statistics.median(startups[(workload, 'solo')]):.1f} s, "
+            f"stacked {statistics.median(startups[(workload, 'stacked')]):.1f} s"
         )
+        if args.before:
+            before = walls[(workload, "stacked@before")]
+            print(
+                f"{'':12s} stacked@before {statistics.median(before):6.2f} s (min {min(before):.2f}, "
+                f"max {max(before):.2f}), start-up "
+                f"{statistics.median(startups[(workload, 'stacked@before')]):.1f} s"
+            )
     return 0
 
 

@@ -13,6 +13,13 @@ does a kill in mid-write. Here:
   under the journal's lock (so no one is writing it), was cut short by a process that
   died. Its bytes go to ``optuna.journal.torn-<time>-<id>`` and are cut off, with a line
   on stderr that names the copy.
+- :meth:`WholeRecordJournal.batched` gathers the records one thread appends inside it
+  and appends them at its end as one write with one fsync: a sweep records a stack's
+  64 trials (~10 records each) in one append instead of ~640, each ~3 ms of fsync. The
+  records keep their order; a kill before the end loses the whole batch (its trials
+  stay RUNNING in the study, and the next run takes them again as lost), and a kill in
+  the write itself leaves whole records followed by at most one cut-short one, which
+  the next append sets aside as below.
 - :func:`open_journal` repairs a journal that Optuna cannot read because such a record
   is already inside it (appended by a writer without these checks, Optuna's own
   ``JournalFileBackend`` among them): whole records are kept in order, the cut-short
@@ -28,6 +35,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,6 +95,9 @@ class WholeRecordJournal(BaseJournalBackend):
         self.path = Path(path)
         self.lock = JournalFileSymlinkLock(str(self.path))
         self.reader = JournalFileBackend(str(self.path), lock_obj=self.lock)  # creates it
+        # The open batch: (the thread that opened it, its records so far), or None.
+        # Other threads (a storage shared by a heartbeat) append as usual meanwhile.
+        self._batch: tuple[int, list[dict[str, Any]]] | None = None
 
     def read_logs(self, log_number_from: int) -> Any:
         return self.reader.read_logs(log_number_from)
@@ -99,7 +110,33 @@ class WholeRecordJournal(BaseJournalBackend):
         finally:
             self.lock.release()
 
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Append what this thread appends inside the block as one write at its end,
+        also when the block raises (what it recorded before is whole, parquet first).
+        Optuna's replay does not see the batch's records until then: a batch holds
+        writes whose effect no later read inside it depends on (user attributes,
+        ``tell``). Nested blocks join the outer one."""
+        if self._batch is not None and self._batch[0] == threading.get_ident():
+            yield
+            return
+        self._batch = (threading.get_ident(), [])
+        try:
+            yield
+        finally:
+            logs = self._batch[1]
+            self._batch = None
+            if logs:
+                self._append(logs)
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        batch = self._batch
+        if batch is not None and batch[0] == threading.get_ident():
+            batch[1].extend(logs)
+            return
+        self._append(logs)
+
+    def _append(self, logs: list[dict[str, Any]]) -> None:
         # The text Optuna's JournalFileBackend writes: one compact JSON line per record.
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
         with self.locked():

@@ -4,10 +4,14 @@ Optuna's storage API addresses a trial by an internal id that Trial and FrozenTr
 in the private ``_trial_id``; this adapter is the one place that reads it. The storage,
 not ``Trial.set_user_attr``, because the tickets also write to trials they only hold as
 FrozenTrial (from ``study.get_trials``): lost trials, sampled duplicates.
+
+It also reads the storage's private ``_backend`` (:meth:`TrialWriter.batched`): Optuna's
+``JournalStorage`` has no public way to append several records at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -18,6 +22,13 @@ class TrialWriter:
     @staticmethod
     def trial_id(trial: Any) -> int:
         return trial._trial_id
+
+    def batched(self) -> contextlib.AbstractContextManager:
+        """A block whose writes reach the storage together at its end, where the storage
+        can (the embedded journal: :meth:`bench.sweep.journal.WholeRecordJournal.batched`);
+        elsewhere (PostgreSQL) each write goes at once, as outside it."""
+        batched = getattr(getattr(self.storage, "_backend", None), "batched", None)
+        return batched() if callable(batched) else contextlib.nullcontext()
 
     def set_user_attr(self, trial: Any, key: str, value: Any) -> None:
         self.storage.set_trial_user_attr(self.trial_id(trial), key, value)
