@@ -198,7 +198,9 @@ def test_report_command_line_prints_the_bound_not_a_number(tmp_path, capsys):
 
     shapes = tuple((b, 1) for b in (8, 16, 32, 64, 128, 256))
     write_synthetic(tmp_path, Synthetic(shapes=shapes, b_crit=20000.0, s_min=50.0, seeds=(0,)))
-    args = argparse.Namespace(results=tmp_path, out=tmp_path / "out", target_loss=0.5)
+    args = argparse.Namespace(
+        results=[tmp_path], out=tmp_path / "out", target_loss=0.5, prefer=None, storage=None
+    )
     assert report_main(args) == 0
     assert "seed-mlp: B_crit > 256" in capsys.readouterr().out
 
