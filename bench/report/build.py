@@ -57,6 +57,10 @@ FIGURE_CAPTIONS = {
     "configuration per B; where B_crit lies outside the measured B the fit does not locate "
     "it and only a bound is given. Open triangles: configurations whose median seed "
     "never reached the target.",
+    "noise_scale": "The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) "
+    "against samples seen, measured inside accumulation windows every noise_scale_every "
+    "steps (an EMA over sampled steps), one line per configuration (median over seeds; "
+    "log–log); dashed: the B_crit fitted from steps-to-target, which B_simple predicts.",
     "time_to_target": "Wall time until the smoothed training loss first reaches the target, "
     "against effective batch B: median over seeds (a seed that never got there counts as "
     "never), one point per configuration with its id. The star marks the configuration "
@@ -76,6 +80,7 @@ FIGURE_TITLES = {
     "memory": "Memory a trial adds",
     "oom": "OOM boundary",
     "steps_to_target": "Steps and samples to target",
+    "noise_scale": "Gradient noise scale",
     "time_to_target": "Wall time to target",
     "pareto": "Throughput vs memory (Pareto)",
 }
@@ -221,6 +226,7 @@ def figure_objects(report: Report) -> list[tuple[str, object]]:
         "steps_to_target": lambda: F.steps_to_target(
             report.points, {**report.fits, **report.bounds}, report.target, notes
         ),
+        "noise_scale": lambda: F.noise_scale(prep, report.fits, notes),
         "time_to_target": lambda: F.time_to_target(
             report.points, prep.configs, report.target, notes
         ),

@@ -98,6 +98,9 @@ class Prepared:
     # its configuration other than the batch shape, as text: the legend table's source.
     settings: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
+    # The steps that sampled the gradient noise scale: trial_key, step, samples_seen,
+    # b_simple (rows with a value only; most steps have none).
+    noise: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def config_dict(row: pd.Series) -> dict[str, Any]:
@@ -144,11 +147,14 @@ def prepare(results: Results) -> Prepared:
     configs = _configs(trials)
     settings = _name_configs(trials, configs, flat, shapes)
     steps = lean_steps(results.steps)
+    noise = noise_scale_rows(results.steps)
     notes = []
     versions = sorted({int(v) for v in trials["schema_version"].dropna()})
     if versions:
         notes.append("schema_version " + ", ".join(map(str, versions)))
-    return Prepared(trials=trials, steps=steps, configs=configs, settings=settings, notes=notes)
+    return Prepared(
+        trials=trials, steps=steps, configs=configs, settings=settings, notes=notes, noise=noise
+    )
 
 
 def _coerce(trials: pd.DataFrame) -> None:
@@ -236,6 +242,21 @@ def lean_steps(steps: pd.DataFrame) -> pd.DataFrame:
     ordered = bool(np.all(codes[1:] >= codes[:-1])) and bool(np.all(~same | (step[1:] > step[:-1])))
     if not ordered:
         out = out.iloc[np.lexsort((step, codes))]
+    return out.reset_index(drop=True)
+
+
+NOISE_KEEP = ("trial_key", "step", "samples_seen", "b_simple")
+
+
+def noise_scale_rows(steps: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``steps`` with a ``b_simple`` value, in NOISE_KEEP's columns, numeric."""
+    if "b_simple" not in steps.columns or not len(steps):
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in NOISE_KEEP})
+    value = pd.to_numeric(steps["b_simple"], errors="coerce")
+    cols = [c for c in NOISE_KEEP if c in steps.columns]
+    out = steps.loc[value.notna().to_numpy(), cols].reindex(columns=list(NOISE_KEEP))
+    for c in NOISE_KEEP[1:]:
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype(float)
     return out.reset_index(drop=True)
 
 

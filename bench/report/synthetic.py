@@ -60,6 +60,7 @@ class Synthetic:
     oom_above: int | None = None
     rss_start: bool = False  # record cpu_baseline_rss_bytes, as a CPU sweep does
     rss_noise_bytes: float = 0.0  # sd of the CPU growth's noise (abs of a normal draw)
+    noise_scale_every: int | None = None  # steps between b_simple values (None: no values)
     gpu: bool = True
     device: str = "cuda:0 (synthetic)"
     sweep: str = "synthetic"
@@ -155,6 +156,8 @@ def _trial(spec: Synthetic, cfg: TrialConfig, rng: np.random.Generator) -> tuple
         growth = mem - spec.memory_base_bytes * spec.memory_factor
         noise = abs(spec.rss_noise_bytes * rng.standard_normal())
         row.update(cpu_baseline_rss_bytes=start, cpu_peak_rss_bytes=int(start + growth + noise))
+    if spec.noise_scale_every:
+        row["b_simple"] = spec.b_crit
     return row, records.steps_table(values)
 
 
@@ -216,4 +219,8 @@ def _curve(
         "grad_norm": np.abs(rng.standard_normal(n)),
         "time_s": np.cumsum(step_times),
     }
+    if spec.noise_scale_every:
+        sampled = t % spec.noise_scale_every == 0
+        rise = spec.b_crit * (1.0 - 0.5 * np.exp(-t / tau))
+        values["b_simple"] = np.where(sampled, rise, np.nan)
     return values, clean

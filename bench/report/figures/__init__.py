@@ -12,6 +12,7 @@ show; ``render`` turns a Figure into PNG and SVG bytes.
 - ``probes``: ``bench oom`` probes read as the memory and OOM figures draw them.
 - ``plot_oom``: b* against capacity per precision and optimizer, the planner's (b, k).
 - ``plot_steps``: steps and samples to target with the critical-batch fit.
+- ``plot_noise``: the gradient noise scale B_simple over training beside the fitted B_crit.
 - ``plot_time``: wall time to the target loss against effective batch.
 - ``plot_pareto``: throughput against memory with the Pareto front.
 - ``families``: configurations alike but for the batch shape (one line each).
@@ -26,6 +27,7 @@ from bench.report.figures.axes import (
 )
 from bench.report.figures.plot_loss import loss_curves
 from bench.report.figures.plot_memory import memory
+from bench.report.figures.plot_noise import noise_scale
 from bench.report.figures.plot_oom import oom_boundaries
 from bench.report.figures.plot_pareto import pareto
 from bench.report.figures.plot_steps import steps_to_target
@@ -40,6 +42,7 @@ __all__ = [
     "load_oom_probes",
     "loss_curves",
     "memory",
+    "noise_scale",
     "oom_boundaries",
     "pareto",
     "planner_choices",
