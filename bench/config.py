@@ -241,9 +241,9 @@ class TrialConfig:
         d["workload_options"] = dict(sorted(self.workload_options.items()))
         return d
 
-    def plan(self, samples: int) -> Plan:
-        """The epoch / window / step plan of this configuration over ``samples`` (N)."""
-        plan = make_plan(
+    def plan_arguments(self, samples: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`bench.plan.make_plan` this configuration fixes."""
+        return dict(
             samples=samples,
             batch_size=self.batch_size,
             accumulation_steps=self.accumulation_steps,
@@ -253,6 +253,10 @@ class TrialConfig:
             drop_last=self.drop_last,
             partial_window=self.partial_window,
         )
+
+    def plan(self, samples: int) -> Plan:
+        """The epoch / window / step plan of this configuration over ``samples`` (N)."""
+        plan = make_plan(**self.plan_arguments(samples))
         if plan.total_steps > INT64_MAX:  # planned_steps, an int64 column
             raise ConfigError(
                 f"{plan.total_steps} planned optimizer steps ({plan.steps_per_epoch} per epoch x "

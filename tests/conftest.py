@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -15,3 +17,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """``$BENCH_TEST_POSTGRES_URL``, else a throwaway cluster for the module's tests."""
+    url = os.environ.get("BENCH_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    from test_sweep_postgres import throwaway_cluster
+
+    with throwaway_cluster() as started:
+        yield started.url

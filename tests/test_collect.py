@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_sweep import counted_spec
 
 from bench import records
 from bench.errors import BenchError
@@ -293,31 +294,10 @@ N = 6
 
 
 def _spec(tmp_path: Path, name: str, wait_s: float = 60.0) -> tuple[Path, Path]:
-    log = tmp_path / f"{name}.runs"
-    spec = tmp_path / f"{name}.toml"
-    spec.write_text(
-        f"""\
-# Test sweep: two hosts, one storage, two folders: does one report see every trial once?
-name = "{name}"
-device = "cpu"
-
-[workload]
-name = "collect_hooks:shared"
-options = {{ log = "{log}", wait_s = {wait_s} }}
-
-[base]
-samples = 64
-batch_size = 16
-timing_warmup_steps = 0
-
-[budget]
-epochs = 1
-
-[grid]
-"workload_options.tag" = {list(range(N))}
-"""
+    """N points whose trials wait (``wait_s``) until both coordinators have started one."""
+    return counted_spec(
+        tmp_path, name, N, workload="collect_hooks:shared", options={"wait_s": wait_s}
     )
-    return spec, log
 
 
 def _two_hosts(tmp_path: Path, name: str, storage: str) -> tuple[Path, Path]:
@@ -398,18 +378,6 @@ def test_a_journal_shared_by_two_folders_names_the_folder_left_out(tmp_path, rep
     assert code == 0, err
     assert "1 trial of the folders not recorded in the study" in out
     assert "1 trial finished on another host whose folder was not given" in out  # its key
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    url = os.environ.get("BENCH_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    from test_sweep_postgres import _cluster
-
-    with _cluster() as cluster:
-        yield cluster.url
 
 
 @pytest.mark.slow

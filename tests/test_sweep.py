@@ -37,17 +37,29 @@ ENV = {
 
 
 def counted_spec(
-    tmp_path: Path, name: str, n: int, *, delay: float = 0.0, extra: str = ""
+    tmp_path: Path,
+    name: str,
+    n: int,
+    *,
+    delay: float = 0.0,
+    extra: str = "",
+    workload: str = "test_sweep_hooks:counted",
+    options: dict | None = None,
 ) -> tuple[Path, Path]:
+    """A grid of ``n`` points of a counting workload (each run appends to the log);
+    ``options`` replace the default ``delay`` option."""
     log = tmp_path / f"{name}.runs"
+    option_text = "".join(
+        f", {k} = {json.dumps(v)}" for k, v in (options or {"delay": delay}).items()
+    )
     text = f"""\
 # Test sweep: does every grid point run exactly once?
 name = "{name}"
 device = "cpu"
 {extra}
 [workload]
-name = "test_sweep_hooks:counted"
-options = {{ log = "{log}", delay = {delay} }}
+name = "{workload}"
+options = {{ log = "{log}"{option_text} }}
 
 [base]
 samples = 64

@@ -111,22 +111,12 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def _cluster() -> Iterator[Cluster]:
+def throwaway_cluster() -> Iterator[Cluster]:
     cluster = Cluster()
     try:
         yield cluster
     finally:
         cluster.remove()
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    url = os.environ.get("BENCH_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    with _cluster() as cluster:
-        yield cluster.url
 
 
 def test_three_coordinators_on_postgres_run_each_key_once(tmp_path, postgres_url):
@@ -294,7 +284,7 @@ def test_a_server_restart_is_waited_out(tmp_path):
     n = 6
     spec, log = counted_spec(tmp_path, "restart", n, delay=1.0)
     results = tmp_path / "results"
-    with _cluster() as cluster:
+    with throwaway_cluster() as cluster:
         err = tmp_path / "stderr"
         with err.open("w") as stderr:
             proc = subprocess.Popen(

@@ -157,14 +157,4 @@ def make_parallel_plan(*, world_size: int, **plan_values) -> ParallelPlan:
 
 def parallel_plan(config, samples: int) -> ParallelPlan:
     """The ParallelPlan of a TrialConfig with ``nproc`` ranks over ``samples`` (N)."""
-    return make_parallel_plan(
-        world_size=config.nproc or 1,
-        samples=samples,
-        batch_size=config.batch_size,
-        accumulation_steps=config.accumulation_steps,
-        mode=config.mode,
-        epochs=config.epochs,
-        max_steps=config.max_steps,
-        drop_last=config.drop_last,
-        partial_window=config.partial_window,
-    )
+    return make_parallel_plan(world_size=config.nproc or 1, **config.plan_arguments(samples))
