@@ -78,6 +78,15 @@ class FakeRunner:
             )
         return FakeRun(trial, None)
 
+    def ladder(self, configs, *, cap_bytes=None, timeout_s=None):
+        """run_ladder's contract: the configs in order until one does not fit."""
+        runs = []
+        for config in configs:
+            runs.append(self(config, cap_bytes=cap_bytes, timeout_s=timeout_s))
+            if runs[-1].result.trial["status"] != "ok":
+                break
+        return runs
+
 
 @pytest.fixture
 def fake_machine(monkeypatch):

@@ -1,6 +1,6 @@
-"""The memory model: a line M0 + m*b on the capped quantity from a few probes, the
-predicted boundary, and the search from there that falls back to bisection when the
-line is wrong. No processes run."""
+"""The memory model: a ladder of batch sizes in one process gives the line M0 + m*b on
+the capped quantity, the line predicts b*, and real probes close in from there (falling
+back to bisection where the line is wrong). No processes run."""
 
 from __future__ import annotations
 
@@ -12,21 +12,34 @@ from test_oom import FakeRunner, MiB, parse
 
 from bench import oom
 from bench.oom.boundary_search import search
-from bench.oom.model_search import fit_line, model_search, predict
+from bench.oom.model_search import fit_line, ladder_sizes, model_search, predict
 
-CAP, BASE = 600 * MiB, 340 * MiB
+CAP = 600 * MiB
 
 
-def _machine(per_sample: float, *, floor: int = 380 * MiB, fixed: int = 360 * MiB, curve=None):
-    """probe(b): peak = max(floor, fixed + per_sample * b) (+ curve(b)); fits under CAP."""
+def _machine(per_sample: float, *, floor=380 * MiB, fixed=360 * MiB, curve=None, ladder_extra=0):
+    """peak(b) = max(floor, fixed + per_sample * b) (+ curve(b)); a ladder's jobs carry
+    ``ladder_extra`` more (what its process kept from earlier jobs). Returns probe,
+    ladder, and the real probes asked."""
     calls: list[int] = []
+
+    def peak(b: int, extra: int = 0) -> int:
+        return int(max(floor, fixed + per_sample * b) + (curve(b) if curve else 0) + extra)
 
     def probe(b: int) -> tuple[bool, int | None]:
         calls.append(b)
-        peak = max(floor, fixed + per_sample * b) + (curve(b) if curve else 0)
-        return peak <= CAP, int(peak) if peak <= CAP else None
+        return peak(b) <= CAP, peak(b) if peak(b) <= CAP else None
 
-    return probe, calls
+    def ladder(sizes: list[int]) -> list[tuple[int, bool, int | None]]:
+        rungs = []
+        for b in sizes:
+            fits = peak(b, ladder_extra) <= CAP
+            rungs.append((b, fits, peak(b, ladder_extra) if fits else None))
+            if not fits:
+                break
+        return rungs
+
+    return probe, ladder, calls
 
 
 def _truth(per_sample: float, fixed: int = 360 * MiB, curve=None) -> int:
@@ -36,44 +49,62 @@ def _truth(per_sample: float, fixed: int = 360 * MiB, curve=None) -> int:
     return b
 
 
-def test_line_and_prediction():
+def test_line_prediction_and_ladder():
     slope, intercept = fit_line((128, 400 * MiB), (1024, 400 * MiB + 896 * 16 * 1024))
     assert slope == 16 * 1024 and intercept == 400 * MiB - 128 * 16 * 1024
     assert predict(600 * MiB, slope, intercept) == 128 + (200 * MiB) // (16 * 1024)
     assert predict(600 * MiB, 0.0, 1.0) is None
+    assert ladder_sizes(1, 100) == [16, 32, 64, 100] and ladder_sizes(40, 30) == [30]
 
 
 @pytest.mark.parametrize("per_sample", [16 * 1024, 40 * 1024, 1.48 * MiB, 0.77 * MiB])
-def test_a_linear_machine_is_found_in_a_few_probes(per_sample):
-    probe, calls = _machine(per_sample)
+def test_a_linear_machine_takes_two_real_probes(per_sample):
+    probe, ladder, calls = _machine(per_sample)
     truth = _truth(per_sample)
-    lo, hi, model = model_search(probe, capacity=CAP, baseline=BASE, start=1, upper=10**6)
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
     assert (lo, hi) == (truth, truth + 1)
     assert model.predicted == truth and model.slope_bytes == pytest.approx(per_sample, rel=1e-3)
-    # The scan (factors of 8 from 16), one refinement, a fit at b* and an OOM at b* + 1.
-    probes = len(set(calls))
-    assert probes <= model.scan_probes + 4 <= 9
+    assert calls == [truth, truth + 1] and model.search_probes == 2
+    assert model.ladder[-1] > truth and all(b <= truth for b in model.ladder[:-1])
     bisect_calls: list[int] = []
     search(lambda b: bisect_calls.append(b) or probe(b)[0], upper=10**6)
-    assert probes < len(bisect_calls)
+    assert len(bisect_calls) > 10
+
+
+@pytest.mark.parametrize("extra_mib", [-4, -1, 1, 2, 8])
+def test_a_ladder_process_that_holds_more_or_less_costs_a_few_probes(extra_mib):
+    # The ladder's jobs run after others: their peaks sit a few MiB off a fresh
+    # process's. The first fresh fit re-anchors the line on its own peak.
+    probe, ladder, calls = _machine(16 * 1024, ladder_extra=extra_mib * MiB)
+    truth = _truth(16 * 1024)
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
+    assert (lo, hi) == (truth, truth + 1)
+    assert model.predicted != truth and len(calls) <= 5, calls
 
 
 def test_a_wrong_model_falls_back_to_bisection_and_still_finds_b_star():
-    # Memory bends upwards past b = 2000 (a second regime the line cannot know).
+    # Memory bends upwards past b = 9000 (a second regime the line cannot know).
     def curve(b):
-        return 0 if b < 2000 else (b - 2000) ** 2 * 64
+        return 0 if b < 9000 else (b - 9000) ** 2 * 64
 
-    probe, calls = _machine(16 * 1024, curve=curve)
+    probe, ladder, calls = _machine(16 * 1024, curve=curve)
     truth = _truth(16 * 1024, curve=curve)
-    lo, hi, model = model_search(probe, capacity=CAP, baseline=BASE, start=1, upper=10**6)
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
     assert (lo, hi) == (truth, truth + 1) and model.predicted != truth
-    assert len(set(calls)) <= model.scan_probes + 2 * math.log2(abs(model.predicted - truth)) + 4
+    assert len(calls) == len(set(calls)) <= 2 * math.log2(abs(model.predicted - truth)) + 4
 
 
-def test_the_dataset_limit_ends_the_scan():
-    probe, calls = _machine(1024)
-    lo, hi, model = model_search(probe, capacity=CAP, baseline=BASE, start=1, upper=3000)
-    assert (lo, hi) == (3000, None) and max(calls) == 3000 and len(calls) <= 4
+def test_the_dataset_limit_ends_the_ladder_and_one_probe_confirms_it():
+    probe, ladder, calls = _machine(1024)
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=3000)
+    assert (lo, hi) == (3000, None) and model.ladder[-1] == 3000 and calls == [3000]
+
+
+def test_without_two_ladder_fits_the_search_doubles_from_the_ladders_fit():
+    probe, ladder, calls = _machine(8 * MiB)  # b* = 30: the ladder's 16 fits, 32 does not
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
+    assert (lo, hi) == (_truth(8 * MiB), _truth(8 * MiB) + 1)
+    assert model.predicted is None and model.ladder == [16, 32] and calls[:2] == [16, 32]
 
 
 def test_the_command_predicts_then_confirms(fake_machine_model, tmp_path, capsys):
@@ -84,12 +115,23 @@ def test_the_command_predicts_then_confirms(fake_machine_model, tmp_path, capsys
     c = json.loads(capsys.readouterr().out)["capacities"][0]
     assert (c["boundary"], c["first_oom"], c["exact"]) == (100, 101, True)
     assert c["model"]["predicted"] == 100 and c["model"]["points"] == [
-        [72, 372 * MiB],
-        [93, 393 * MiB],
+        [32, 332 * MiB],
+        [64, 364 * MiB],
     ]
-    # Scanned 16, 128 (OOM), 72; refined at 93; then 100 and 101, confirmed twice more.
-    assert [b for b, _, _ in runner.calls[:6]] == [16, 128, 72, 93, 100, 101]
-    assert c["new_probes"] == len(runner.calls) == 6 + 4
+    # The ladder 16, 32, 64, 128 (OOM) in one process; then 100 and 101 for real,
+    # each confirmed twice more.
+    assert [b for b, _, _ in runner.calls[:6]] == [16, 32, 64, 128, 100, 101]
+    assert c["model"]["ladder"] == [16, 32, 64, 128] and c["model"]["search_probes"] == 2
+    assert c["probes"] == 2 and c["new_probes"] == 2 + 4 == len(runner.calls) - 4
+    kinds = __import__("pandas").read_parquet(c_path(tmp_path))["kind"].tolist()
+    assert kinds.count("ladder") == 4 and kinds.count("boundary") == 6
+    # Run again: the stored ladder and probes answer, nothing runs.
+    runner.calls.clear()
+    assert oom.main(args, runner=runner) == 0 and runner.calls == []
+
+
+def c_path(tmp_path):
+    return next(tmp_path.rglob("probes.parquet"))
 
 
 @pytest.fixture

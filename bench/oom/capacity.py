@@ -51,12 +51,12 @@ def find_boundary(
     first_step: int | None = None,
     on_probe=None,
     repeats: int = 1,
-    model_budget: tuple[int, int] | None = None,
+    model_capacity: int | None = None,
 ) -> Boundary:
     """The boundary search with ``prober``'s probes as ``fits``: ok fits, oom does not,
     and any other outcome raises ProbeFailed (it would read as a wrong boundary). With
-    ``model_budget`` (capacity, baseline) the memory model predicts where to search
-    (bench.oom.model_search). With ``repeats`` R > 1 the ends are then confirmed by R
+    ``model_capacity`` (the capacity in the capped quantity) the memory model predicts
+    where to search (bench.oom.model_search). With ``repeats`` R > 1 the ends are then confirmed by R
     runs each (confirm_band)."""
     before_probes, before_new = prober.probes, prober.new_probes
     t0 = time.perf_counter()
@@ -76,17 +76,16 @@ def find_boundary(
         row = run(b)
         return row["outcome"] == "ok", peak_bytes(row)
 
+    def ladder(sizes: list[int]) -> list[tuple[int, bool, int | None]]:
+        rows = prober.ladder(sizes)
+        return [(r["micro_batch_size"], r["outcome"] == "ok", peak_bytes(r)) for r in rows]
+
     model = None
-    if model_budget is None:
+    if model_capacity is None:
         lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
     else:
         lo, hi, model = model_search(
-            measured,
-            capacity=model_budget[0],
-            baseline=model_budget[1],
-            start=start,
-            upper=upper,
-            tolerance=tolerance,
+            measured, ladder, capacity=model_capacity, start=start, upper=upper, tolerance=tolerance
         )
     searched = prober.probes - before_probes
     if repeats > 1 and (lo > 0 or hi is not None):

@@ -124,6 +124,7 @@ class _Search:
             self.device,
             self.store,
             runner=self.runner,
+            ladder_runner=getattr(self.runner, "ladder", None),
             timeout_s=self.args.timeout,
             kind=kind,
             fresh=self.args.fresh,
@@ -160,9 +161,7 @@ class _Search:
             upper=self.upper,
             tolerance=args.tolerance,
             repeats=args.confirm,
-            model_budget=(cap, int(self.info["baseline_bytes"]))
-            if args.search == "model"
-            else None,
+            model_capacity=cap if args.search == "model" else None,
         )
         if bound.boundary == 0:
             raise BenchError(

@@ -2,14 +2,20 @@
 
 Memory is affine in b once activations dominate, M(b) = M0 + m·b (measured on
 probes.parquet: R² 1.00000 for teacher-mlp and char-lm), but small b sits on a start-up
-floor, so b = 1, 2, 4 give no slope. The model search therefore probes upwards by
-factors of 8 from ``start`` (at least 16) under the cap itself, until the last two fits
-grew by at least a tenth of the budget (or a probe ran out of memory), fits the line
-through those two on the peak of the *capped* quantity (VmData on the CPU, context +
-reserved on CUDA), and predicts b̂ = floor((C − M0) / m). A single-run search then
-starts at b̂ with steps that double from 1: one fit at b̂ and one OOM at b̂ + 1 end it
-when the model is right, and the galloping steps are the fallback to bisection when it
-is not; the probe counts say which happened. The caller confirms the result R times.
+floor, so b = 1, 2, 4 give no slope. The model search therefore runs a *ladder*: one
+process, under the cap itself, trains b = start (at least 16), 2·start, 4·start, ... one
+after another, each job's peak of the *capped* quantity (VmData on the CPU, context +
+reserved on CUDA) sampled on its own, until a job does not fit or the limit is reached.
+The line through the ladder's two largest fits (b* / 4 < b ≤ b*: the linear regime
+whenever b* is past the floor) predicts b̂ = floor((C − M0) / m), kept within the
+ladder's bracket [last fit, first failure − 1].
+
+The ladder is one process start for a dozen batch sizes, but not evidence: its jobs run
+after others in the same process, which a user's fresh process does not. Real probes,
+each a fresh capped process, decide: a search starts at b̂ with steps that double from
+1, so one fit at b̂ and one OOM at b̂ + 1 end it when the model is right, and the
+galloping steps are the fallback to bisection when it is not; the probe counts say
+which happened. The caller confirms the result R times.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import asdict, dataclass
 
 from bench.oom.boundary_search import search
 
+# A ladder job: (b, fits, peak bytes of the capped quantity or None).
+Rung = tuple[int, bool, int | None]
+
 
 @dataclass
 class Model:
@@ -27,8 +36,9 @@ class Model:
     points: list[tuple[int, int]]  # (b, peak bytes) of the two fits the line runs through
     slope_bytes: float | None  # m, bytes per sample
     intercept_bytes: float | None  # M0
-    predicted: int | None  # b̂ (None: no line, or the limit was reached while scanning)
-    scan_probes: int = 0  # probes before the prediction
+    predicted: int | None  # b̂ (None: no line; the search then bisects from its start)
+    ladder: list[int]  # the batch sizes the ladder ran, in order (its last may not fit)
+    search_probes: int = 0  # real probes (fresh processes) the search after it ran
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,84 +58,95 @@ def predict(capacity: int, slope: float, intercept: float) -> int | None:
     return int((capacity - intercept) // slope)
 
 
+def ladder_sizes(start: int, upper: int, factor: int = 2) -> list[int]:
+    """start (at least 16), ×factor each rung, the last one ``upper``."""
+    b, sizes = min(max(16, start), upper), []
+    while True:
+        sizes.append(b)
+        if b >= upper:
+            return sizes
+        b = min(b * factor, upper)
+
+
 def model_search(
     probe: Callable[[int], tuple[bool, int | None]],
+    ladder: Callable[[list[int]], list[Rung]],
     *,
     capacity: int,
-    baseline: int,
     start: int,
     upper: int,
     tolerance: int = 1,
-    factor: int = 8,
 ) -> tuple[int, int | None, Model]:
-    """(last fit, first OOM, the model) from ``probe(b) -> (fits, peak bytes)``: scan,
-    predict, refine once, then search from the prediction. Pure: ``probe`` decides what
-    a run is (a capped child process, a stored row, or a line in a test)."""
-    seen: dict[int, tuple[bool, int | None]] = {}
+    """(last fit, first OOM, the model): ``ladder(sizes)`` runs the sizes in one process
+    (stopping at the first that does not fit), the line predicts, then real probes
+    ``probe(b) -> (fits, peak)`` close in from the prediction (:func:`_secant`). Pure:
+    the callables decide what a run is (a capped child, a stored row, a line in a test)."""
+    rungs = ladder(ladder_sizes(start, upper))
+    points = [(b, peak) for b, ok, peak in rungs if ok and peak is not None]
+    model = Model(points[-2:], None, None, None, [b for b, _, _ in rungs])
+    asked: set[int] = set()
 
-    def fits(b: int) -> bool:
-        if b not in seen:
-            seen[b] = probe(b)
-        return seen[b][0]
+    def measured(b: int) -> tuple[bool, int | None]:
+        asked.add(b)
+        return probe(b)
 
-    def points() -> list[tuple[int, int]]:  # the fits with a peak, by b
-        return sorted((b, p) for b, (ok, p) in seen.items() if ok and p is not None)
-
-    lo, hi = _scan(fits, points, min(max(16, start), upper), upper, capacity - baseline, factor)
-    model = Model(points()[-2:], None, None, None, scan_probes=len(seen))
-    if hi is None and lo >= upper:
-        return lo, None, model  # everything up to the limit fits
-    high = upper if hi is None else hi - 1  # the scan's OOM bounds the search
-    guess = _predict(points(), capacity)
-    for _ in range(3):
-        if guess is None or min(guess, high) - lo <= 8:
-            break
-        # A probe 3/4 of the way to the prediction: it most likely fits, and a line
-        # through it and the scan's largest fit lies wholly in the linear regime (the
-        # scan's lower point may still sit on the start-up floor). One that does not
-        # fit lowers the bound, and the next try goes 3/4 of the way to that.
-        refine = lo + (min(guess, high) - lo) * 3 // 4
-        if fits(refine):
-            lo = refine
-            guess = _predict(points(), capacity)
-            break
-        high = refine - 1
-    model.points, model.predicted = points()[-2:], guess
-    if len(model.points) == 2:
-        model.slope_bytes, model.intercept_bytes = fit_line(*model.points)
-    start_at = max(max(lo, 1), min(guess if guess is not None else lo, high))
-    found_lo, found_hi = search(fits, start=start_at, first_step=1, upper=high, tolerance=tolerance)
-    if found_hi is None and high < upper:
-        found_hi = min(b for b, (ok, _) in seen.items() if not ok and b > found_lo)
-    return found_lo, found_hi, model
+    if len(points) < 2 or fit_line(*points[-2:])[0] <= 0:
+        # No line (a flat floor, or fewer than two fits): search by doubling from the
+        # ladder's largest fit, likely a fit for real too.
+        first = max([b for b, ok, _ in rungs if ok], default=start)
+        lo, hi = search(lambda b: measured(b)[0], start=first, upper=upper, tolerance=tolerance)
+    else:
+        model.slope_bytes, model.intercept_bytes = fit_line(*points[-2:])
+        failed = [b for b, ok, _ in rungs if not ok]
+        lo, hi = _secant(
+            measured, points[-1], failed[0] if failed else None, model, capacity, upper, tolerance
+        )
+    model.search_probes = len(asked)
+    return lo, hi, model
 
 
-def _scan(fits, points, b: int, upper: int, budget: int, factor: int) -> tuple[int, int | None]:
-    """Up by ``factor`` from b until the last two fits grew by a tenth of the budget,
-    the limit, or an OOM; after an OOM, halfway between the last fit and it until two
-    fits with a peak differ by a hundredth of the budget. At most 8 probes. Returns
-    (last fit, first OOM)."""
-    lo, hi = 0, None
-    for _ in range(8):
-        if fits(b):
+def _secant(measured, rung, ladder_oom, model: Model, capacity, upper, tolerance):
+    """Real probes from the ladder's largest fit ``rung`` (b, peak) to (last fit, first
+    OOM). The next b is where the line through the latest fresh fit (the rung until
+    there is one), with the ladder's slope, meets the capacity: a fit re-anchors the line
+    on its own fresh peak, so the guess sharpens as it nears b*. Once an OOM bounds the
+    interval, a guess the line puts at or past that OOM (or at or below the last fit)
+    steps an eighth of the interval instead, and a second such guess in a row bisects
+    (the line is wrong there); with no OOM yet, an undershooting line
+    gallops up (steps doubling). The ladder's own OOM caps only the first guess (its
+    jobs ran after others; a fresh process may fit a little more)."""
+    slope = model.slope_bytes
+    anchor, peak = rung
+    lo, hi, step, strikes = 0, None, 1, 0
+    guess = model.predicted = anchor + int((capacity - peak) // slope)
+    if ladder_oom is not None:
+        guess = min(guess, ladder_oom)
+    while hi is None or hi - lo > max(1, tolerance):
+        if hi is None:
+            if guess > lo:
+                b, step = min(guess, upper), 1
+            else:
+                b, step = min(lo + step, upper), step * 2
+        else:
+            base = max(lo, rung[0]) if rung[0] < hi else lo  # the rung: a likely fit
+            if lo < guess < hi:
+                b, strikes = guess, 0
+            elif guess == lo:  # the line says lo is b*: lo + 1 is the test of that
+                b, strikes = lo + 1, 0
+            elif strikes:  # the line missed twice running: it is wrong here, bisect
+                b = (base + hi) // 2
+            else:
+                eighth = max(1, (hi - base) // 8)
+                b, strikes = (hi - eighth if guess >= hi else lo + eighth), 1
+            b = min(max(b, lo + 1), hi - 1)
+        ok, p = measured(b)
+        if ok:
             lo = b
-            pts = points()
-            if b >= upper or (len(pts) >= 2 and pts[-1][1] - pts[-2][1] >= budget / 10):
-                break
+            if b >= upper:
+                return lo, None
+            if p is not None:
+                anchor, peak = b, p
         else:
             hi = b
-            pts = points()
-            if len(pts) >= 2 and pts[-1][1] - pts[-2][1] >= budget / 100:
-                break  # a slope to predict from (two points on the floor give none)
-        nxt = min(b * factor, upper) if hi is None else (lo + hi) // 2
-        if nxt in (lo, hi) or nxt < 1:
-            break
-        b = nxt
+        guess = anchor + int((capacity - peak) // slope)
     return lo, hi
-
-
-def _predict(points: list[tuple[int, int]], capacity: int) -> int | None:
-    """b̂ from the line through the two largest fits, or None without two."""
-    if len(points) < 2:
-        return None
-    return predict(capacity, *fit_line(*points[-2:]))

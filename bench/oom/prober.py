@@ -39,12 +39,14 @@ class Prober:
     device: str
     store: ProbeStore
     runner: Callable[..., Any] | None = None  # run_isolated-like; injectable for tests
+    ladder_runner: Callable[..., Any] | None = None  # run_ladder-like; injectable for tests
     timeout_s: float | None = None
     kind: str = "boundary"
     fresh: bool = False  # run every probe, even one stored (--fresh)
     log: Callable[[str], None] | None = None  # one line per new probe (stderr in main)
     probes: int = 0  # distinct probes asked for (new + reused)
     new_probes: int = 0
+    ladders: int = 0  # ladder processes run (each many batch sizes; not in probes)
     rows: list[dict] = field(default_factory=list)
     phase: str | None = None  # recorded on new rows: "search", "confirm", "margin", ...
     margin_pct: float | None = None  # recorded on new rows: the margin this cap applies
@@ -111,6 +113,53 @@ class Prober:
         self._log(row, run.wall_s)
         return row
 
+    def ladder(self, sizes: list[int]) -> list[dict]:
+        """Rows of one ladder (bench.procs.run_ladder): ``sizes`` ascending, run one after
+        another in one process until one does not fit. The memory model's points, stored
+        with kind "ladder" and never read as boundary evidence (a ladder's job runs after
+        others in its process). A stored ladder answers whole or not at all."""
+        configs = [self.spec.probe_config(b) for b in sizes]
+        keys = [
+            probe_key(c, self.capacity_key, self.device, "ladder", self.spec.identity)
+            for c in configs
+        ]
+        stored = self._stored_ladder(keys)
+        if stored is not None:
+            return stored
+        runner = self.ladder_runner
+        if runner is None:
+            from bench.procs import run_ladder as runner
+        runs = runner(configs, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
+        rows = []
+        for run, config, key in zip(runs, configs, keys, strict=False):  # it may stop early
+            row = probe_row(
+                run, config, key=key, kind="ladder", capacity=self.capacity_key,
+                device=self.device, steps=config.max_steps,
+            )  # fmt: skip
+            row["search_key"] = search_key(self.spec, self.capacity_key, self.device)
+            row["identity_json"] = self.spec.identity or None
+            row["killed"] = killed_by_sigkill(run) and self.capacity_bytes is not None
+            row["repeat"], row["phase"] = 0, "ladder"
+            self.store.add(row)
+            rows.append(row)
+            self._log(row, run.wall_s)
+        self.ladders += 1
+        return rows
+
+    def _stored_ladder(self, keys: list[str]) -> list[dict] | None:
+        """The stored rows of a whole ladder (up to its first non-fit), or None."""
+        if self.fresh:
+            return None
+        rows = []
+        for key in keys:
+            row = self.store.find(key)
+            if row is None:
+                return None
+            rows.append(row)
+            if row["outcome"] != "ok":
+                break
+        return rows
+
     def _execute(self, config) -> tuple[Any, bool]:
         """Run the probe process: (the run, whether it died by SIGKILL)."""
         runner = self.runner
@@ -146,7 +195,7 @@ class Prober:
 
         cap = "no cap" if self.capacity_bytes is None else format_bytes(self.capacity_bytes)
         self.log(
-            f"oom: {self.kind} probe b={row['micro_batch_size']} k={row['accumulation_steps']} "
+            f"oom: {row['kind']} probe b={row['micro_batch_size']} k={row['accumulation_steps']} "
             f"under {cap}: {row['outcome']} ({wall_s:.1f} s)"
         )
 

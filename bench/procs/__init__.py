@@ -31,7 +31,7 @@ from bench.procs.child import ChildSetup, child_main, child_stats, die_with_pare
 from bench.procs.context import PRELOAD, forkserver_context
 from bench.procs.handle import ChildProcess
 from bench.procs.kernel import exit_text, proc_status_bytes, reset_peak_rss
-from bench.procs.oneshot import IsolatedRun, run_in_subprocess, run_isolated
+from bench.procs.oneshot import IsolatedRun, run_in_subprocess, run_isolated, run_ladder
 from bench.procs.queries import ask_child, inspect_config, measure_baseline
 from bench.procs.unreported import unreported_trial_result
 
@@ -63,6 +63,7 @@ __all__ = [
     "resolve_device_name",
     "run_in_subprocess",
     "run_isolated",
+    "run_ladder",
     "unreported_trial_result",
     "warm_cpu_threads",
     "warm_up",

@@ -42,6 +42,9 @@ class ChildSetup:
     max_jobs: int | None = None  # None: until Stop or the pipe closes
     sweep: str | None = None  # passed to run_trial
     results_dir: str | None = None  # passed to run_trial
+    # CPU cap: sample VmData for each job's peak. None: a one-shot child (an oom probe)
+    # does, a sweep's warm worker does not (its timed trials share no CPU with a sampler).
+    sample_peak: bool | None = None
 
 
 def child_main(conn: Any, setup: ChildSetup) -> None:
@@ -121,9 +124,8 @@ def _start(conn: Any, setup: ChildSetup) -> Any:
         if setup.warm_up:
             warm_up(setup.device)
         if setup.cap_bytes and not cap_first:
-            # A one-shot child (an oom probe) samples its VmData peak; a sweep's warm
-            # worker does not, so its timed trials share the CPU with no sampler thread.
-            cap = apply_memory_cap(setup.cap_bytes, device, sample_peak=setup.max_jobs == 1)
+            sample = setup.sample_peak if setup.sample_peak is not None else setup.max_jobs == 1
+            cap = apply_memory_cap(setup.cap_bytes, device, sample_peak=sample)
         if setup.warm_up:
             reset_peak_rss()  # the warm-up's peak is not the first trial's
         conn.send(msg.Ready(pid=os.getpid(), cap=cap))

@@ -101,6 +101,52 @@ def run_in_subprocess(
     return run_isolated(config, cap_bytes=cap_bytes, timeout_s=timeout_s, sweep=sweep).result
 
 
+def run_ladder(configs: list, *, cap_bytes: int | None, timeout_s: float | None = None) -> list:
+    """Run ``configs`` (TrialConfigs, in order) one after another in one fresh child
+    under one cap, each job's peak sampled on its own; stop after the first that does
+    not end "ok". Returns an IsolatedRun per job run (``timeout_s`` is per job).
+
+    What the OOM memory model fits its line on: one process start for a whole ladder
+    of batch sizes. Not boundary evidence: a job runs after others in the same process,
+    which a user's fresh process does not (bench.oom.model_search confirms in fresh
+    ones)."""
+    log_fd, log_path = tempfile.mkstemp(prefix="bench-ladder-", suffix=".log")
+    os.close(log_fd)
+    setup = ChildSetup(
+        log_path=log_path,
+        device=configs[0].device,
+        cap_bytes=cap_bytes,
+        max_jobs=len(configs),
+        sample_peak=True,
+    )
+    child = ChildProcess(setup, name="bench-ladder")
+    runs: list[IsolatedRun] = []
+    cap = None
+    try:
+        child.start()
+        for i, config in enumerate(configs):
+            started = time.perf_counter()
+            job = msg.RunTrial(i, config.to_dict())
+            if i:  # the child said Ready before the first job only
+                child.send(job)
+            deadline = None if timeout_s is None else started + timeout_s
+            watched = _watch(child, job, deadline)
+            cap = watched.cap = watched.cap or cap
+            wall = time.perf_counter() - started
+            if watched.reply is None:
+                _finish(child, watched)
+                runs.append(_unreported(config, child, watched, wall, timeout_s, log_path, None))
+                break
+            runs.append(_reported(config, child, watched, wall, None))
+            if runs[-1].result.trial.get("status") != "ok":
+                break
+    finally:
+        child.kill()  # done, or stopped early: nothing more to wait for
+        child.close()
+        Path(log_path).unlink(missing_ok=True)
+    return runs
+
+
 def _watch(child: ChildProcess, job: msg.RunTrial, deadline: float | None) -> _Watched:
     """Send ``job`` once the child is Ready; wait for its reply, its death or the deadline,
     polling its RSS high-water mark meanwhile."""
