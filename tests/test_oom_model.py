@@ -17,14 +17,19 @@ from bench.oom.model_search import fit_line, ladder_sizes, model_search, predict
 CAP = 600 * MiB
 
 
-def _machine(per_sample: float, *, floor=380 * MiB, fixed=360 * MiB, curve=None, ladder_extra=0):
+def _machine(
+    per_sample: float, *, floor=380 * MiB, fixed=360 * MiB, curve=None, ladder_extra=0,
+    ladder_slope=1.0,
+):  # fmt: skip
     """peak(b) = max(floor, fixed + per_sample * b) (+ curve(b)); a ladder's jobs carry
-    ``ladder_extra`` more (what its process kept from earlier jobs). Returns probe,
-    ladder, and the real probes asked."""
+    ``ladder_extra`` more (what its process kept from earlier jobs) and grow by
+    ``ladder_slope`` times as much a sample. Returns probe, ladder, and the real probes
+    asked."""
     calls: list[int] = []
 
-    def peak(b: int, extra: int = 0) -> int:
-        return int(max(floor, fixed + per_sample * b) + (curve(b) if curve else 0) + extra)
+    def peak(b: int, extra: int = 0, slope: float = 1.0) -> int:
+        grown = fixed + per_sample * slope * b
+        return int(max(floor, grown) + (curve(b) if curve else 0) + extra)
 
     def probe(b: int) -> tuple[bool, int | None]:
         calls.append(b)
@@ -33,8 +38,9 @@ def _machine(per_sample: float, *, floor=380 * MiB, fixed=360 * MiB, curve=None,
     def ladder(sizes: list[int]) -> list[tuple[int, bool, int | None]]:
         rungs = []
         for b in sizes:
-            fits = peak(b, ladder_extra) <= CAP
-            rungs.append((b, fits, peak(b, ladder_extra) if fits else None))
+            got = peak(b, ladder_extra, ladder_slope)
+            rungs.append((b, got <= CAP, got if got <= CAP else None))
+            fits = got <= CAP
             if not fits:
                 break
         return rungs
@@ -80,6 +86,15 @@ def test_a_ladder_process_that_holds_more_or_less_costs_a_few_probes(extra_mib):
     lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
     assert (lo, hi) == (truth, truth + 1)
     assert model.predicted != truth and len(calls) <= 5, calls
+
+
+def test_fresh_fits_far_apart_replace_a_ladder_slope_that_is_off():
+    # resnet measured: the ladder's jobs held 64 MiB more and grew 16 % less a sample
+    # than fresh processes (caches kept between jobs).
+    probe, ladder, calls = _machine(0.73 * MiB, ladder_extra=64 * MiB, ladder_slope=0.84)
+    truth = _truth(0.73 * MiB)
+    lo, hi, model = model_search(probe, ladder, capacity=CAP, start=1, upper=10**6)
+    assert (lo, hi) == (truth, truth + 1) and len(calls) <= 5, calls
 
 
 def test_a_wrong_model_falls_back_to_bisection_and_still_finds_b_star():

@@ -111,13 +111,15 @@ def _secant(measured, rung, ladder_oom, model: Model, capacity, upper, tolerance
     there is one), with the ladder's slope, meets the capacity: a fit re-anchors the line
     on its own fresh peak, so the guess sharpens as it nears b*. Once an OOM bounds the
     interval, a guess the line puts at or past that OOM (or at or below the last fit)
-    steps an eighth of the interval instead, and a second such guess in a row bisects
+    steps a quarter of the interval instead, and a second such guess in a row bisects
     (the line is wrong there); with no OOM yet, an undershooting line
     gallops up (steps doubling). The ladder's own OOM caps only the first guess (its
-    jobs ran after others; a fresh process may fit a little more)."""
+    jobs ran after others; a fresh process may fit a little more). Two fresh fits far
+    enough apart replace the ladder's slope with their own (:func:`_fresh_slope`)."""
     slope = model.slope_bytes
     anchor, peak = rung
     lo, hi, step, strikes = 0, None, 1, 0
+    fresh: list[tuple[int, int]] = []  # (b, peak) of the fresh fits
     guess = model.predicted = anchor + int((capacity - peak) // slope)
     if ladder_oom is not None:
         guess = min(guess, ladder_oom)
@@ -136,8 +138,8 @@ def _secant(measured, rung, ladder_oom, model: Model, capacity, upper, tolerance
             elif strikes:  # the line missed twice running: it is wrong here, bisect
                 b = (base + hi) // 2
             else:
-                eighth = max(1, (hi - base) // 8)
-                b, strikes = (hi - eighth if guess >= hi else lo + eighth), 1
+                quarter = max(1, (hi - base) // 4)
+                b, strikes = (hi - quarter if guess >= hi else lo + quarter), 1
             b = min(max(b, lo + 1), hi - 1)
         ok, p = measured(b)
         if ok:
@@ -146,7 +148,20 @@ def _secant(measured, rung, ladder_oom, model: Model, capacity, upper, tolerance
                 return lo, None
             if p is not None:
                 anchor, peak = b, p
+                fresh.append((b, p))
+                slope = _fresh_slope(fresh, capacity) or slope
         else:
             hi = b
         guess = anchor + int((capacity - peak) // slope)
     return lo, hi
+
+
+def _fresh_slope(fresh: list[tuple[int, int]], capacity: int) -> float | None:
+    """The slope between the smallest and the largest fresh fit, when their peaks differ
+    by at least 1 % of the capacity (a sampled peak moves by a few hundred KiB from run
+    to run: closer points give a slope that noise decides). A ladder's slope can be off
+    where its process keeps caches between jobs (a CNN's: 16 % measured on resnet)."""
+    (b1, p1), (b2, p2) = min(fresh), max(fresh)
+    if b2 == b1 or p2 - p1 < capacity / 100:
+        return None
+    return (p2 - p1) / (b2 - b1)
