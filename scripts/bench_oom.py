@@ -3,13 +3,16 @@
 Lightning's ``Tuner.scale_batch_size(mode="binsearch")`` under the same cap with its
 answer checked in a fresh process.
 
-    python scripts/bench_oom.py [--rounds N] [--cases a,b] [--lightning] [--out FILE]
+    python scripts/bench_oom.py [--rounds N] [--cases a,b] [--methods m,n] [--lightning]
+                                [--out FILE]
 
 Each (round, case, method) runs ``python -m bench oom --json`` in its own results
 folder, so no run reuses another's probes; the order of the methods alternates between
-rounds, so a change in machine load falls on both. Prints a markdown table (medians
-over rounds, min-max) with the 1-minute load average, and writes every run as JSON.
-The BN CNN case of the issue needs a workload that does not exist in bench yet.
+rounds, so a change in machine load falls on both; with ``--lightning`` Lightning's
+search runs once a round, next to bench's on teacher-1024. Prints a markdown table
+(medians over rounds, min-max) with the 1-minute load average, and writes every run as
+JSON. "Real probes" are fresh capped processes that decide the boundary (search +
+confirmation); the model search's ladder is one more process, its jobs listed apart.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CASES = {
                       "16384"], "600MiB", 0),
     "teacher-2048": (["--workload", "teacher-mlp", "--option", "width=2048"], "600MiB", 10),
     "char-lm": (["--workload", "char-lm"], "800MiB", 0),
+    "resnet-bn": (["--workload", "resnet", "--samples", "4096"], "700MiB", 0),
 }  # fmt: skip
 METHODS = ("bisect", "model")
 
@@ -59,6 +63,7 @@ def run_bench_oom(case: str, method: str, folder: Path) -> dict:
         "margin_probes": margin_probes,
         "safe_batch": c["boundary_after_margin"],
         "predicted": (c.get("model") or {}).get("predicted"),
+        "ladder_jobs": len((c.get("model") or {}).get("ladder") or []),
         "wall_s": round(wall, 1),
         "load_1min": round(load, 2),
     }
@@ -76,8 +81,8 @@ def spread(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     lines = [
         "| case | method | boundary (first OOM) | exact / band | real probes: search + confirm "
-        "(+ margin) | predicted b | wall s | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "(+ margin) | ladder jobs | predicted b | wall s | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for method in METHODS:
@@ -86,7 +91,7 @@ def table(runs: list[dict]) -> str:
             if not rs:
                 continue
             if not ok:
-                lines.append(f"| {case} | {method} | error: {rs[0]['error'][-80:]} | | | | | |")
+                lines.append(f"| {case} | {method} | error: {rs[0]['error'][-80:]} | | | | | | |")
                 continue
             answers = sorted({f"{r['boundary']} ({r['first_oom']})" for r in ok})
             shape = sorted({"exact" if r["exact"] else f"band {r['band']}" for r in ok})
@@ -104,6 +109,7 @@ def table(runs: list[dict]) -> str:
             lines.append(
                 f"| {case} | {method} | {', '.join(answers)} | {', '.join(shape)} | {probes}: "
                 f"{split}{f' (+ {margin})' if margin else ''} | "
+                f"{spread([r['ladder_jobs'] for r in ok]) if method == 'model' else '-'} | "
                 f"{', '.join(str(r['predicted']) for r in ok if r['predicted']) or '-'} | "
                 f"{spread([r['wall_s'] for r in ok])} | {spread([r['load_1min'] for r in ok])} |"
             )
@@ -185,6 +191,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--methods", default=",".join(METHODS), help="bisect,model (default both)")
     p.add_argument("--lightning", action="store_true", help="also Lightning's binsearch")
     p.add_argument("--out", default="results/bench_oom.json")
     p.add_argument("--table", metavar="JSON", help="only print the table of a finished run")
@@ -198,14 +205,16 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": os.uname().nodename, "cpus": os.cpu_count(), "runs": runs}
-    if args.lightning:
-        from bench.config import parse_size
-
-        report["lightning"] = lightning(parse_size("600MiB"), checks=3)
-        print("lightning:", json.dumps(report["lightning"]), flush=True)
+    methods = tuple(m for m in METHODS if m in args.methods.split(","))
+    report["lightning"] = []
     for r in range(args.rounds):
+        if args.lightning:
+            from bench.config import parse_size
+
+            report["lightning"].append(lightning(parse_size("600MiB"), checks=3 if r == 0 else 1))
+            print("lightning:", json.dumps(report["lightning"][-1]), flush=True)
         for i, case in enumerate(cases):
-            order = METHODS if (r + i) % 2 == 0 else METHODS[::-1]
+            order = methods if (r + i) % 2 == 0 else methods[::-1]
             for method in order:
                 runs.append(run_bench_oom(case, method, root / f"{r}-{case}-{method}"))
                 print(json.dumps(runs[-1]), flush=True)
