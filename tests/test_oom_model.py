@@ -145,6 +145,20 @@ def test_the_command_predicts_then_confirms(fake_machine_model, tmp_path, capsys
     assert oom.main(args, runner=runner) == 0 and runner.calls == []
 
 
+def test_the_margin_search_starts_where_the_fresh_line_meets_the_reduced_capacity(
+    fake_machine_model, tmp_path, capsys
+):
+    args = parse("--workload", "teacher-mlp", "--capacity", "400MiB", "--margin", "10",
+                 "--search", "model", "--results", str(tmp_path), "--json")  # fmt: skip
+    runner = FakeRunner()  # b* = 100 at 400 MiB; 60 at 360 MiB, the capacity after 10 %
+    assert oom.main(args, runner=runner) == 0
+    c = json.loads(capsys.readouterr().out)["capacities"][0]
+    assert c["model"]["anchor"] == [100, 400 * MiB] and c["model"]["line_slope"] == MiB
+    m = c["margin_search"]
+    assert (c["boundary_after_margin"], m["first_oom"], m["exact"]) == (60, 61, True)
+    assert m["probes"] == 2 and m["new_probes"] == 2 + 4  # 60 and 61, confirmed twice more
+
+
 def c_path(tmp_path):
     return next(tmp_path.rglob("probes.parquet"))
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.oom.boundary_search import confirm_band, probe_bound, search
-from bench.oom.model_search import model_search
+from bench.oom.model_search import Line, model_search, secant_search
 from bench.oom.prober import ProbeFailed, Prober, peak_bytes
 
 
@@ -52,11 +52,13 @@ def find_boundary(
     on_probe=None,
     repeats: int = 1,
     model_capacity: int | None = None,
+    line: Line | None = None,
 ) -> Boundary:
     """The boundary search with ``prober``'s probes as ``fits``: ok fits, oom does not,
     and any other outcome raises ProbeFailed (it would read as a wrong boundary). With
     ``model_capacity`` (the capacity in the capped quantity) the memory model predicts
-    where to search (bench.oom.model_search). With ``repeats`` R > 1 the ends are then confirmed by R
+    where to search (bench.oom.model_search); with ``line`` (a fresh line from such a
+    search) real probes start where it meets the prober's capacity, no ladder. With ``repeats`` R > 1 the ends are then confirmed by R
     runs each (confirm_band)."""
     before_probes, before_new = prober.probes, prober.new_probes
     t0 = time.perf_counter()
@@ -81,7 +83,11 @@ def find_boundary(
         return [(r["micro_batch_size"], r["outcome"] == "ok", peak_bytes(r)) for r in rows]
 
     model = None
-    if model_capacity is None:
+    if line is not None and prober.capacity_bytes is not None:
+        lo, hi, _ = secant_search(
+            measured, line, capacity=prober.capacity_bytes, upper=upper, tolerance=tolerance
+        )
+    elif model_capacity is None:
         lo, hi = search(fits, start=start, first_step=first_step, upper=upper, tolerance=tolerance)
     else:
         lo, hi, model = model_search(
@@ -112,10 +118,13 @@ def margin_search(
     upper: int,
     tolerance: int,
     repeats: int = 1,
+    line: Line | None = None,
 ) -> Boundary:
     """The largest b that fits under ``prober``'s reduced capacity: gallop from the raw
-    boundary scaled by (1 - margin), in steps of 1/32 of it, then bisect. It never looks
-    past the raw boundary: less memory cannot hold more."""
+    boundary scaled by (1 - margin), in steps of 1/32 of it, then bisect; or, with the
+    model search's fresh ``line``, from where that line meets the reduced capacity
+    (bench.oom.model_search.secant_search). It never looks past the raw boundary: less
+    memory cannot hold more."""
     estimate = max(1, int(raw_boundary * (1 - margin_pct / 100)))
     bound = find_boundary(
         prober,
@@ -124,6 +133,7 @@ def margin_search(
         upper=min(upper, raw_boundary),
         tolerance=tolerance,
         repeats=repeats,
+        line=line,
     )
     if bound.first_oom is None:
         bound.limited_by = "raw boundary"

@@ -29,6 +29,7 @@ from bench.oom.capacity import (
     margin_search,
     nothing_fits,
 )
+from bench.oom.model_search import Line
 from bench.oom.output import render
 from bench.oom.planner import plan
 from bench.oom.probe_spec import SearchSpec, probe_identity, probe_options
@@ -174,19 +175,24 @@ class _Search:
         result.peak_at_boundary_bytes = peak_bytes(fitting_row(prober.rows, bound.boundary))
         if args.margin > 0:
             result.margin_capacity_bytes = int(cap * (1 - args.margin / 100))
-            result.safe = self.margin(result.margin_capacity_bytes, bound.boundary)
+            result.safe = self.margin(result.margin_capacity_bytes, bound)
         return result
 
-    def margin(self, cap: int, raw_boundary: int) -> Boundary:
+    def margin(self, cap: int, raw: Boundary) -> Boundary:
         if cap <= int(self.info["baseline_bytes"]):
             return nothing_fits()
+        model = raw.model or {}
+        line = None
+        if model.get("anchor") and model.get("line_slope"):
+            line = Line(model["line_slope"], tuple(model["anchor"]))
         return margin_search(
             self.prober(cap, phase="margin"),
-            raw_boundary=raw_boundary,
+            raw_boundary=raw.boundary,
             margin_pct=self.args.margin,
             upper=self.upper,
             tolerance=self.args.tolerance,
             repeats=self.args.confirm,
+            line=line,
         )
 
     def summary(self, results: list[CapacityResult], error: str | None, wall_s: float) -> dict:

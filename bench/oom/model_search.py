@@ -39,6 +39,10 @@ class Model:
     predicted: int | None  # b̂ (None: no line; the search then bisects from its start)
     ladder: list[int]  # the batch sizes the ladder ran, in order (its last may not fit)
     search_probes: int = 0  # real probes (fresh processes) the search after it ran
+    # The line the search ended on: its slope (the ladder's, or two fresh fits') and
+    # its anchor, the last fresh fit (b, peak); what a margin search starts from.
+    line_slope: float | None = None
+    anchor: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,62 +102,88 @@ def model_search(
     else:
         model.slope_bytes, model.intercept_bytes = fit_line(*points[-2:])
         failed = [b for b, ok, _ in rungs if not ok]
-        lo, hi = _secant(
-            measured, points[-1], failed[0] if failed else None, model, capacity, upper, tolerance
-        )
+        line = Line(model.slope_bytes, points[-1])
+        lo, hi, model.predicted = secant_search(
+            measured, line, capacity=capacity, upper=upper, tolerance=tolerance,
+            first_cap=failed[0] if failed else None,
+        )  # fmt: skip
+        model.line_slope, model.anchor = line.slope, line.anchor
     model.search_probes = len(asked)
     return lo, hi, model
 
 
-def _secant(measured, rung, ladder_oom, model: Model, capacity, upper, tolerance):
-    """Real probes from the ladder's largest fit ``rung`` (b, peak) to (last fit, first
-    OOM). The next b is where the line through the latest fresh fit (the rung until
-    there is one), with the ladder's slope, meets the capacity: a fit re-anchors the line
-    on its own fresh peak, so the guess sharpens as it nears b*. Once an OOM bounds the
-    interval, a guess the line puts at or past that OOM (or at or below the last fit)
-    steps a quarter of the interval instead, and a second such guess in a row bisects
-    (the line is wrong there); with no OOM yet, an undershooting line
-    gallops up (steps doubling). The ladder's own OOM caps only the first guess (its
-    jobs ran after others; a fresh process may fit a little more). Two fresh fits far
-    enough apart replace the ladder's slope with their own (:func:`_fresh_slope`)."""
-    slope = model.slope_bytes
-    anchor, peak = rung
+@dataclass
+class Line:
+    """M(b) = peak + slope·(b − b_anchor): a slope in bytes a sample through an anchor
+    (b, peak). A search moves the anchor to its latest fresh fit."""
+
+    slope: float
+    anchor: tuple[int, int]
+
+    def meets(self, capacity: int) -> int:
+        """The largest b the line allows under ``capacity``."""
+        b, peak = self.anchor
+        return b + int((capacity - peak) // self.slope)
+
+
+def secant_search(
+    measured: Callable[[int], tuple[bool, int | None]],
+    line: Line,
+    *,
+    capacity: int,
+    upper: int,
+    tolerance: int = 1,
+    first_cap: int | None = None,
+) -> tuple[int, int | None, int]:
+    """(last fit, first OOM, the first guess) by real probes ``measured(b) -> (fits,
+    peak)``, starting where ``line`` meets the capacity (at most ``first_cap``: a
+    ladder's OOM; its jobs ran after others, a fresh process may fit a little more).
+
+    A fit re-anchors the line on its own fresh peak, so the guess sharpens as it nears
+    b*, and two fresh fits far enough apart replace its slope (:func:`_fresh_slope`).
+    Once an OOM bounds the interval, a guess at or past it (or below the last fit)
+    steps a quarter of the interval instead, and a second such guess in a row bisects:
+    the line is wrong there. With no OOM yet, a guess at or below the last fit gallops
+    up (steps doubling). ``line`` is left on the last fresh fit."""
+    likely = line.anchor[0]  # the line's first anchor: a likely fit (a ladder's rung)
     lo, hi, step, strikes = 0, None, 1, 0
-    fresh: list[tuple[int, int]] = []  # (b, peak) of the fresh fits
-    guess = model.predicted = anchor + int((capacity - peak) // slope)
-    if ladder_oom is not None:
-        guess = min(guess, ladder_oom)
+    fresh: list[tuple[int, int]] = []
+    guess = first = line.meets(capacity)
+    if first_cap is not None:
+        guess = min(guess, first_cap)
     while hi is None or hi - lo > max(1, tolerance):
         if hi is None:
-            if guess > lo:
-                b, step = min(guess, upper), 1
-            else:
-                b, step = min(lo + step, upper), step * 2
+            b, step = (min(guess, upper), 1) if guess > lo else (min(lo + step, upper), step * 2)
         else:
-            base = max(lo, rung[0]) if rung[0] < hi else lo  # the rung: a likely fit
-            if lo < guess < hi:
-                b, strikes = guess, 0
-            elif guess == lo:  # the line says lo is b*: lo + 1 is the test of that
-                b, strikes = lo + 1, 0
-            elif strikes:  # the line missed twice running: it is wrong here, bisect
-                b = (base + hi) // 2
-            else:
-                quarter = max(1, (hi - base) // 4)
-                b, strikes = (hi - quarter if guess >= hi else lo + quarter), 1
-            b = min(max(b, lo + 1), hi - 1)
-        ok, p = measured(b)
-        if ok:
+            b, strikes = _bounded_guess(guess, lo, hi, likely, strikes)
+        ok, peak = measured(b)
+        if not ok:
+            hi = b
+        else:
             lo = b
             if b >= upper:
-                return lo, None
-            if p is not None:
-                anchor, peak = b, p
-                fresh.append((b, p))
-                slope = _fresh_slope(fresh, capacity) or slope
-        else:
-            hi = b
-        guess = anchor + int((capacity - peak) // slope)
-    return lo, hi
+                return lo, None, first
+            if peak is not None:
+                line.anchor = (b, peak)
+                fresh.append((b, peak))
+                line.slope = _fresh_slope(fresh, capacity) or line.slope
+        guess = line.meets(capacity)
+    return lo, hi, first
+
+
+def _bounded_guess(guess: int, lo: int, hi: int, likely: int, strikes: int) -> tuple[int, int]:
+    """The next b in (lo, hi) and the count of the line's misses in a row."""
+    base = max(lo, likely) if likely < hi else lo
+    if lo < guess < hi:
+        b, strikes = guess, 0
+    elif guess == lo:  # the line says lo is b*: lo + 1 is the test of that
+        b, strikes = lo + 1, 0
+    elif strikes:  # the line missed twice running: it is wrong here, bisect
+        b = (base + hi) // 2
+    else:
+        quarter = max(1, (hi - base) // 4)
+        b, strikes = (hi - quarter if guess >= hi else lo + quarter), 1
+    return min(max(b, lo + 1), hi - 1), strikes
 
 
 def _fresh_slope(fresh: list[tuple[int, int]], capacity: int) -> float | None:
