@@ -88,6 +88,7 @@ def defaults(specs: list[Path], choices: list[str], repeats: int, repo: Path) ->
     loads = []
     for spec in specs:
         walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+        startups: dict[str, list[float]] = {name: [] for name, _ in variants}
         fits: list[float] = []
         for i in range(repeats):
             for name, flags in variants:  # interleaved
@@ -97,13 +98,19 @@ def defaults(specs: list[Path], choices: list[str], repeats: int, repo: Path) ->
                 if name == "default":
                     workers = s.get("workers") or 1  # summaries before the field: 1
                     fits.append((s["wall_s"] - s["startup_s"]) / (s["worker_busy_s"] / workers))
+                # From the command's start until its first worker was ready (the time
+                # after the sweep, the command's exit, counts in too: it is not reported).
+                startups[name].append(command_s - s["wall_s"] + s["startup_s"])
                 print(f"{spec.name} rep {i + 1} {name:8s} command {command_s:6.2f} s, sweep "
-                      f"{s['wall_s']:6.2f} s, start-up {s['startup_s']:5.2f} s, trials in "
-                      f"workers {s['worker_busy_s']:6.2f} s", flush=True)  # fmt: skip
+                      f"{s['wall_s']:6.2f} s, start-up {s['startup_s']:5.2f} s in the sweep, "
+                      f"{startups[name][-1]:5.2f} s from the command's start, trials in "
+                      f"workers {s['worker_busy_s']:6.2f} s (load {loads[-1]:.1f})", flush=True)  # fmt: skip
         medians = {name: statistics.median(v) for name, v in walls.items()}
         best = min((n for n in medians if n != "default"), key=medians.get)
         print(f"\n{spec.name}: command wall medians " + ", ".join(
             f"{n} {v:.2f} s" for n, v in medians.items()))  # fmt: skip
+        print("  start-up from the command's start, medians: " + ", ".join(
+            f"{n} {statistics.median(v):.2f} s" for n, v in startups.items()))  # fmt: skip
         print(f"  default / best hand-chosen ({best}): {medians['default'] / medians[best]:.2f} "
               f"(goal <= 1.2)")  # fmt: skip
         print(f"  (sweep wall - start-up) / (trial walls / workers): median "

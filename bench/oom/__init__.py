@@ -35,15 +35,39 @@ One job per module:
 - :mod:`~bench.oom.command`: ``main``, the command's run; :mod:`~bench.oom.output`: its text.
 """
 
-from bench.oom.arguments import DEFAULT_MARGIN_PCT, add_arguments
-from bench.oom.boundary_search import probe_bound, search
-from bench.oom.capacity import Boundary, CapacityResult, find_boundary
-from bench.oom.command import main
-from bench.oom.output import render
-from bench.oom.planner import divisors
-from bench.oom.probe_spec import SearchSpec, probe_identity, probe_key, search_key
-from bench.oom.probe_store import PROBE_COLUMNS, ProbeStore
-from bench.oom.prober import ProbeFailed, Prober, peak_bytes, probe_row
+import importlib
+
+# Loaded on first use (PEP 562): ``bench run``'s parser imports bench.oom.run_cap, and
+# the package importing all of these would put pandas (~0.4 s) into every command's start.
+_WHERE = {
+    "DEFAULT_MARGIN_PCT": "arguments",
+    "add_arguments": "arguments",
+    "probe_bound": "boundary_search",
+    "search": "boundary_search",
+    "Boundary": "capacity",
+    "CapacityResult": "capacity",
+    "find_boundary": "capacity",
+    "main": "command",
+    "render": "output",
+    "divisors": "planner",
+    "SearchSpec": "probe_spec",
+    "probe_identity": "probe_spec",
+    "probe_key": "probe_spec",
+    "search_key": "probe_spec",
+    "PROBE_COLUMNS": "probe_store",
+    "ProbeStore": "probe_store",
+    "ProbeFailed": "prober",
+    "Prober": "prober",
+    "peak_bytes": "prober",
+    "probe_row": "prober",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"bench.oom.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'bench.oom' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MARGIN_PCT",

@@ -22,9 +22,14 @@ PRELOAD = (
     "torch",
     "pandas",
     "pyarrow.parquet",
-    # What a trial imports lazily on its first run (the optimizer pulls in torch._dynamo,
-    # the FLOP counter sympy): ~3-5 s per child otherwise, and, under a cap, memory
-    # that would be charged to the probe and could fail an import half-way.
+    # What every trial imports on its first run, solo or stacked: the FLOP counter
+    # (torch.utils.flop_counter) runs the model's forward under module hooks wrapped in
+    # torch._disable_dynamo, which imports torch._dynamo (and it sympy); torch.optim's
+    # step imports it too. Preloaded, the server takes ~1.0 s longer once; not, each
+    # child's warm-up takes ~1.0 s instead of 0.04 s (2-core EPYC, load 2.5,
+    # docs/benchmarks.md "Stacked sweeps"), every worker pays it and holds its own copy,
+    # and under a cap that memory would be charged to the probe and could fail an
+    # import half-way.
     "torch._dynamo",
     "sympy",
     "torch.utils.flop_counter",

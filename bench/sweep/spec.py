@@ -321,24 +321,21 @@ def _build(
 
 
 def _n_train(config: TrialConfig, cache: dict) -> int:
-    """Training-set size N of a config's workload, building each workload once. Data too
-    large for memory is bad input here, as for ``bench run`` (in a trial, an oom)."""
+    """Training-set size N of a config's workload, each workload and options once. Data
+    too large for memory is bad input here, as for ``bench run`` (in a trial, an oom). A
+    built-in workload is sized without torch (``bench.workloads.declared``): the
+    coordinator trains nothing, and its forkserver is importing torch meanwhile."""
     options = json.dumps(dict(config.workload_options), sort_keys=True, default=str)
     ident = (config.workload, options, config.samples)
     if ident not in cache:
-        from bench.failures import is_oom
-        from bench.workloads import build_workload, data_does_not_fit
+        from bench.workloads import training_samples
 
         try:
-            cache[ident] = build_workload(
-                config.workload, samples=config.samples, options=config.workload_options
-            ).n_train
+            cache[ident] = training_samples(
+                config.workload, config.samples, config.workload_options
+            )
         except BenchError as exc:
             cache[ident] = exc
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            cache[ident] = data_does_not_fit(config.workload, exc)
     if isinstance(cache[ident], BenchError):
         raise cache[ident]
     return cache[ident]

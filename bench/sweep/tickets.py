@@ -241,6 +241,8 @@ class Tickets:
         if lost:
             self.log(f"{self.spec.name}: {lost} trial(s) whose coordinator died will run again")
         groups = self._groups()
+        # One journal append per ticket: Optuna's create_new_trial reads its own record
+        # back (the new trial's id), so a batch, which defers the append, cannot hold it.
         for ident in self._expected():
             self._ticket_if_needed(ident, groups.get(ident, []), startup=startup)
         return self.counts()
@@ -320,26 +322,34 @@ class Tickets:
             tickets -= 1
             if self.spec.search:
                 self._reseed()
-            trial = self.study.ask()
-            self.writer.set_system_attr(trial, "bench_owner", lease)
+            trial = self.study.ask()  # the claim itself, appended alone: ask() reads it back
             attrs = trial.user_attrs
+            if not self.spec.search and ticket_ident(attrs, search=False) is not None:
+                jobs.append(self._own_grid_ticket(trial, lease))
+                continue
+            self.writer.set_system_attr(trial, "bench_owner", lease)
             if ticket_ident(attrs, search=self.spec.search is not None) is None:
                 # Not a ticket (someone else's ask() on this study): give it back as failed.
                 self.writer.set_user_attr(trial, "bench_status", "stray")
                 self.study.tell(trial, state=TrialState.FAIL)
                 break
-            attempt = int(attrs.get("bench_attempt", 1))
-            if self.spec.search:
-                job, again = self._sample(trial, attempt)
-                tickets += again  # a repeated proposal gave its slot a new ticket
-            else:
-                point = self.spec.points_by_key[attrs["bench_key"]]
-                self._suggest_fixed(trial, point.params)
-                job = Job(trial, point.config, point.key, attempt)
+            job, again = self._sample(trial, int(attrs.get("bench_attempt", 1)))
+            tickets += again  # a repeated proposal gave its slot a new ticket
             if job is not None:
                 job.lease = lease
                 jobs.append(job)
         return jobs
+
+    def _own_grid_ticket(self, trial: Any, lease: str) -> Job:
+        """A claimed grid ticket's owner and parameters in one journal append, made before
+        the mutex is released. Killed before it, the trial is RUNNING with no owner, as
+        when killed mid-claim: lost, run again on resume."""
+        attrs = trial.user_attrs
+        point = self.spec.points_by_key[attrs["bench_key"]]
+        with self.writer.batched():
+            self.writer.set_system_attr(trial, "bench_owner", lease)
+            self._suggest_fixed(trial, point.params)
+        return Job(trial, point.config, point.key, int(attrs.get("bench_attempt", 1)), lease=lease)
 
     def _reseed(self) -> None:
         """A sampler seeded for the next proposal: the n-th ticket popped from the study

@@ -2,6 +2,9 @@
 
 A factory takes ``samples`` (N, or None for its default) and its own keyword options and
 returns a :class:`bench.workloads.base.Workload`.
+
+Importing this module, checking a built-in's options and sizing its data import no torch
+(:mod:`bench.workloads.declared`): a sweep's coordinator does all three for every point.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError, ConfigError, did_you_mean, unknown
-from bench.workloads.base import Workload
+from bench.workloads.declared import DECLARED
+
+if TYPE_CHECKING:  # base imports torch
+    from bench.workloads.base import Workload
 
 BUILTIN = {
     "seed-mlp": "bench.workloads.seed_mlp:build",
@@ -44,9 +50,15 @@ def resolve(name: str) -> Callable[..., Workload]:
     return factory
 
 
+def _signature_source(name: str) -> Callable[..., Any]:
+    """What tells a workload's options: a built-in's torch-free checker (its factory takes
+    the same keywords), else the factory itself."""
+    return DECLARED.get(name) or resolve(name)
+
+
 def workload_options(name: str) -> dict[str, Any]:
     """The options a workload accepts, with their defaults."""
-    params = inspect.signature(resolve(name)).parameters
+    params = inspect.signature(_signature_source(name)).parameters
     return {p.name: p.default for p in params.values() if p.name != "samples"}
 
 
@@ -55,7 +67,7 @@ def check_options(
 ) -> None:
     """Raise ConfigError naming an option the workload's factory does not take (any
     option passes a factory that takes ``**options``)."""
-    params = inspect.signature(factory or resolve(name)).parameters
+    params = inspect.signature(factory or _signature_source(name)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     accepted = [p for p in params if p != "samples"]
@@ -73,6 +85,32 @@ def data_does_not_fit(name: str, exc: BaseException) -> ConfigError:
     from bench.failures import describe
 
     return ConfigError(f"workload {name!r}: its data does not fit in memory: {describe(exc)}")
+
+
+def training_samples(name: str, samples: int | None, options: Mapping[str, Any]) -> int:
+    """N, the training-set size a workload builds with these options. A built-in's is
+    checked without building it (no torch, no data: the options' values are checked, and
+    data larger than this machine's memory is refused as building it would be); another
+    workload is built. Raises ConfigError as :func:`build_workload` does."""
+    checker = DECLARED.get(name)
+    if checker is None:
+        try:
+            return build_workload(name, samples=samples, options=options).n_train
+        except BenchError:
+            raise
+        except Exception as exc:
+            from bench.failures import is_oom
+
+            if not is_oom(exc):
+                raise
+            raise data_does_not_fit(name, exc) from None
+    options = dict(options)
+    check_options(name, options, checker)
+    checked = checker(samples=samples, **options)
+    reason = checked.too_large()
+    if reason is not None:
+        raise data_does_not_fit(name, MemoryError(reason))
+    return checked.n_train
 
 
 def build_workload(
@@ -93,6 +131,8 @@ def build_workload(
         if is_oom(exc):  # out of memory is a result (a capped worker's or probe's oom)
             raise
         raise ConfigError(f"workload {name!r} cannot be built: {describe(exc)}") from None
+    from bench.workloads.base import Workload
+
     if not isinstance(workload, Workload):
         raise ConfigError(
             f"workload {name!r}: factory returned {type(workload).__name__}, not a Workload"

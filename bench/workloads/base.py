@@ -13,7 +13,6 @@ The training loop only needs three things from a workload:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.workloads.declared import physical_memory_bytes
 from bench.workloads.norms import feature_norm
 
 Batch = tuple[torch.Tensor, ...]
@@ -104,14 +104,6 @@ def stream_generator(data_seed: int, stream: str) -> torch.Generator:
     "teacher"): drawing more of one stream never moves another."""
     digest = hashlib.sha256(f"{data_seed}:{stream}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def physical_memory_bytes() -> int | None:
-    """This machine's RAM (None where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_fits(what: str, nbytes: int) -> None:

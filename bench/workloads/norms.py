@@ -22,10 +22,9 @@ import math
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+# The names and their check are torch-free: a sweep's coordinator checks options without torch.
+from bench.workloads.declared import CONV_NORMS, MLP_NORMS, check_norm  # noqa: F401
 
-MLP_NORMS = ("none", "batch", "batch-eval", "ghost", "layer")
-CONV_NORMS = ("batch", "batch-eval", "ghost", "group")
 GHOST_BATCH = 8  # samples per ghost batch: the smallest micro-batch the audit splits into
 GROUPS = 8  # GroupNorm's groups, at most (fewer where the channels do not divide)
 
@@ -60,14 +59,6 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         if not self.training or x.shape[0] <= GHOST_BATCH:
             return super().forward(x)
         return torch.cat([super(GhostBatchNorm2d, self).forward(c) for c in x.split(GHOST_BATCH)])
-
-
-def check_norm(value, accepted: tuple[str, ...]) -> str:
-    if value not in accepted:
-        raise ConfigError(
-            f"workload option norm must be one of {', '.join(accepted)}, got {value!r}"
-        )
-    return value
 
 
 def feature_norm(norm: str, features: int) -> nn.Module | None:

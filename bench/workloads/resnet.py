@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.workloads import declared
 from bench.workloads.base import ClassificationWorkload, draw_rows, stream_generator
-from bench.workloads.norms import CONV_NORMS, channel_norm, check_norm
-from bench.workloads.options import check_float, check_int
+from bench.workloads.norms import channel_norm
 
 IMAGE = 32
 LATENT = 8
@@ -79,14 +79,14 @@ def build(
     label_noise: float = 0.1,
     data_seed: int = 0,
 ) -> ClassificationWorkload:
-    n = check_int("samples", 4096 if samples is None else samples, 1)
-    val_samples = check_int("val_samples", val_samples, 1)
-    classes = check_int("classes", classes, 2)
-    width = check_int("width", width, 1)
-    blocks = check_int("blocks", blocks, 1)
-    norm = check_norm(norm, CONV_NORMS)
-    label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
-    data_seed = check_int("data_seed", data_seed, 0)
+    checked = declared.resnet(
+        samples=samples, val_samples=val_samples, classes=classes, width=width, blocks=blocks,
+        norm=norm, label_noise=label_noise, data_seed=data_seed,
+    )  # fmt: skip
+    n, options = checked.n_train, checked.options
+    val_samples, classes, width = options["val_samples"], options["classes"], options["width"]
+    blocks, norm, label_noise = options["blocks"], options["norm"], options["label_noise"]
+    data_seed = options["data_seed"]
     # The teacher: one random 3×3 filter per class over the latent, rectified and
     # averaged over positions; its largest response is the class. Translation-invariant,
     # as a convolutional network with global pooling can learn.

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
+from bench.workloads import declared
 from bench.workloads.base import ClassificationWorkload, draw_rows, mlp
-from bench.workloads.options import check_float, check_int
 from bench.workloads.planted import PlantedWorkload
+
+PLANTED_OPTIONS = ("step_slowdown", "extra_memory_bytes", "loss_change")
 
 
 def build(
@@ -29,18 +31,17 @@ def build(
     extra_memory_bytes: int = 0,
     loss_change: float | None = None,
 ) -> ClassificationWorkload:
-    n = check_int("samples", 10_000 if samples is None else samples, 1)
-    val_samples = check_int("val_samples", val_samples, 1)
-    data_seed = check_int("data_seed", data_seed, 0)
-    planted = {
-        "step_slowdown": None
-        if step_slowdown is None
-        else check_float("step_slowdown", step_slowdown, 0.0, 10.0),
-        "extra_memory_bytes": check_int("extra_memory_bytes", extra_memory_bytes, 0, 2**50),
-        "loss_change": None
-        if loss_change is None
-        else check_float("loss_change", loss_change, -0.99, 100.0),
-    }
+    checked = declared.seed_mlp(
+        samples=samples,
+        val_samples=val_samples,
+        data_seed=data_seed,
+        step_slowdown=step_slowdown,
+        extra_memory_bytes=extra_memory_bytes,
+        loss_change=loss_change,
+    )
+    n, val_samples = checked.n_train, checked.options["val_samples"]
+    data_seed = checked.options["data_seed"]
+    planted = {k: checked.options[k] for k in PLANTED_OPTIONS}
 
     def draw(g: torch.Generator, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.randn(rows, 10, generator=g), torch.randint(0, 2, (rows,), generator=g)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from bench.workloads import declared
 from bench.workloads.base import ClassificationWorkload, draw_rows, mlp, stream_generator
-from bench.workloads.norms import MLP_NORMS, check_norm
-from bench.workloads.options import check_float, check_int
 
 
 def build(
@@ -35,17 +34,16 @@ def build(
     norm: str = "none",
     data_seed: int = 0,
 ) -> ClassificationWorkload:
-    n = check_int("samples", 8192 if samples is None else samples, 1)
-    val_samples = check_int("val_samples", val_samples, 1)
-    in_features = check_int("in_features", in_features, 1)
-    classes = check_int("classes", classes, 2)
-    width = check_int("width", width, 1)
-    depth = check_int("depth", depth, 1)
-    teacher_width = check_int("teacher_width", teacher_width, 1)
-    label_noise = check_float("label_noise", label_noise, 0.0, 1.0)
-    dropout = check_float("dropout", dropout, 0.0, 0.99)
-    norm = check_norm(norm, MLP_NORMS)
-    data_seed = check_int("data_seed", data_seed, 0)
+    checked = declared.teacher_mlp(
+        samples=samples, val_samples=val_samples, in_features=in_features, classes=classes,
+        width=width, depth=depth, teacher_width=teacher_width, label_noise=label_noise,
+        dropout=dropout, norm=norm, data_seed=data_seed,
+    )  # fmt: skip
+    n, options = checked.n_train, checked.options
+    val_samples, in_features = options["val_samples"], options["in_features"]
+    classes, width, depth = options["classes"], options["width"], options["depth"]
+    teacher_width, label_noise = options["teacher_width"], options["label_noise"]
+    dropout, norm, data_seed = options["dropout"], options["norm"], options["data_seed"]
     # The teacher: a fixed two-layer net, from a stream of its own (not from N).
     g = stream_generator(data_seed, "teacher")
     w1 = torch.randn(in_features, teacher_width, generator=g) / in_features**0.5
