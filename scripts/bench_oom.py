@@ -38,10 +38,11 @@ CASES = {
 METHODS = ("bisect", "model")
 
 
-def run_bench_oom(case: str, method: str, folder: Path) -> dict:
+def run_bench_oom(case: str, method: str, folder: Path, confirm: int = 3) -> dict:
     argv, capacity, margin = CASES[case]
     cmd = [sys.executable, "-m", "bench", "oom", *argv, "--capacity", capacity, "--margin",
-           str(margin), "--search", method, "--results", str(folder), "--json"]  # fmt: skip
+           str(margin), "--search", method, "--confirm", str(confirm), "--results",
+           str(folder), "--json"]  # fmt: skip
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -66,6 +67,7 @@ def run_bench_oom(case: str, method: str, folder: Path) -> dict:
         "ladder_jobs": len((c.get("model") or {}).get("ladder") or []),
         "wall_s": round(wall, 1),
         "load_1min": round(load, 2),
+        "confirm": confirm,
     }
 
 
@@ -192,6 +194,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--methods", default=",".join(METHODS), help="bisect,model (default both)")
+    p.add_argument("--confirm", type=int, default=3, help="bench oom --confirm R (default 3)")
     p.add_argument("--lightning", action="store_true", help="also Lightning's binsearch")
     p.add_argument("--out", default="results/bench_oom.json")
     p.add_argument("--table", metavar="JSON", help="only print the table of a finished run")
@@ -216,7 +219,8 @@ def main() -> int:
         for i, case in enumerate(cases):
             order = methods if (r + i) % 2 == 0 else methods[::-1]
             for method in order:
-                runs.append(run_bench_oom(case, method, root / f"{r}-{case}-{method}"))
+                folder = root / f"{r}-{case}-{method}"
+                runs.append(run_bench_oom(case, method, folder, args.confirm))
                 print(json.dumps(runs[-1]), flush=True)
                 out.write_text(json.dumps(report, indent=2))
     print(table(runs))
