@@ -83,7 +83,7 @@ def model_search(
 ) -> tuple[int, int | None, Model]:
     """(last fit, first OOM, the model): ``ladder(sizes)`` runs the sizes in one process
     (stopping at the first that does not fit), the line predicts, then real probes
-    ``probe(b) -> (fits, peak)`` close in from the prediction (:func:`_secant`). Pure:
+    ``probe(b) -> (fits, peak)`` close in from the prediction (:func:`secant_search`). Pure:
     the callables decide what a run is (a capped child, a stored row, a line in a test)."""
     rungs = ladder(ladder_sizes(start, upper))
     points = [(b, peak) for b, ok, peak in rungs if ok and peak is not None]
