@@ -67,6 +67,7 @@ def _run(tmp_path: Path, preload: list[str]) -> subprocess.CompletedProcess:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 60
     while not marker.exists() or not marker.read_text():
@@ -77,6 +78,12 @@ def _run(tmp_path: Path, preload: list[str]) -> subprocess.CompletedProcess:
     os.kill(int(marker.read_text()), signal.SIGINT)  # Ctrl-C, as the server sees it
     out, err = proc.communicate(timeout=90)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _default_sigint() -> None:
+    """SIGINT as a terminal's foreground process has it: a run started in the background
+    (`cmd &` in a script) inherits SIGINT ignored, and Python then installs no handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_interrupt_during_preload_prints_no_traceback_and_children_still_interrupt(tmp_path):
@@ -100,8 +107,9 @@ def test_importing_the_guard_elsewhere_changes_nothing():
         "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
     assert out.stdout.strip() == "True"
 
 
