@@ -58,8 +58,8 @@ def find_boundary(
     and any other outcome raises ProbeFailed (it would read as a wrong boundary). With
     ``model_capacity`` (the capacity in the capped quantity) the memory model predicts
     where to search (bench.oom.model_search); with ``line`` (a fresh line from such a
-    search) real probes start where it meets the prober's capacity, no ladder. With ``repeats`` R > 1 the ends are then confirmed by R
-    runs each (confirm_band)."""
+    search) real probes start where it meets the prober's capacity, no ladder. With
+    ``repeats`` R > 1 the ends are then confirmed by R runs each (confirm_band)."""
     before_probes, before_new = prober.probes, prober.new_probes
     t0 = time.perf_counter()
 
