@@ -89,22 +89,8 @@ class Prober:
             self.rows.append(found)
             return found
         run, killed = self._execute(config)
-        row = probe_row(
-            run,
-            config,
-            key=key,
-            kind=self.kind,
-            capacity=self.capacity_key,
-            device=self.device,
-            steps=config.max_steps,
-        )
-        row["search_key"] = search_key(self.spec, self.capacity_key, self.device)
-        row["identity_json"] = self.spec.identity or None
-        # Only under a cap is a kill outside pressure (not an answer to keep); without one
-        # it is the machine's own memory running out: an OOM like any other, reused.
-        row["killed"] = killed and self.capacity_bytes is not None
-        row["repeat"] = repeat
-        row["phase"] = self.phase if repeat == 0 else "confirm"
+        phase = self.phase if repeat == 0 else "confirm"
+        row = self._row(run, config, key, self.kind, killed=killed, repeat=repeat, phase=phase)
         row["margin_pct"] = self.margin_pct
         self.new_probes += 1
         self._seen[key, repeat] = row
@@ -132,19 +118,27 @@ class Prober:
         runs = runner(configs, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
         rows = []
         for run, config, key in zip(runs, configs, keys, strict=False):  # it may stop early
-            row = probe_row(
-                run, config, key=key, kind="ladder", capacity=self.capacity_key,
-                device=self.device, steps=config.max_steps,
-            )  # fmt: skip
-            row["search_key"] = search_key(self.spec, self.capacity_key, self.device)
-            row["identity_json"] = self.spec.identity or None
-            row["killed"] = killed_by_sigkill(run) and self.capacity_bytes is not None
-            row["repeat"], row["phase"] = 0, "ladder"
+            killed = killed_by_sigkill(run)
+            row = self._row(run, config, key, "ladder", killed=killed, repeat=0, phase="ladder")
             self.store.add(row)
             rows.append(row)
             self._log(row, run.wall_s)
         self.ladders += 1
         return rows
+
+    def _row(self, run, config, key: str, kind: str, *, killed: bool, repeat: int, phase: str):
+        """A new probe row: what the run measured and where it belongs."""
+        row = probe_row(
+            run, config, key=key, kind=kind, capacity=self.capacity_key, device=self.device,
+            steps=config.max_steps,
+        )  # fmt: skip
+        row["search_key"] = search_key(self.spec, self.capacity_key, self.device)
+        row["identity_json"] = self.spec.identity or None
+        # Only under a cap is a kill outside pressure (not an answer to keep); without one
+        # it is the machine's own memory running out: an OOM like any other, reused.
+        row["killed"] = killed and self.capacity_bytes is not None
+        row["repeat"], row["phase"] = repeat, phase
+        return row
 
     def _stored_ladder(self, keys: list[str]) -> list[dict] | None:
         """The stored rows of a whole ladder (up to its first non-fit), or None."""
