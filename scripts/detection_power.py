@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MLP = Path("bench") / "workloads" / "seed_mlp.py"
+MLP = Path("bench") / "workloads" / "declared.py"  # seed-mlp options and defaults
 
 
 def git(repo: Path, *args: str) -> str:
@@ -54,7 +54,7 @@ class Plant:
     the planted commit's, from the level; the metric it moves; the level's unit."""
 
     option: str
-    default: str  # the default as written in seed_mlp.py
+    default: str  # the default as written in declared.py (seed_mlp)
     base: str  # what the baseline commit writes there (the default itself: no change)
     metric: str
     unit: str

@@ -166,7 +166,7 @@ def scratch_repo(
 
 def set_default(repo: Path, option: str, value: str) -> None:
     """Set a seed-mlp option's default in the scratch repository's source."""
-    mlp = repo / "bench" / "workloads" / "seed_mlp.py"
+    mlp = repo / "bench" / "workloads" / "declared.py"  # seed-mlp options and defaults
     text, n = re.subn(rf"(\b{option}: [^=]+= )[^,]+,", rf"\g<1>{value},", mlp.read_text())
     assert n == 1
     mlp.write_text(text)

@@ -4,14 +4,16 @@ A sweep's coordinator checks every point of a spec (the option names and values,
 training-set size N its plan needs, whether the data fits in this machine's memory) but
 trains nothing. Building the workload for that would import torch (~1.3 s of CPU) and
 draw the data, on the same cores where the forkserver is importing torch for the
-workers. Each built-in's ``build`` takes the same keywords as its function here and
-checks them through it, so each check exists once. A workload with no entry in
+workers. Each built-in's ``build`` takes its function's keywords here (its signature is
+that function's, :func:`options_of`) and checks them through it, so each option and
+each check exists once. A workload with no entry in
 :data:`DECLARED` (char-lm, whose size depends on reading its corpus, or a user's
 ``module:function``) is built to be checked.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,6 +151,18 @@ def resnet(
         "data_seed": check_int("data_seed", data_seed, 0),
     }
     return Checked(n, options, RESNET_IMAGE_VALUES * FLOAT32_BYTES + LABEL_BYTES)
+
+
+def options_of(checker: Callable[..., Checked]) -> Callable[[Callable], Callable]:
+    """Give a factory that takes ``**options`` its checker's keywords and defaults as its
+    signature, what bench reads a workload's options from (bench.workloads)."""
+
+    def mark(factory: Callable) -> Callable:
+        signature = inspect.signature(checker)
+        factory.__signature__ = signature.replace(return_annotation=inspect.Signature.empty)
+        return factory
+
+    return mark
 
 
 # Built-in name -> its checker, whose keywords are its factory's (tests/test_workloads.py

@@ -19,6 +19,8 @@ its own, so N samples are the first N of any larger N.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -68,21 +70,9 @@ def resnet(width: int, blocks: int, classes: int, norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def build(
-    *,
-    samples: int | None = None,
-    val_samples: int = 512,
-    classes: int = 10,
-    width: int = 16,
-    blocks: int = 1,
-    norm: str = "batch",
-    label_noise: float = 0.1,
-    data_seed: int = 0,
-) -> ClassificationWorkload:
-    checked = declared.resnet(
-        samples=samples, val_samples=val_samples, classes=classes, width=width, blocks=blocks,
-        norm=norm, label_noise=label_noise, data_seed=data_seed,
-    )  # fmt: skip
+@declared.options_of(declared.resnet)
+def build(**options: Any) -> ClassificationWorkload:
+    checked = declared.resnet(**options)
     n, options = checked.n_train, checked.options
     val_samples, classes, width = options["val_samples"], options["classes"], options["width"]
     blocks, norm, label_noise = options["blocks"], options["norm"], options["label_noise"]

@@ -13,6 +13,8 @@ baseline a planted level is timed against.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bench.workloads import declared
@@ -22,23 +24,9 @@ from bench.workloads.planted import PlantedWorkload
 PLANTED_OPTIONS = ("step_slowdown", "extra_memory_bytes", "loss_change")
 
 
-def build(
-    *,
-    samples: int | None = None,
-    val_samples: int = 1000,
-    data_seed: int = 0,
-    step_slowdown: float | None = None,
-    extra_memory_bytes: int = 0,
-    loss_change: float | None = None,
-) -> ClassificationWorkload:
-    checked = declared.seed_mlp(
-        samples=samples,
-        val_samples=val_samples,
-        data_seed=data_seed,
-        step_slowdown=step_slowdown,
-        extra_memory_bytes=extra_memory_bytes,
-        loss_change=loss_change,
-    )
+@declared.options_of(declared.seed_mlp)
+def build(**options: Any) -> ClassificationWorkload:
+    checked = declared.seed_mlp(**options)
     n, val_samples = checked.n_train, checked.options["val_samples"]
     data_seed = checked.options["data_seed"]
     planted = {k: checked.options[k] for k in PLANTED_OPTIONS}

@@ -14,31 +14,17 @@ the same initial weights as the MLP without those options.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from bench.workloads import declared
 from bench.workloads.base import ClassificationWorkload, draw_rows, mlp, stream_generator
 
 
-def build(
-    *,
-    samples: int | None = None,
-    val_samples: int = 2000,
-    in_features: int = 32,
-    classes: int = 10,
-    width: int = 128,
-    depth: int = 2,
-    teacher_width: int = 64,
-    label_noise: float = 0.1,
-    dropout: float = 0.0,
-    norm: str = "none",
-    data_seed: int = 0,
-) -> ClassificationWorkload:
-    checked = declared.teacher_mlp(
-        samples=samples, val_samples=val_samples, in_features=in_features, classes=classes,
-        width=width, depth=depth, teacher_width=teacher_width, label_noise=label_noise,
-        dropout=dropout, norm=norm, data_seed=data_seed,
-    )  # fmt: skip
+@declared.options_of(declared.teacher_mlp)
+def build(**options: Any) -> ClassificationWorkload:
+    checked = declared.teacher_mlp(**options)
     n, options = checked.n_train, checked.options
     val_samples, in_features = options["val_samples"], options["in_features"]
     classes, width, depth = options["classes"], options["width"], options["depth"]
