@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.func import stack_module_state
+from torch.nn import functional as F
 
 from bench import records
 from bench.config import TrialConfig
 from bench.errors import ConfigError
 from bench.stack.group import group, stack_key
+from bench.stack.mlp import stacked_mlp
 from bench.stack.trial import run_stack
 from bench.trial import run_trial
+from bench.workloads.base import ClassificationWorkload, mlp
 
 # 300 samples in micro-batches of 16, k = 4: 19 micro-batches an epoch, so each epoch
 # ends with a short window of 3; three epochs for the per-epoch schedules.
@@ -79,6 +83,42 @@ def test_fp32_members_within_the_stated_bound():
     configs = _configs("sgd", precision="fp32")
     for config, result in zip(configs, run_stack(configs), strict=True):
         _assert_close(result.steps, run_trial(config).steps, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_members_with_normalisation_equal_their_solo_runs_fp64(norm):
+    # Not a plain MLP: vmap of functional_call and autograd train the stack, and each
+    # evaluation uses the running statistics (eval mode), as the solo run's does.
+    configs = _configs("sgd", workload_options={**BASE["workload_options"], "norm": norm})
+    for config, result in zip(configs, run_stack(configs), strict=True):
+        solo = run_trial(config)
+        assert result.steps["val_loss"].notna().sum() == 3
+        _assert_close(result.steps, solo.steps, rel=1e-10)
+
+
+@pytest.mark.parametrize("sizes", [[10, 50, 2], [7, 16, 16, 5], [40, 3, 9]])
+def test_written_out_mlp_gradients_equal_autograd(sizes):
+    # Both weight-gradient layouts (in <= out and in > out), one and two hidden layers,
+    # and a second micro-batch added to the first's gradients.
+    torch.manual_seed(0)
+    models = [mlp(sizes).double() for _ in range(3)]
+    params, _ = stack_module_state(models)
+    mine = {name: p.detach().clone() for name, p in params.items()}
+    stacked = stacked_mlp(models[0], ClassificationWorkload("t", (), (), lambda: None))
+    weight = torch.tensor(0.125, dtype=torch.float64)
+    batches = [
+        (torch.randn(3, b, sizes[0], dtype=torch.float64), torch.randint(0, sizes[-1], (3, b)))
+        for b in (8, 5)
+    ]
+    for x, y in batches:
+        sums = stacked.train_step(mine, (x, y), weight)
+        for i, model in enumerate(models):
+            loss = F.cross_entropy(model(x[i]), y[i], reduction="sum")
+            assert sums[i].item() == pytest.approx(loss.item(), rel=1e-14)
+            (loss * weight).backward()
+    for name, p in mine.items():
+        expected = torch.stack([dict(m.named_parameters())[name].grad for m in models])
+        torch.testing.assert_close(p.grad, expected, rtol=1e-13, atol=1e-15)
 
 
 def test_a_diverging_member_is_masked_and_the_others_are_untouched():

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.nn import functional as F
 
 from bench.config import TIME_LIMIT_MAX_S, TrialConfig
 from bench.meters.clock import StepClock
 from bench.plan import Plan
+from bench.stack.mlp import stacked_mlp
 from bench.stack.optim import stacked_optimizer
 from bench.train import host_sync_point
 from bench.train_data import cast_batch
@@ -39,7 +39,9 @@ from bench.train_events import EarlyStopping, EventSchedule
 from bench.train_optim import LRSchedule, hold_grad_accumulators, lr_factor, model_dtype
 from bench.train_record import StepRecorder, TrainOutcome
 from bench.train_windows import WindowPlan
-from bench.workloads.base import ClassificationWorkload, Workload
+from bench.workloads.base import Workload
+
+SCHEDULE_SETTINGS = ("lr", "scheduler", "scheduler_interval", "warmup", "step_size", "gamma")
 
 
 class _BaseLR:
@@ -50,18 +52,6 @@ class _BaseLR:
         self.param_groups = [{"lr": lr}]
 
 
-class _SharedSeconds:
-    """A member's view of the stack's StepClock: each step's seconds divided by S (the
-    stack's cost per member), read once per flush by the loop and handed to every
-    member's recorder."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def flush(self) -> list[float]:
-        return self.seconds
-
-
 @dataclass
 class Member:
     config: TrialConfig
@@ -70,39 +60,13 @@ class Member:
     recorder: StepRecorder
     early_stopping: EarlyStopping
     per_epoch: bool
+    schedule_key: tuple
     active: bool = True
 
 
 def _functional_model(base: nn.Module, params: dict, buffers: dict) -> Callable:
     """A callable standing in for one member's model inside ``vmap``."""
     return lambda *args: functional_call(base, (params, buffers), args)
-
-
-def stacked_forward(model: nn.Module, workload: Workload) -> Callable | None:
-    """The stack's loss sums (S,) for an MLP classifier (``nn.Sequential`` of Linear and
-    ReLU, cross-entropy summed per member), as batched matrix products: the same
-    arithmetic as ``vmap`` of ``functional_call`` without its ~1 ms of Python per
-    micro-batch. None for any other model or loss (then ``vmap`` runs it)."""
-    plain_loss = type(workload).loss_sum is ClassificationWorkload.loss_sum
-    layers = list(model) if isinstance(model, nn.Sequential) else []
-    if not plain_loss or not layers or any(type(m) not in (nn.Linear, nn.ReLU) for m in layers):
-        return None
-    names = [(f"{i}.weight", f"{i}.bias") if type(m) is nn.Linear else None
-             for i, m in enumerate(layers)]  # fmt: skip
-
-    def forward(params: dict, buffers: dict, batch: tuple) -> torch.Tensor:
-        x, y = batch
-        for layer in names:
-            if layer is None:
-                x = torch.relu(x)
-            else:  # x (S, b, in) @ weight (S, out, in)^T + bias (S, 1, out)
-                x = torch.baddbmm(
-                    params[layer[1]].unsqueeze(1), x, params[layer[0]].transpose(1, 2)
-                )
-        losses = F.cross_entropy(x.flatten(0, 1), y.flatten(), reduction="none")
-        return losses.view(y.shape).sum(1)
-
-    return forward
 
 
 def train_stack(
@@ -128,7 +92,10 @@ class _StackRun:
         self.dtype = dtype = model_dtype(first.precision)
         models = []
         for c in configs:
-            torch.manual_seed(c.seed)  # each member's init, exactly as its solo run
+            # Each member's init exactly as its solo run's: the model is built on the
+            # CPU, so the CPU generator is all torch.manual_seed seeds that matters here,
+            # without its ~0.7 ms a call of queueing CUDA's seeding (with a traceback).
+            torch.default_generator.manual_seed(c.seed)
             models.append(workload.make_model().to(device=device, dtype=dtype).train())
         with host_sync_point(device):
             self.params, self.buffers = stack_module_state(models)
@@ -158,10 +125,15 @@ class _StackRun:
         )
         self.events = EventSchedule(timed, plan)
         self.clock = StepClock(device)
-        self.seconds = _SharedSeconds()
         self.members = [self._member(c) for c in configs]
-        self.forward = stacked_forward(models[0], workload) or vmap(self._member_loss)
-        self.evaluate_stack = vmap(self._member_loss)
+        # Members with equal schedule settings have equal lrs: each is computed once.
+        self.schedules: dict[tuple, Member] = {}
+        for m in self.members:
+            self.schedules.setdefault(m.schedule_key, m)
+        self.schedule_index = [list(self.schedules).index(m.schedule_key) for m in self.members]
+        self.mlp = stacked_mlp(models[0], workload)
+        self.vmap_loss = vmap(self._member_loss)
+        self.accumulate = self._autograd_step if self.mlp is None else self._mlp_step
         self.slices = [plan.micro_batch_slice(m) for m in range(plan.micro_batches_per_epoch)]
 
     def _member(self, config: TrialConfig) -> Member:
@@ -170,25 +142,48 @@ class _StackRun:
         schedule = LRSchedule(_BaseLR(config.lr), lr_factor(config, total))
         outcome = TrainOutcome(timing_warmup_steps=self.events.warmup_steps)
         recorder = StepRecorder(
-            outcome, self.windows, self.seconds, schedule,
-            per_epoch_schedule=per_epoch, token_unit=False,
-        )  # fmt: skip
-        return Member(config, outcome, schedule, recorder, EarlyStopping(config), per_epoch)
+            outcome, self.windows, None, schedule, per_epoch_schedule=per_epoch, token_unit=False
+        )  # the stack hands each recorder its rows' host values (_flush)
+        key = tuple(getattr(config, name) for name in SCHEDULE_SETTINGS)
+        return Member(config, outcome, schedule, recorder, EarlyStopping(config), per_epoch, key)
+
+    def _mlp_step(self, batch: tuple, weight: torch.Tensor) -> torch.Tensor:
+        return self.mlp.train_step(self.params, batch, weight)
+
+    def _autograd_step(self, batch: tuple, weight: torch.Tensor) -> torch.Tensor:
+        """Each member's loss sum (S,); adds d(loss_i * weight)/d(theta_i) to the grads."""
+        loss_sums = self.vmap_loss(self.params, self.buffers, batch)
+        loss_sums.backward(weight.expand_as(loss_sums))
+        return loss_sums.detach()
+
+    def _val_loss_sums(self, batch: tuple) -> torch.Tensor:
+        """Every member's loss sum (S,) on one shared validation chunk."""
+        if self.mlp is not None:
+            x, y = batch
+            shared = (x.expand(self.size, *x.shape), y.expand(self.size, *y.shape))
+            return self.mlp.loss_sums(self.params, shared)
+        return vmap(self._member_loss, in_dims=(0, 0, None))(self.params, self.buffers, batch)
 
     def _member_loss(self, params: dict, buffers: dict, batch: tuple) -> torch.Tensor:
         return self.workload.loss_sum(_functional_model(self.base, params, buffers), batch)
 
+    def _schedule_lrs(self, steps: range) -> list[list[float]]:
+        """Per distinct schedule, the lr of each of ``steps`` (global, from 1): the
+        schedule's own arithmetic (``LRSchedule.lr_at``)."""
+        spe = self.windows.steps_per_epoch
+        return [
+            [m.schedule.lr_at((s - 1) // spe if m.per_epoch else s - 1) for s in steps]
+            for m in self.schedules.values()
+        ]
+
     def _epoch_lrs(self, epoch: int) -> torch.Tensor:
         """(steps of the epoch, S): the lr each member's update uses at each step; 0 for
-        a masked member. The schedule's own arithmetic (``LRSchedule.lr_at``)."""
+        a masked member."""
         first_step = (epoch - 1) * self.windows.steps_per_epoch + 1
-        rows = []
-        for s in range(first_step, first_step + self.windows.steps_per_epoch):
-            rows.append([
-                (m.schedule.lr_at(epoch - 1 if m.per_epoch else s - 1) if m.active else 0.0)
-                for m in self.members
-            ])  # fmt: skip
-        return torch.tensor(rows, dtype=self.dtype, device=self.device)
+        table = self._schedule_lrs(range(first_step, first_step + self.windows.steps_per_epoch))
+        lrs = torch.tensor(table, dtype=self.dtype)[self.schedule_index].T.contiguous()
+        lrs[:, [i for i, m in enumerate(self.members) if not m.active]] = 0.0
+        return lrs.to(self.device)
 
     def _epoch_orders(self, generators: list[torch.Generator]) -> torch.Tensor:
         orders = torch.stack([torch.randperm(self.plan.samples, generator=g) for g in generators])
@@ -208,7 +203,7 @@ class _StackRun:
         plan, clock, members = self.plan, self.clock, self.members
         generators = [torch.Generator().manual_seed(m.config.seed) for m in members]
         step_windows = [(w.micro_batches, w.weights) for w in self.windows.windows]
-        forward, params, buffers, leaves = self.forward, self.params, self.buffers, self.leaves
+        accumulate, leaves = self.accumulate, self.leaves
         losses: list[torch.Tensor] = []
         norms: dict[int, torch.Tensor] = {}
         norm_every = members[0].config.grad_norm_every
@@ -229,9 +224,7 @@ class _StackRun:
                     global_step += 1
                     window_loss = None
                     for weight in weights:
-                        loss_sums = forward(params, buffers, next(micro))
-                        loss_sums.backward(weight.expand_as(loss_sums))
-                        loss_sums = loss_sums.detach()
+                        loss_sums = accumulate(next(micro), weight)
                         window_loss = loss_sums if window_loss is None else window_loss + loss_sums
                     if norm_every and global_step % norm_every == 0:
                         norms[global_step] = self._grad_norms()
@@ -279,24 +272,25 @@ class _StackRun:
         return error is not None
 
     def _flush(self, losses: list, norms: dict, lrs: torch.Tensor | None) -> None:
-        """Hand each active member its losses, norms and per-member seconds; mask the
-        members that diverged."""
-        if not losses:
+        """Hand each active member its losses, norms, lrs and the stack's seconds per
+        member (one device read for all); mask the members that diverged."""
+        active = [i for i, m in enumerate(self.members) if m.active]
+        if not losses or not active:
+            losses.clear()
+            norms.clear()
             return
-        self.seconds.seconds = [s / self.size for s in self.clock.flush()]
-        per_step = torch.stack(losses).unbind(1)  # (S,) views of (steps,) each
-        norm_steps = list(norms)
-        norm_values = torch.stack(list(norms.values())).unbind(1) if norms else ()
-        for i, m in enumerate(self.members):
-            if not m.active:
-                continue
-            for loss in per_step[i].unbind():
-                m.recorder.keep_loss(loss)
-            for step, values in zip(
-                norm_steps, norm_values[i].unbind() if norms else (), strict=True
-            ):
-                m.recorder.keep_norm(step, values)
-            if not m.recorder.flush():
+        seconds = [s / self.size for s in self.clock.flush()]
+        per_member = torch.stack(losses).T.double().tolist()  # S lists of loss sums
+        norm_values = torch.stack(list(norms.values())).T.tolist() if norms else None
+        # Every active member has the same rows so far: its columns are the stack's.
+        columns = self.members[active[0]].recorder.step_columns(seconds)
+        table = self._schedule_lrs(range(columns[0]["step"], columns[-1]["step"] + 1))
+        for i in active:
+            member_norms = dict(zip(norms, norm_values[i], strict=True)) if norms else None
+            if not self.members[i].recorder.add_steps(
+                per_member[i], seconds, norms=member_norms, columns=columns,
+                lrs=table[self.schedule_index[i]],
+            ):  # fmt: skip
                 self._mask(i, lrs)
         losses.clear()
         norms.clear()
@@ -313,16 +307,18 @@ class _StackRun:
     @torch.no_grad()
     def _evaluate(self, step: int, lrs: torch.Tensor) -> None:
         """Every active member's mean validation loss (``bench.train_events.evaluate``'s
-        arithmetic: chunks of b, float64 sums)."""
+        arithmetic: the model in eval mode, chunks of b, float64 sums)."""
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
         units = 0
         n, chunk = self.val[0].shape[0], self.plan.micro_batch_size
-        for start in range(0, n, chunk):
-            batch = tuple(t[start : start + chunk] for t in self.val)
-            total += vmap(self._member_loss, in_dims=(0, 0, None))(
-                self.params, self.buffers, batch
-            ).double()
-            units += self.workload.units(batch)
+        self.base.eval()  # normalisation layers use their running statistics
+        try:
+            for start in range(0, n, chunk):
+                batch = tuple(t[start : start + chunk] for t in self.val)
+                total += self._val_loss_sums(batch).double()
+                units += self.workload.units(batch)
+        finally:
+            self.base.train()
         values = (total / units).tolist()
         for i, m in enumerate(self.members):
             if not m.active:
