@@ -102,55 +102,88 @@ class StepRecorder:
         """Read back pending losses and times; False when training must stop (diverged)."""
         if not self._losses:
             return True
-        outcome = self.outcome
-        first = outcome.rows[-1]["step"] + 1 if outcome.rows else 1
-        steps = range(first, first + len(self._losses))
-        seconds = self.clock.flush()
-        losses, tokens = self._read_losses(steps)
-        norms = self._read_norms()
-        noise = self._read_noise()
-        skipped = self._read_skipped(len(steps))
-        elapsed = outcome.rows[-1]["time_s"] if outcome.rows else 0.0
-        for step, loss, n_tokens, dt in zip(steps, losses, tokens, seconds, strict=True):
-            elapsed += dt
-            row = self._row(step, loss, n_tokens, norms.get(step), elapsed)
-            row["b_simple"] = noise.get(step)
-            outcome.rows.append(row)
-            outcome.step_seconds.append(dt)
-            if skipped is not None:
-                outcome.skipped_steps += skipped[step - first]
-            if not math.isfinite(loss):
-                outcome.status = "diverged"
-                outcome.error = f"non-finite loss ({loss}) at step {step}"
-                break
+        loss_sums = torch.stack(self._losses).double().tolist()  # one read for all steps
+        tokens = [int(t) for t in torch.stack(self._units).tolist()] if self.token_unit else None
+        ok = self.add_steps(
+            loss_sums, self.clock.flush(), tokens=tokens, norms=self._read_norms(),
+            noise=self._read_noise(), skipped=self._read_skipped(len(loss_sums)),
+        )  # fmt: skip
         self._losses.clear()
         self._units.clear()
         self._norms.clear()
         self._noise.clear()
         self._scales.clear()
+        return ok
+
+    def step_columns(self, seconds: list[float]) -> list[dict]:
+        """The columns of the next ``len(seconds)`` step rows that follow from the plan
+        and the clock: the same for every member of a stack, so a stack makes them once."""
+        rows = self.outcome.rows
+        step, elapsed = (rows[-1]["step"], rows[-1]["time_s"]) if rows else (0, 0.0)
+        columns = []
+        for dt in seconds:
+            step += 1
+            elapsed += dt
+            epoch, index = divmod(step - 1, self.windows.steps_per_epoch)
+            window = self.windows.windows[index]
+            columns.append({
+                "epoch": epoch + 1,
+                "step": step,
+                "step_in_epoch": index + 1,
+                "micro_batches": window.micro_batches,
+                "samples": window.samples,
+                "samples_seen": self.windows.samples_seen(step),
+                "time_s": elapsed,
+            })  # fmt: skip
+        return columns
+
+    def add_steps(
+        self,
+        loss_sums: list[float],
+        seconds: list[float],
+        *,
+        tokens: list[int] | None = None,
+        norms: dict[int, float] | None = None,
+        noise: dict[int, float | None] | None = None,
+        skipped: list[bool] | None = None,
+        columns: list[dict] | None = None,
+        lrs: list[float] | None = None,
+    ) -> bool:
+        """Rows for the next steps from their host values: each window's loss sum (the
+        mean is per unit: the window's samples, or ``tokens``), step seconds, sampled
+        gradient norms and noise scales by step, GradScaler's skips; ``columns`` and
+        ``lrs`` where the caller has them already (a stack: ``step_columns``, the
+        schedule's lrs). Stops at a non-finite loss: False, the run diverged."""
+        outcome, norms, noise = self.outcome, norms or {}, noise or {}
+        columns = columns or self.step_columns(seconds)
+        for i, (shared, loss_sum, dt) in enumerate(zip(columns, loss_sums, seconds, strict=True)):
+            step = shared["step"]
+            units = tokens[i] if tokens is not None else shared["samples"]
+            # A window of no units (all padding) has no mean: nan, as on the device. The
+            # division is float64 either way, so Python's is the same number as the device's.
+            loss = loss_sum / units if units else math.nan
+            intervals = shared["epoch"] - 1 if self.per_epoch_schedule else step - 1
+            outcome.rows.append({
+                **shared,
+                "tokens": tokens[i] if tokens is not None else None,
+                "loss": loss,
+                "lr": lrs[i] if lrs is not None else self.schedule.lr_at(intervals),
+                "grad_norm": norms.get(step),
+                "val_loss": None,
+                "b_simple": noise.get(step),
+            })  # fmt: skip
+            outcome.step_seconds.append(dt)
+            if skipped is not None:
+                outcome.skipped_steps += skipped[i]
+            if not math.isfinite(loss):
+                outcome.status = "diverged"
+                outcome.error = f"non-finite loss ({loss}) at step {step}"
+                break
         return outcome.status == "ok"
 
     def drop_unfinished_window(self) -> None:
         """After an error mid-window: its token count, if taken, has no loss to go with."""
         del self._units[len(self._losses) :]
-
-    def _read_losses(self, steps: range) -> tuple[list[float], list[int | None]]:
-        """Mean loss per unit of each step, and its token count (None for sample units).
-
-        One device read for the losses (and token counts); the division by each window's
-        units is float64 either way, so Python's is the same number as the device's.
-        """
-        loss_sums = torch.stack(self._losses).double().tolist()
-        if self.token_unit:
-            tokens = [int(t) for t in torch.stack(self._units).tolist()]
-            units = tokens
-        else:
-            units = [self.windows.of_step(step).samples for step in steps]
-            tokens = [None] * len(steps)
-        losses = [  # a window of no units (all padding) has no mean: nan, as on the device
-            loss_sum / n if n else math.nan for loss_sum, n in zip(loss_sums, units, strict=True)
-        ]
-        return losses, tokens
 
     def _read_skipped(self, n_steps: int) -> list[bool] | None:
         """Per pending step, whether GradScaler skipped it (None without a GradScaler)."""
@@ -182,24 +215,3 @@ class StepRecorder:
             return {}
         values = torch.stack(list(self._norms.values())).tolist()  # one read for all steps
         return dict(zip(self._norms, values, strict=True))
-
-    def _row(
-        self, step: int, loss: float, tokens: int | None, grad_norm: float | None, time_s: float
-    ) -> dict:
-        epoch, index = divmod(step - 1, self.windows.steps_per_epoch)
-        window = self.windows.windows[index]
-        intervals = epoch if self.per_epoch_schedule else step - 1  # scheduler steps before
-        return {
-            "epoch": epoch + 1,
-            "step": step,
-            "step_in_epoch": index + 1,
-            "micro_batches": window.micro_batches,
-            "samples": window.samples,
-            "samples_seen": self.windows.samples_seen(step),
-            "tokens": tokens,
-            "loss": loss,
-            "lr": self.schedule.lr_at(intervals),
-            "grad_norm": grad_norm,
-            "time_s": time_s,
-            "val_loss": None,
-        }

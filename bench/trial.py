@@ -133,8 +133,7 @@ def run_trial(
         row.update(parallel.trial_fields(row))
         row["extra"] = records.extra_json(parallel.extra())
 
-    steps = pd.DataFrame(run.outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
-    steps.insert(0, "trial_key", config.trial_key)
+    steps = records.steps_frame(config.trial_key, run.outcome.rows)
     return TrialResult(trial=records.trial_row(**row), steps=steps)
 
 
@@ -206,7 +205,18 @@ def _measured_run(
     return _Run(outcome, status, error, meters.fields(), flops_per_sample, notes)
 
 
-def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: str | None) -> dict:
+def workload_columns(workload: Workload) -> dict:
+    """The trials columns that follow from the workload alone: the same for every
+    member of a stack, which makes them once (hashing the data, building the model)."""
+    return {
+        "data_sha256": data_sha256(workload),
+        "batch_dependent_layers": batch_layers.batch_dependent_layers(workload),
+    }
+
+
+def _config_fields(
+    config: TrialConfig, plan: Plan, workload: Workload, sweep: str | None, of_workload=None
+) -> dict:
     """What was asked for: the configuration as the plan resolved it."""
     return {
         **records.config_columns(config),
@@ -218,8 +228,7 @@ def _config_fields(config: TrialConfig, plan: Plan, workload: Workload, sweep: s
         "effective_batch_size": plan.effective_batch_size,
         "partial_window": plan.partial_window,
         "drop_last": plan.drop_last,
-        "data_sha256": data_sha256(workload),
-        "batch_dependent_layers": batch_layers.batch_dependent_layers(workload),
+        **(of_workload or workload_columns(workload)),
         "planned_steps": plan.total_steps,
     }
 
@@ -233,13 +242,15 @@ def observed_columns(
     status: str,
     error: str | None,
     sweep: str | None,
+    of_workload: dict | None = None,
 ) -> dict:
     """The trials columns that follow from a configuration, its plan and what its
     training observed (status, progress, losses, throughput): what ``run_trial`` puts in
-    a row, for rows built from a loop other than ``bench.train`` (``bench.stack``)."""
+    a row, for rows built from a loop other than ``bench.train`` (``bench.stack``).
+    ``of_workload``: ``workload_columns(workload)``, where the caller has them."""
     run = _Run(outcome, status, error, {}, None, [])
     return {
-        **_config_fields(config, plan, workload, sweep),
+        **_config_fields(config, plan, workload, sweep, of_workload),
         **_outcome_fields(run),
         **_throughput(outcome, plan),
     }

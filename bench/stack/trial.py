@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import hashlib
 
-import pandas as pd
 import torch
 
-from bench import records, store
+from bench import records
 from bench.config import TrialConfig
 from bench.errors import ConfigError
 from bench.failures import describe, is_oom
 from bench.stack.group import members_differ_only_per_member
 from bench.stack.train import train_stack
 from bench.train_record import TrainOutcome
-from bench.trial import TrialResult, observed_columns, prepare
+from bench.trial import TrialResult, observed_columns, prepare, workload_columns
 
 
 def stack_id(configs: list[TrialConfig]) -> str:
@@ -75,18 +74,17 @@ def _run_once(configs, workload, plan, device, sweep, results_dir) -> list[Trial
         configs, workload, plan, device, meters, results_dir
     )
     shared["started_at"] = started_at
-    results = []
+    results, of_workload = [], workload_columns(workload)
     for config, outcome in zip(configs, outcomes, strict=True):
         row = observed_columns(
-            config, plan, workload, outcome,
-            status=status or outcome.status, error=error or outcome.error, sweep=sweep,
+            config, plan, workload, outcome, status=status or outcome.status,
+            error=error or outcome.error, sweep=sweep, of_workload=of_workload,
         )  # fmt: skip
         row.update(shared)
         row.update(_flops_columns(per_sample, outcome, device, config, row["samples_per_s"]))
         member_notes = [*notes, *outcome.notes]
         row["notes"] = "; ".join(member_notes) if member_notes else None
-        steps = pd.DataFrame(outcome.rows, columns=list(store.STEP_COLUMNS)[1:])
-        steps.insert(0, "trial_key", config.trial_key)
+        steps = records.steps_frame(config.trial_key, outcome.rows)
         results.append(TrialResult(trial=records.trial_row(**row), steps=steps))
     return results
 
