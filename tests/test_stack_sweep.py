@@ -84,6 +84,16 @@ def test_a_stacked_sweep_records_every_member_as_a_trial(tmp_path):
     assert (load_results(folder).steps.groupby("trial_key").size() == 8).all()
 
 
+def test_stacks_are_split_over_every_worker_even_before_all_are_ready(tmp_path):
+    # 12 trials, max_stack 12, 2 workers: the first worker ready claims all 12, which
+    # are split in two for it and the worker still starting (not one stack on one core).
+    spec = stacked_spec(tmp_path, "two", samples=256, epochs=1, max_stack=12)
+    summary = run_sweep(load_spec(spec), workers=2, threads=1, results=tmp_path / "r")
+    assert summary.exit_code == 0
+    trials = load_results(tmp_path / "r" / "two").trials
+    assert sorted(Counter(trials["stack_id"]).values()) == [6, 6]
+
+
 def _files(folder: Path) -> int:
     return len(list((folder / "trials").glob("*.parquet"))) if (folder / "trials").exists() else 0
 

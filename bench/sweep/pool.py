@@ -214,6 +214,10 @@ class WorkerPool:
     def idle(self) -> list[Worker]:
         return [w for w in self.workers if w.ready and w.job is None]
 
+    def starting(self) -> list[Worker]:
+        """Workers started that have not said Ready yet: idle within a second or two."""
+        return [w for w in self.workers if w.child is not None and not w.ready]
+
     def busy(self) -> bool:
         return any(w.job for w in self.workers)
 

@@ -345,8 +345,10 @@ class SweepRunner:
 
     def _dispatch(self, idle: list, jobs: list) -> None:
         """Hand claimed jobs to idle workers: one each, or, stacked, as stacks that share
-        a stack key (bench.stack.group), spread over the idle workers; stacks beyond
-        them wait in the pool's backlog."""
+        a stack key (bench.stack.group), spread over the idle workers and those still
+        starting; stacks beyond the idle ones wait in the pool's backlog, where the next
+        worker to be ready takes one. (The first worker is ready before the others:
+        split over it alone, the whole grid would be one stack on one core.)"""
         pool = self.pool
         if self.spec.execution != "stacked":
             for w, job in zip(idle, jobs, strict=False):
@@ -355,7 +357,10 @@ class SweepRunner:
         from bench.stack.group import group
 
         stacks = group(
-            jobs, max_stack=self.spec.max_stack, parts=len(idle), config=lambda job: job.config
+            jobs,
+            max_stack=self.spec.max_stack,
+            parts=len(idle) + len(pool.starting()),
+            config=lambda job: job.config,
         )
         for i, stack in enumerate(stacks):
             if i < len(idle):
