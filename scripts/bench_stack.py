@@ -1,10 +1,10 @@
 """Whole sweeps, solo against stacked: an 8 lr x 8 seed grid (64 configurations) at b = 32.
 
     python scripts/bench_stack.py [--repeats 3] [--workers 2] [--threads 1] [--device cpu]
-                                  [--before TREE]
+                                  [--epochs 1 [16 ...]] [--before TREE] [--in-process]
 
-For each workload (seed-mlp at its default N = 10000, teacher-mlp at N = 8192), one
-epoch, the same spec runs as ``execution = "solo"`` and as ``execution = "stacked"``
+For each workload (seed-mlp at its default N = 10000, teacher-mlp at N = 8192) and each
+length (``--epochs``, default one epoch), the same spec runs as ``execution = "solo"`` and as ``execution = "stacked"``
 (``max_stack = 64``), each a fresh ``python -m bench sweep`` into a new results folder:
 records written, study told, exactly what a user runs. The variants are interleaved
 (solo, stacked, solo, stacked, ...) so a change in machine load hits both alike. It
@@ -14,6 +14,12 @@ the repetitions (each repetition's pair gives one ratio): median, min and max, w
 worker was ready (the sweep's own ``BENCH_SWEEP_SUMMARY`` plus the command's time before
 the sweep began). ``--steps-check`` also reports the largest relative difference
 between a stacked member's per-step losses and its solo run's.
+
+``--in-process`` measures the training alone, without a sweep's start-up, claims and
+recording: in one process with one torch thread, ``bench.stack.run_stack`` of the S
+configurations (S = 64 / --workers, one worker's stack) against ``bench.trial.run_trial``
+of 8 of them, interleaved, and prints the ratio of the solo time per configuration x S
+to the stack's time (median, min, max over the repetitions).
 """
 
 from __future__ import annotations
@@ -44,19 +50,26 @@ name = "{workload}"
 
 [base]
 batch_size = 32
-epochs = 1
+epochs = {epochs}
 
 [grid]
 lr = {lrs}
 """
 
 
-def write_spec(folder: Path, workload: str, execution: str, device: str) -> Path:
-    name = f"{workload}-{execution}"
+def write_spec(folder: Path, workload: str, execution: str, device: str, epochs: int) -> Path:
+    name = f"{workload}-{execution}-e{epochs}"
     path = folder / f"{name}.toml"
     lrs = "[" + ", ".join(f"{lr:.6g}" for lr in LRS) + "]"
     path.write_text(
-        SPEC.format(name=name, device=device, execution=execution, workload=workload, lrs=lrs)
+        SPEC.format(
+            name=name,
+            device=device,
+            execution=execution,
+            workload=workload,
+            lrs=lrs,
+            epochs=epochs,
+        )  # fmt: skip
     )
     return path
 
@@ -93,6 +106,91 @@ def loss_difference(solo: Path, stacked: Path) -> float:
     return float(rel[finite].max())
 
 
+def stats(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def in_process(args: argparse.Namespace) -> None:
+    """The training alone: run_stack against run_trial in one process, one thread."""
+    import torch
+
+    from bench.config import TrialConfig
+    from bench.stack.trial import run_stack
+    from bench.trial import run_trial
+
+    torch.set_num_threads(1)
+    size = 64 // args.workers
+    for workload in args.workloads:
+        for epochs in args.epochs:
+            configs = [
+                TrialConfig(workload=workload, batch_size=32, epochs=epochs, device=args.device,
+                            lr=LRS[i % 8], seed=i // 8)
+                for i in range(size)
+            ]  # fmt: skip
+            run_stack(configs[:2]), run_trial(configs[0])  # warm: first calls load code
+            stacked, solo = [], []
+            for _ in range(args.repeats):  # interleaved
+                t0 = time.perf_counter()
+                run_stack(configs)
+                stacked.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for c in configs[:8]:
+                    run_trial(c)
+                solo.append((time.perf_counter() - t0) / 8 * size)
+            ratios = [a / b for a, b in zip(solo, stacked, strict=True)]
+            print(f"{workload:12s} E={epochs:<3d} S={size}: stack {stats(stacked)} s, solo x S "
+                  f"{stats(solo)} s, ratio {stats(ratios)}x (load {os.getloadavg()[0]:.1f})",
+                  flush=True)  # fmt: skip
+
+
+def sweeps(args: argparse.Namespace) -> None:
+    """Whole sweeps, solo and stacked (and stacked@before), interleaved."""
+    walls: dict[tuple, list[float]] = {}
+    startups: dict[tuple, list[float]] = {}
+    loads: list[float] = []
+    cases = [(w, e) for w in args.workloads for e in args.epochs]
+    variants = ["solo", "stacked"] + (["stacked@before"] if args.before else [])
+    with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
+        root = Path(tmp)
+        for i in range(args.repeats):
+            for workload, epochs in cases:
+                for execution in variants:  # interleaved
+                    kind, _, tree = execution.partition("@")
+                    spec = write_spec(root, workload, kind, args.device, epochs)
+                    results = root / f"r{i}-{spec.stem}{tree}"
+                    repo = args.before.resolve() if tree else REPO
+                    wall, summary = run_sweep(spec, results, args.workers, args.threads, repo)
+                    key = (workload, epochs, execution)
+                    walls.setdefault(key, []).append(wall)
+                    startups.setdefault(key, []).append(
+                        summary["startup_s"] + wall - summary["wall_s"]
+                    )
+                    loads.append(os.getloadavg()[0])
+                    print(f"rep {i + 1} {workload:12s} E={epochs:<3d} {execution:8s} wall {wall:7.2f} s, "
+                          f"start-up {startups[key][-1]:5.2f} s (load {loads[-1]:.1f})", flush=True)  # fmt: skip
+                if args.steps_check and i == 0:
+                    solo, stacked = (f"{workload}-{k}-e{epochs}" for k in ("solo", "stacked"))
+                    diff = loss_difference(
+                        root / f"r0-{solo}" / solo, root / f"r0-{stacked}" / stacked
+                    )
+                    print(f"  {workload}: largest per-step loss difference {diff:.2e} relative")
+    print(
+        f"\n64 configurations (8 lr x 8 seeds), b = 32, {args.repeats} repetitions, "
+        f"--workers {args.workers} --threads {args.threads}, device {args.device}; "
+        f"{os.cpu_count()} CPUs, 1-min load average median {statistics.median(loads):.1f} "
+        f"(min {min(loads):.1f}, max {max(loads):.1f})"
+    )
+    for (workload, epochs, variant), w in walls.items():
+        after = [a - b for a, b in zip(w, startups[(workload, epochs, variant)], strict=True)]
+        print(f"{workload:12s} E={epochs:<3d} {variant:15s} wall {stats(w)} s, start-up "
+              f"{statistics.median(startups[(workload, epochs, variant)]):.2f} s, "
+              f"after start-up {stats(after)} s")  # fmt: skip
+    for workload, epochs in cases:
+        solo, stacked = walls[(workload, epochs, "solo")], walls[(workload, epochs, "stacked")]
+        ratios = [a / b for a, b in zip(solo, stacked, strict=True)]
+        print(f"{workload:12s} E={epochs:<3d} solo / stacked, whole sweeps: {stats(ratios)}x")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -100,7 +198,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workloads", nargs="+", default=["seed-mlp", "teacher-mlp"])
+    p.add_argument("--epochs", nargs="+", type=int, default=[1])
     p.add_argument("--steps-check", action="store_true")
+    p.add_argument("--in-process", action="store_true")
     p.add_argument(
         "--before",
         type=Path,
@@ -108,61 +208,10 @@ def main() -> int:
         "interleaved variant, 'stacked@before', for a before/after comparison",
     )
     args = p.parse_args()
-    walls: dict[tuple[str, str], list[float]] = {}
-    startups: dict[tuple[str, str], list[float]] = {}
-    loads: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
-        root = Path(tmp)
-        for i in range(args.repeats):
-            for workload in args.workloads:
-                variants = ["solo", "stacked"] + (["stacked@before"] if args.before else [])
-                for execution in variants:  # interleaved
-                    kind, _, tree = execution.partition("@")
-                    spec = write_spec(root, workload, kind, args.device)
-                    results = root / f"r{i}-{workload}-{kind}{tree}"
-                    repo = args.before.resolve() if tree else REPO
-                    wall, summary = run_sweep(spec, results, args.workers, args.threads, repo)
-                    walls.setdefault((workload, execution), []).append(wall)
-                    startup = summary["startup_s"] + wall - summary["wall_s"]
-                    startups.setdefault((workload, execution), []).append(startup)
-                    loads.append(os.getloadavg()[0])
-                    print(f"rep {i + 1} {workload:12s} {execution:8s} wall {wall:7.2f} s, "
-                          f"start-up {startup:5.2f} s (load {loads[-1]:.1f})", flush=True)  # fmt: skip
-                if args.steps_check and i == 0:
-                    diff = loss_difference(
-                        root / f"r0-{workload}-solo" / f"{workload}-solo",
-                        root / f"r0-{workload}-stacked" / f"{workload}-stacked",
-                    )
-                    print(f"  {workload}: largest per-step loss difference {diff:.2e} relative")
-    print(
-        f"\n64 configurations (8 lr x 8 seeds), b = 32, one epoch, {args.repeats} repetitions, "
-        f"--workers {args.workers} --threads {args.threads}, device {args.device}; "
-        f"{os.cpu_count()} CPUs, 1-min load average median {statistics.median(loads):.1f} "
-        f"(min {min(loads):.1f}, max {max(loads):.1f})"
-    )
-    for (workload, variant), w in walls.items():
-        after = [a - b for a, b in zip(w, startups[(workload, variant)], strict=True)]
-        print(
-            f"{workload:12s} {variant:15s} wall after start-up median "
-            f"{statistics.median(after):6.2f} s (min {min(after):.2f}, max {max(after):.2f})"
-        )
-    for workload in args.workloads:
-        solo, stacked = walls[(workload, "solo")], walls[(workload, "stacked")]
-        ratios = [a / b for a, b in zip(solo, stacked, strict=True)]
-        print(
-            f"{workload:12s} solo {statistics.median(solo):7.2f} s  stacked "
-            f"{statistics.median(stacked):6.2f} s  ratio median {statistics.median(ratios):5.1f}x "
-            f"(min {min(ratios):.1f}, max {max(ratios):.1f}); start-up (command start to first "
-            f"worker ready) median solo {statistics.median(startups[(workload, 'solo')]):.1f} s, "
-            f"stacked {statistics.median(startups[(workload, 'stacked')]):.1f} s"
-        )
-        if args.before:
-            before = walls[(workload, "stacked@before")]
-            print(
-                f"{'':12s} stacked@before {statistics.median(before):6.2f} s (min {min(before):.2f}, "
-                f"max {max(before):.2f}), start-up "
-                f"{statistics.median(startups[(workload, 'stacked@before')]):.1f} s"
-            )
+    if args.in_process:
+        in_process(args)
+    else:
+        sweeps(args)
     return 0
 
 
