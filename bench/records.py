@@ -23,7 +23,7 @@ them as null): trials ``batch_dependent_layers``, ``world_size``, ``sync``,
 ``stack_size``, ``stack_id``, ``restored_val_loss``, ``skipped_steps``, ``b_simple``,
 ``samples_per_s_per_rank``, ``timing_basis``, ``allreduce_calls``, ``allreduce_bytes``,
 ``allreduce_time_s``; steps ``b_simple``; probes ``repeat``, ``phase``, ``margin_pct``,
-``vmdata_peak_bytes``.
+``vmdata_peak_bytes``. Version 4 adds probes ``stack_size``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -177,7 +177,9 @@ class ProbeRecord:
     # identity
     probe_key: str  # hash of probe config + capacity + device: what reuse matches on
     search_key: str | None = None  # the same without b and k: one search's probes
-    kind: str | None = None  # "boundary" (N steps at k=1), "throughput" (k = B / b), "ladder"
+    kind: str | None = (
+        None  # "boundary" (N steps at k=1), "throughput" (k = B / b), "ladder", "stack"
+    )
     trial_key: str | None = None
     workload: str | None = None
     precision: str | None = None
@@ -212,6 +214,7 @@ class ProbeRecord:
     identity_json: str | None = None  # machine + software the probe ran on (in probe_key)
     killed: bool | None = None  # died by SIGKILL (twice under a cap): never reused
     vmdata_peak_bytes: int | None = None  # CPU: sampled peak of VmData, what RLIMIT_DATA counts
+    stack_size: int | None = None  # kind "stack": members trained as one stack at micro_batch_size
     extra: str | None = None  # JSON object: detail outside the contract (extra_json)
     schema_version: int = SCHEMA_VERSION
 

@@ -21,6 +21,7 @@ import torch
 from bench import oom
 from bench.config import TrialConfig
 from bench.errors import BenchError, ConfigError
+from bench.oom import command as _command  # noqa: F401 - loads oom.command for monkeypatching
 from bench.procs import run_isolated
 
 MiB = 2**20

@@ -12,6 +12,7 @@ import math
 from bench.errors import BenchError
 
 DEFAULT_MARGIN_PCT = 10.0
+DEFAULT_MAX_STACK = 4096  # --stack: the largest S tried without --max-batch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,14 @@ def _probed_arguments(g) -> None:
         "--steps", type=int, default=3, metavar="N", help="optimizer steps per probe (default 3)"
     )
     g.add_argument("--no-eval", action="store_true", help="probe without the evaluation pass")
+    g.add_argument(
+        "--stack",
+        type=int,
+        metavar="B",
+        help="search the stack size S instead of b: the most configurations that train "
+        'together as one stack (execution = "stacked") at micro-batch B; --start and '
+        f"--max-batch then bound S (default {DEFAULT_MAX_STACK})",
+    )
 
 
 def _search_arguments(g) -> None:
@@ -163,9 +172,14 @@ def validate_args(args: argparse.Namespace) -> None:
         ("--candidates", args.candidates, 1),
         ("--throughput-steps", args.throughput_steps, 1),
         ("--throughput-rounds", args.throughput_rounds, 1),
+        ("--stack", args.stack, 1),
     ):
         if value is not None and value < minimum:
             raise BenchError(f"{flag} must be an integer >= {minimum}, got {value}")
+    if args.stack is not None and args.search == "model":
+        raise BenchError("--stack searches by bisection: --search model fits a line over b")
+    if args.stack is not None and args.target_batch is not None:
+        raise BenchError("--stack and --target-batch: the planner splits a batch, not a stack")
     if args.timeout is not None and not args.timeout > 0:
         raise BenchError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     if args.name is not None and (not args.name or "/" in args.name or args.name.startswith(".")):

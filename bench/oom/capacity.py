@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from bench.oom.boundary_search import confirm_band, probe_bound, search
 from bench.oom.model_search import Line, model_search, secant_search
-from bench.oom.prober import ProbeFailed, Prober, peak_bytes
+from bench.oom.prober import ProbeFailed, Prober, peak_bytes, searched_value
 
 
 @dataclass
@@ -146,9 +146,10 @@ def nothing_fits() -> Boundary:
 
 
 def fitting_row(rows: list[dict], b: int) -> dict | None:
-    """The latest probe row at micro-batch ``b`` that fit, or None."""
+    """The latest probe row at searched value ``b`` (micro-batch, or stack size) that
+    fit, or None."""
     for row in reversed(rows):
-        if row["micro_batch_size"] == b and row["outcome"] == "ok":
+        if searched_value(row) == b and row["outcome"] == "ok":
             return row
     return None
 

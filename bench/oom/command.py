@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.config import format_bytes
 from bench.errors import BenchError, ConfigError
-from bench.oom.arguments import validate_args
+from bench.oom.arguments import DEFAULT_MAX_STACK, validate_args
 from bench.oom.capacity import (
     Boundary,
     CapacityResult,
@@ -34,7 +34,7 @@ from bench.oom.output import render
 from bench.oom.planner import plan
 from bench.oom.probe_spec import SearchSpec, probe_identity, probe_options
 from bench.oom.probe_store import ProbeStore
-from bench.oom.prober import ProbeFailed, Prober, peak_bytes
+from bench.oom.prober import ProbeFailed, Prober, peak_bytes, searched_value
 
 
 def _progress(message: str) -> None:
@@ -85,6 +85,14 @@ def _check_capacities(capacities: list[int], info: dict, device: str) -> None:
             )
 
 
+def _check_stackable(probe) -> None:
+    from bench.stack.group import solo_reason
+
+    reason = solo_reason(probe)
+    if reason is not None:
+        raise BenchError(f"--stack: this configuration cannot train stacked ({reason})")
+
+
 def _open_store(args: argparse.Namespace, workload: str) -> ProbeStore:
     """The run's probe store, its folder created before any probe: an unusable
     --results is bad input, not a late traceback."""
@@ -115,10 +123,19 @@ class _Search:
     @property
     def upper(self) -> int:
         max_batch = self.args.max_batch
+        if self.spec.stack_batch is not None:  # S is not bounded by the data
+            return DEFAULT_MAX_STACK if max_batch is None else max_batch
         return self.n_train if max_batch is None else min(max_batch, self.n_train)
+
+    @property
+    def searched(self) -> str:
+        """The searched value's name in messages: b, or S for a stack's size."""
+        return "b" if self.spec.stack_batch is None else "S"
 
     def prober(self, cap: int | None, kind: str = "boundary", phase: str = "search") -> Prober:
         """A Prober with the command's settings (timeout, --fresh, progress at a terminal)."""
+        if self.spec.stack_batch is not None and kind == "boundary":
+            kind = "stack"
         return Prober(
             self.spec,
             cap,
@@ -142,12 +159,13 @@ class _Search:
             try:
                 results.append(self.capacity(cap))
             except ProbeFailed as exc:
-                b, outcome, error = (exc.row[k] for k in ("micro_batch_size", "outcome", "error"))
+                b, outcome, error = searched_value(exc.row), exc.row["outcome"], exc.row["error"]
+                at = f"{self.searched}={b}"
                 if b == 1:
                     raise BenchError(
-                        f"workload {self.spec.base.workload!r} fails at b=1 ({outcome}): {error}"
+                        f"workload {self.spec.base.workload!r} fails at {at} ({outcome}): {error}"
                     ) from None
-                return results, f"capacity {format_bytes(cap)}: probe at b={b} {outcome}: {error}"
+                return results, f"capacity {format_bytes(cap)}: probe at {at} {outcome}: {error}"
         return results, None
 
     def capacity(self, cap: int) -> CapacityResult:
@@ -166,10 +184,12 @@ class _Search:
         )
         if bound.boundary == 0:
             raise BenchError(
-                f"--capacity {format_bytes(cap)}: workload {self.spec.base.workload!r} runs out of memory even at b=1"
+                f"--capacity {format_bytes(cap)}: workload {self.spec.base.workload!r} runs out of memory even at {self.searched}=1"
             )
         if bound.first_oom is None:
-            by_dataset = args.max_batch is None or self.n_train <= args.max_batch
+            by_dataset = self.spec.stack_batch is None and (
+                args.max_batch is None or self.n_train <= args.max_batch
+            )
             bound.limited_by = "dataset" if by_dataset else "max-batch"
         result = CapacityResult(cap, self.capped, bound, args.margin)
         result.peak_at_boundary_bytes = peak_bytes(fitting_row(prober.rows, bound.boundary))
@@ -218,6 +238,7 @@ class _Search:
             "probes_path": str(self.store.path),
             "capacities": [r.to_dict() for r in results],
             "target_batch": args.target_batch,
+            "stack_batch": self.spec.stack_batch,
             "wall_s": round(wall_s, 3),
             "error": error,
         }
@@ -232,9 +253,13 @@ def main(args: argparse.Namespace, *, runner=None) -> int:
     validate_args(args)
     check_environment()  # every probe child would fail on the same typo
     base = base_config(args)
-    spec = SearchSpec(base=base, steps=args.steps, evaluate=not args.no_eval)
-    probe = spec.probe_config(1)  # validates the probe config (precision, options ...)
+    spec = SearchSpec(
+        base=base, steps=args.steps, evaluate=not args.no_eval, stack_batch=args.stack
+    )
+    probe = spec.probe_config(args.stack or 1)  # validates the probe config (precision, ...)
     capacities = [parse_size(c, key="--capacity") for c in args.capacity]
+    if args.stack is not None:
+        _check_stackable(probe)
 
     n_train, device = _dataset_size(probe)
     info = measure_baseline(device)

@@ -25,8 +25,10 @@ def render(out: dict) -> str:
 def _preamble(out: dict) -> list[str]:
     opts = ", ".join(f"{k}={v}" for k, v in sorted(out["workload_options"].items())) or "defaults"
     evaluation = " + evaluation" if out["evaluation"] else ""
+    stack = out.get("stack_batch")
+    searched = "oom boundary" if stack is None else f"oom stack size S (members at b={stack})"
     what = (
-        f"oom boundary: {out['workload']} ({opts}), {out['precision']}, {out['optimizer']}, "
+        f"{searched}: {out['workload']} ({opts}), {out['precision']}, {out['optimizer']}, "
         f"{out['steps_per_probe']} optimizer steps{evaluation} per probe, "
         f"on {out['device_name'] or out['device']}"
     )
@@ -52,8 +54,9 @@ def _preamble(out: dict) -> list[str]:
 def _boundary_table(out: dict) -> str:
     capacities = out["capacities"]
     margin = f"after {capacities[0]['margin_pct']:g}% margin" if capacities else "after margin"
+    boundary = "boundary" if out.get("stack_batch") is None else "largest S"
     header = (
-        "capacity", "boundary", "first OOM", margin, "peak at boundary",
+        "capacity", boundary, "first OOM", margin, f"peak at {boundary}",
         "probes: search + confirm (new)", "bound", "search time",
     )  # fmt: skip
     rows = []
@@ -64,7 +67,8 @@ def _boundary_table(out: dict) -> str:
                 format_bytes(c["capacity_bytes"]),
                 _boundary_cell(c) + limit,
                 "-" if c["first_oom"] is None else c["first_oom"],
-                c["boundary_after_margin"] or "none (b=1 OOMs)",
+                c["boundary_after_margin"]
+                or f"none ({'b' if boundary == 'boundary' else 'S'}=1 OOMs)",
                 format_bytes(c["peak_at_boundary_bytes"]),
                 f"{c['probes']} + {c.get('confirm_probes', 0)} ({c['new_probes']})",
                 "-" if c["probe_bound"] is None else c["probe_bound"],

@@ -24,6 +24,13 @@ class SearchSpec:
     evaluate: bool = True
     full_length: bool = True  # token workloads: every sequence at seq_len (see probe_options)
     identity: str = ""  # canonical JSON of the machine + software (see probe_identity)
+    # Set: the searched integer is a stack's size S (members trained together,
+    # bench.stack) at this micro-batch, not the micro-batch.
+    stack_batch: int | None = None
+
+    def searched(self, n: int) -> tuple[int, int | None]:
+        """(micro-batch, stack size or None) of the probe at searched value ``n``."""
+        return (n, None) if self.stack_batch is None else (self.stack_batch, n)
 
     def probe_config(
         self,
@@ -76,24 +83,28 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def probe_key(config, capacity_bytes: int, device: str, kind: str, identity: str = "") -> str:
-    return _digest(
-        {
-            "config": config.to_dict(),
-            "capacity": capacity_bytes,
-            "device": device,
-            "kind": kind,
-            "identity": identity,
-        }
-    )
+def probe_key(
+    config, capacity_bytes: int, device: str, kind: str, identity: str = "", stack_size=None
+) -> str:
+    key = {
+        "config": config.to_dict(),
+        "capacity": capacity_bytes,
+        "device": device,
+        "kind": kind,
+        "identity": identity,
+    }
+    if stack_size is not None:  # absent otherwise: the keys of stored probes stay
+        key["stack_size"] = stack_size
+    return _digest(key)
 
 
 def search_key(spec: SearchSpec, capacity_bytes: int, device: str) -> str:
     cfg = spec.probe_config(1).to_dict()
     cfg.pop("batch_size")
-    return _digest(
-        {"config": cfg, "capacity": capacity_bytes, "device": device, "identity": spec.identity}
-    )
+    key = {"config": cfg, "capacity": capacity_bytes, "device": device, "identity": spec.identity}
+    if spec.stack_batch is not None:
+        key["stack_batch"] = spec.stack_batch
+    return _digest(key)
 
 
 def probe_identity(info: dict, workload: str) -> str:

@@ -10,6 +10,7 @@ OOM, and a probe killed twice is never reused.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import signal
@@ -66,7 +67,7 @@ class Prober:
 
     def run(
         self,
-        b: int,
+        b: int,  # the searched value: the micro-batch, or the stack size (spec.stack_batch)
         k: int = 1,
         *,
         steps: int | None = None,
@@ -75,11 +76,15 @@ class Prober:
         repeat: int = 0,
     ) -> dict:
         """The probe row at (b, k), run number ``repeat`` (0: the first): stored if one
-        answers, else measured and stored."""
+        answers, else measured and stored. A stack search's probe (``spec.stack_batch``)
+        trains ``b`` members at that micro-batch."""
+        b, stack = self.spec.searched(b)
         config = self.spec.probe_config(
             b, k, steps=steps, timing_warmup=timing_warmup, evaluate=evaluate
         )
-        key = probe_key(config, self.capacity_key, self.device, self.kind, self.spec.identity)
+        key = probe_key(
+            config, self.capacity_key, self.device, self.kind, self.spec.identity, stack
+        )
         if (key, repeat) in self._seen:  # asked before in this run: not another probe
             return self._seen[key, repeat]
         self.probes += 1
@@ -88,9 +93,10 @@ class Prober:
             self._seen[key, repeat] = found
             self.rows.append(found)
             return found
-        run, killed = self._execute(config)
+        run, killed = self._execute(config, stack)
         phase = self.phase if repeat == 0 else "confirm"
         row = self._row(run, config, key, self.kind, killed=killed, repeat=repeat, phase=phase)
+        row["stack_size"] = stack
         row["margin_pct"] = self.margin_pct
         self.new_probes += 1
         self._seen[key, repeat] = row
@@ -154,13 +160,15 @@ class Prober:
                 break
         return rows
 
-    def _execute(self, config) -> tuple[Any, bool]:
+    def _execute(self, config, stack: int | None = None) -> tuple[Any, bool]:
         """Run the probe process: (the run, whether it died by SIGKILL)."""
         runner = self.runner
         if runner is None:
             from bench.procs import run_isolated
 
             runner = run_isolated
+        if stack is not None:  # the runner trains a stack of that many members
+            runner = functools.partial(runner, stack_size=stack)
         run = runner(config, cap_bytes=self.capacity_bytes, timeout_s=self.timeout_s)
         killed = killed_by_sigkill(run)
         if self.capacity_bytes is None or not killed:
@@ -188,9 +196,10 @@ class Prober:
         from bench.config import format_bytes
 
         cap = "no cap" if self.capacity_bytes is None else format_bytes(self.capacity_bytes)
+        stack = "" if row.get("stack_size") is None else f"S={row['stack_size']} "
         self.log(
-            f"oom: {row['kind']} probe b={row['micro_batch_size']} k={row['accumulation_steps']} "
-            f"under {cap}: {row['outcome']} ({wall_s:.1f} s)"
+            f"oom: {row['kind']} probe {stack}b={row['micro_batch_size']} "
+            f"k={row['accumulation_steps']} under {cap}: {row['outcome']} ({wall_s:.1f} s)"
         )
 
 
@@ -263,6 +272,11 @@ def _whole_bytes(value) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return int(value)
+
+
+def searched_value(row: dict) -> int:
+    """The value a probe row answers for: its stack size in a stack search, else b."""
+    return row["micro_batch_size"] if row.get("stack_size") is None else row["stack_size"]
 
 
 def peak_bytes(row: dict | None) -> int | None:

@@ -57,8 +57,10 @@ def run_isolated(
     cap_bytes: int | None = None,
     timeout_s: float | None = None,
     sweep: str | None = None,
+    stack_size: int | None = None,
 ) -> IsolatedRun:
-    """Run ``config`` (a TrialConfig) with bench.trial.run_trial in a fresh process.
+    """Run ``config`` (a TrialConfig) with bench.trial.run_trial in a fresh process; with
+    ``stack_size``, that many members of it as one stack (bench.stack.worker.probe_stack_job).
 
     The child's fate decides the row: a reported result is returned as is; a child that
     died without reporting gets a synthesised row whose status comes from
@@ -77,7 +79,12 @@ def run_isolated(
     try:
         child.start()
         deadline = None if timeout_s is None else started + timeout_s
-        watched = _watch(child, msg.RunTrial(0, config.to_dict()), deadline)
+        job: msg.RunTrial | msg.Query = msg.RunTrial(0, config.to_dict())
+        if stack_size is not None:
+            from bench.stack.worker import probe_stack_job
+
+            job = msg.Query(0, probe_stack_job, (config.to_dict(), stack_size))
+        watched = _watch(child, job, deadline)
         _finish(child, watched)
         wall = time.perf_counter() - started
         if watched.reply is None:
@@ -147,7 +154,7 @@ def run_ladder(configs: list, *, cap_bytes: int | None, timeout_s: float | None 
     return runs
 
 
-def _watch(child: ChildProcess, job: msg.RunTrial, deadline: float | None) -> _Watched:
+def _watch(child: ChildProcess, job: msg.RunTrial | msg.Query, deadline: float | None) -> _Watched:
     """Send ``job`` once the child is Ready; wait for its reply, its death or the deadline,
     polling its RSS high-water mark meanwhile."""
     seen = _Watched()
@@ -220,6 +227,8 @@ def _unreported(config, child, seen: _Watched, wall: float, timeout_s, log_path,
 
 def _reported(config, child, seen: _Watched, wall: float, sweep) -> IsolatedRun:
     reply = seen.reply
+    if isinstance(reply, msg.Answer):  # a stack probe's query answers as a trial job would
+        reply = reply.value if reply.error is None else msg.TrialError(0, reply.error, False, "")
     if isinstance(reply, msg.Invalid) or (
         isinstance(reply, msg.StartupError) and reply.bench_error
     ):

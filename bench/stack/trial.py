@@ -32,16 +32,18 @@ def stack_id(configs: list[TrialConfig]) -> str:
 
 
 def run_stack(
-    configs: list[TrialConfig], *, sweep: str | None = None, results_dir=None
+    configs: list[TrialConfig], *, sweep: str | None = None, results_dir=None, split: bool = True
 ) -> list[TrialResult]:
     """Train ``configs`` (one stack key) as one stack; one TrialResult per member, in order.
-    Raises ConfigError for configurations that cannot share a stack, before any work."""
+    Raises ConfigError for configurations that cannot share a stack, before any work.
+    ``split=False``: a stack out of memory stays one (its members "oom"), as an OOM
+    probe of the stack's size needs."""
     if not configs or not members_differ_only_per_member(configs):
         raise ConfigError("a stack's configurations must share every setting but lr, "
                           "momentum, weight decay, schedule and seed (bench.stack.group)")  # fmt: skip
     workload, plan, device = prepare(configs[0])
     results = _run_once(configs, workload, plan, device, sweep, results_dir)
-    if len(configs) > 1 and all(r.status == "oom" for r in results):
+    if split and len(configs) > 1 and all(r.status == "oom" for r in results):
         half = len(configs) // 2
         return run_stack(configs[:half], sweep=sweep, results_dir=results_dir) + run_stack(
             configs[half:], sweep=sweep, results_dir=results_dir

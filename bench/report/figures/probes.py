@@ -149,8 +149,8 @@ def _probe_frame(probes: list[ProbeRecord]) -> pd.DataFrame:
     for p in probes:
         if not p.micro_batch_size or p.micro_batch_size <= 0 or p.outcome is None:
             continue
-        if p.kind == "ladder":  # the memory model's points, run after others in one
-            continue  # process: not evidence of what fits in a fresh one
+        if p.kind in ("ladder", "stack"):  # the memory model's points (run after others
+            continue  # in one process), and stacks' sizes: no micro-batch boundary
         precision = p.precision or _config_value(p, "precision")
         cap = p.capacity_bytes
         rows.append(
