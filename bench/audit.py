@@ -99,12 +99,11 @@ def run_config(config: TrialConfig, workloads: dict | None = None) -> RunResult:
     if outcome.status != "ok":  # a diverged run has no end point to compare
         raise BenchError(f"audit: {config.trial_key} ended {outcome.status}: {outcome.error}")
     buffers = [b for b in model.buffers() if b.is_floating_point()]
-    rows = outcome.rows
     return RunResult(
         params=flat(model.parameters()),
         buffers=flat(buffers) if buffers else None,
-        losses=np.array([r["loss"] for r in rows], dtype=float),
-        val_losses=np.array([np.nan if r["val_loss"] is None else r["val_loss"] for r in rows]),
+        losses=np.array(outcome.steps["loss"], dtype=float),
+        val_losses=np.array([np.nan if v is None else v for v in outcome.steps["val_loss"]]),
         layers=describe(model),
     )
 

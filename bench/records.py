@@ -384,15 +384,12 @@ def columns_table(record: Record, data: pd.DataFrame | Mapping[str, Any]) -> pa.
     return pa.Table.from_arrays(arrays, schema=target)
 
 
-def steps_frame(trial_key: str, rows: list[Mapping[str, Any]]) -> pd.DataFrame:
+def steps_frame(trial_key: str, steps) -> pd.DataFrame:
     """One trial's steps table (``StepRecord``'s columns, in order) from its step rows
-    (``bench.train_record``, every row with the same keys), built column by column:
-    a stack turns tens of thousands of rows into tables, 2x faster than from the rows."""
+    (``bench.train_record.StepColumns``)."""
     names = [f.name for f in dataclasses.fields(StepRecord)]
-    keys = list(rows[0]) if rows else []
-    by_key = dict(zip(keys, map(list, zip(*(r.values() for r in rows), strict=True)), strict=True))
-    data = {name: by_key.get(name, [None] * len(rows)) for name in names[1:]}
-    return pd.DataFrame({names[0]: pd.Series([trial_key] * len(rows), dtype="str"), **data})
+    data = {name: steps[name] for name in names[1:]}
+    return pd.DataFrame({names[0]: pd.Series([trial_key] * len(steps), dtype="str"), **data})
 
 
 def trials_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:

@@ -290,7 +290,7 @@ class _Run:
         finally:
             outcome.b_simple = noise.trial_value()  # of the windows flushed: host numbers
             if self.token_unit:
-                outcome.tokens_seen = sum(row["tokens"] for row in outcome.rows)
+                outcome.tokens_seen = sum(outcome.steps["tokens"])
 
     def _stop_at_event(self, step: int) -> bool:
         """Flush, evaluate if due, open the measured window after warm-up; True to stop."""
@@ -304,7 +304,7 @@ class _Run:
                     self.model, self.workload, self.val, self.plan.micro_batch_size,
                     device, self.config.precision,
                 )  # fmt: skip
-                outcome.rows[-1]["val_loss"] = val_loss
+                outcome.steps.set_last("val_loss", val_loss)
                 if self.early_stopping.update(val_loss, self.model, step, outcome):
                     return True
         if step == self.events.warmup_steps and self.on_window_start is not None:

@@ -18,6 +18,46 @@ from bench.train_noise import Pending
 from bench.train_optim import LRSchedule
 from bench.train_windows import WindowPlan
 
+# The steps table's columns but trial_key (bench.records.StepRecord), in its order.
+ROW_COLUMNS = (
+    "epoch", "step", "step_in_epoch", "micro_batches", "samples", "samples_seen",
+    "tokens", "loss", "lr", "grad_norm", "time_s", "val_loss", "b_simple",
+)  # fmt: skip
+
+
+class StepColumns:
+    """A trial's step rows, one per flushed optimizer step, kept as a list per column.
+
+    Columns, not a dict per row: a stack of S members adds each flush's rows to S of
+    these, and their steps tables are made from them; at seed-mlp's size, dict rows
+    and tables made from them cost a third of a stacked step."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list] = {name: [] for name in ROW_COLUMNS}
+
+    def __len__(self) -> int:
+        return len(self.data["step"])
+
+    def __getitem__(self, name: str) -> list:
+        """One column (the list itself: read it, do not grow it)."""
+        return self.data[name]
+
+    def last(self, name: str):
+        return self.data[name][-1]
+
+    def set_last(self, name: str, value) -> None:
+        self.data[name][-1] = value
+
+    def extend(self, columns: dict[str, list]) -> None:
+        """Append rows given as equally long columns, every column named."""
+        for name, column in self.data.items():
+            column.extend(columns[name])
+
+    def rows(self) -> list[dict]:
+        """The rows as dicts, made on each call: for readers, not for a training loop."""
+        values = zip(*self.data.values(), strict=True)
+        return [dict(zip(ROW_COLUMNS, row, strict=True)) for row in values]
+
 
 @dataclass
 class TrainOutcome:
@@ -26,7 +66,7 @@ class TrainOutcome:
     status: str = "ok"  # ok / diverged / failed (time limit)
     error: str | None = None
     stopped_early: bool = False
-    rows: list[dict] = field(default_factory=list)  # one per flushed optimizer step
+    steps: StepColumns = field(default_factory=StepColumns)  # one per flushed optimizer step
     step_seconds: list[float] = field(default_factory=list)  # per step, eval time excluded
     tokens_seen: int | None = None
     best_val_loss: float | None = None
@@ -38,24 +78,29 @@ class TrainOutcome:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def rows(self) -> list[dict]:
+        """The step rows as dicts (``StepColumns.rows``: made on each call)."""
+        return self.steps.rows()
+
+    @property
     def optimizer_steps(self) -> int:
-        return len(self.rows)
+        return len(self.steps)
 
     @property
     def micro_batches(self) -> int:
-        return sum(row["micro_batches"] for row in self.rows)
+        return sum(self.steps["micro_batches"])
 
     @property
     def samples_seen(self) -> int:
-        return self.rows[-1]["samples_seen"] if self.rows else 0
+        return self.steps.last("samples_seen") if self.steps else 0
 
     @property
     def final_loss(self) -> float | None:
-        return self.rows[-1]["loss"] if self.rows else None
+        return self.steps.last("loss") if self.steps else None
 
 
 class StepRecorder:
-    """Keeps each step's device tensors; ``flush`` turns them into ``outcome.rows``."""
+    """Keeps each step's device tensors; ``flush`` turns them into ``outcome.steps``."""
 
     def __init__(
         self,
@@ -115,26 +160,27 @@ class StepRecorder:
         self._scales.clear()
         return ok
 
-    def step_columns(self, seconds: list[float]) -> list[dict]:
+    def step_columns(self, seconds: list[float]) -> dict[str, list]:
         """The columns of the next ``len(seconds)`` step rows that follow from the plan
         and the clock: the same for every member of a stack, so a stack makes them once."""
-        rows = self.outcome.rows
-        step, elapsed = (rows[-1]["step"], rows[-1]["time_s"]) if rows else (0, 0.0)
-        columns = []
+        steps = self.outcome.steps
+        step, elapsed = (steps.last("step"), steps.last("time_s")) if steps else (0, 0.0)
+        per_epoch, windows = self.windows.steps_per_epoch, self.windows.windows
+        columns: dict[str, list] = {
+            name: [] for name in ("epoch", "step", "step_in_epoch", "micro_batches", "samples",
+                                  "samples_seen", "time_s")
+        }  # fmt: skip
         for dt in seconds:
             step += 1
             elapsed += dt
-            epoch, index = divmod(step - 1, self.windows.steps_per_epoch)
-            window = self.windows.windows[index]
-            columns.append({
-                "epoch": epoch + 1,
-                "step": step,
-                "step_in_epoch": index + 1,
-                "micro_batches": window.micro_batches,
-                "samples": window.samples,
-                "samples_seen": self.windows.samples_seen(step),
-                "time_s": elapsed,
-            })  # fmt: skip
+            epoch, index = divmod(step - 1, per_epoch)
+            columns["epoch"].append(epoch + 1)
+            columns["step"].append(step)
+            columns["step_in_epoch"].append(index + 1)
+            columns["micro_batches"].append(windows[index].micro_batches)
+            columns["samples"].append(windows[index].samples)
+            columns["samples_seen"].append(self.windows.samples_seen(step))
+            columns["time_s"].append(elapsed)
         return columns
 
     def add_steps(
@@ -146,39 +192,46 @@ class StepRecorder:
         norms: dict[int, float] | None = None,
         noise: dict[int, float | None] | None = None,
         skipped: list[bool] | None = None,
-        columns: list[dict] | None = None,
+        columns: dict[str, list] | None = None,
         lrs: list[float] | None = None,
     ) -> bool:
         """Rows for the next steps from their host values: each window's loss sum (the
         mean is per unit: the window's samples, or ``tokens``), step seconds, sampled
         gradient norms and noise scales by step, GradScaler's skips; ``columns`` and
         ``lrs`` where the caller has them already (a stack: ``step_columns``, the
-        schedule's lrs). Stops at a non-finite loss: False, the run diverged."""
-        outcome, norms, noise = self.outcome, norms or {}, noise or {}
+        schedule's lrs). Rows end at the first non-finite loss, its own row kept:
+        False, the run diverged."""
+        outcome = self.outcome
         columns = columns or self.step_columns(seconds)
-        for i, (shared, loss_sum, dt) in enumerate(zip(columns, loss_sums, seconds, strict=True)):
-            step = shared["step"]
-            units = tokens[i] if tokens is not None else shared["samples"]
-            # A window of no units (all padding) has no mean: nan, as on the device. The
-            # division is float64 either way, so Python's is the same number as the device's.
-            loss = loss_sum / units if units else math.nan
-            intervals = shared["epoch"] - 1 if self.per_epoch_schedule else step - 1
-            outcome.rows.append({
-                **shared,
-                "tokens": tokens[i] if tokens is not None else None,
-                "loss": loss,
-                "lr": lrs[i] if lrs is not None else self.schedule.lr_at(intervals),
-                "grad_norm": norms.get(step),
-                "val_loss": None,
-                "b_simple": noise.get(step),
-            })  # fmt: skip
-            outcome.step_seconds.append(dt)
-            if skipped is not None:
-                outcome.skipped_steps += skipped[i]
-            if not math.isfinite(loss):
-                outcome.status = "diverged"
-                outcome.error = f"non-finite loss ({loss}) at step {step}"
-                break
+        steps = columns["step"]
+        units = tokens if tokens is not None else columns["samples"]
+        # A window of no units (all padding) has no mean: nan, as on the device. The
+        # division is float64 either way, so Python's is the same number as the device's.
+        losses = [s / n if n else math.nan for s, n in zip(loss_sums, units, strict=True)]
+        bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+        keep = len(losses) if bad is None else bad + 1
+        if lrs is None:
+            epochs = columns["epoch"]
+            lrs = [
+                self.schedule.lr_at(epochs[i] - 1 if self.per_epoch_schedule else steps[i] - 1)
+                for i in range(keep)
+            ]
+        nothing = [None] * keep
+        outcome.steps.extend({
+            **{name: column[:keep] for name, column in columns.items()},
+            "tokens": nothing if tokens is None else tokens[:keep],
+            "loss": losses[:keep],
+            "lr": lrs[:keep],
+            "grad_norm": [norms.get(s) for s in steps[:keep]] if norms else nothing,
+            "val_loss": nothing,
+            "b_simple": [noise.get(s) for s in steps[:keep]] if noise else nothing,
+        })  # fmt: skip
+        outcome.step_seconds.extend(seconds[:keep])
+        if skipped is not None:
+            outcome.skipped_steps += sum(skipped[:keep])
+        if bad is not None:
+            outcome.status = "diverged"
+            outcome.error = f"non-finite loss ({losses[bad]}) at step {steps[bad]}"
         return outcome.status == "ok"
 
     def drop_unfinished_window(self) -> None:

@@ -64,25 +64,25 @@ def _median_iqr(values: list[float]) -> tuple[float | None, float | None]:
 
 def _throughput(outcome: TrainOutcome, plan: Plan) -> dict:
     """Rates over the measured window: steps after the timing warm-up, eval time excluded."""
-    skip = outcome.timing_warmup_steps
-    timed_rows = outcome.rows[skip:]
-    seconds = outcome.step_seconds[skip : len(outcome.rows)]
+    skip, steps = outcome.timing_warmup_steps, outcome.steps
+    timed = len(steps) - min(skip, len(steps))
+    seconds = outcome.step_seconds[skip : len(steps)]
     total = sum(seconds)
     median_s, iqr_s = _median_iqr(seconds)
     out = {
-        "train_time_s": outcome.rows[-1]["time_s"] if outcome.rows else None,
-        "timed_steps": len(timed_rows),
+        "train_time_s": steps.last("time_s") if steps else None,
+        "timed_steps": timed,
         "samples_per_s": None,
         "steps_per_s": None,
         "step_time_ms_median": None if median_s is None else median_s * 1e3,
         "step_time_ms_iqr": None if iqr_s is None else iqr_s * 1e3,
         "timing_noisy": None if (iqr_s is None or not median_s) else bool(iqr_s / median_s >= 0.10),
     }
-    if total > 0 and timed_rows:
-        out["samples_per_s"] = sum(r["samples"] for r in timed_rows) / total
-        out["steps_per_s"] = len(timed_rows) / total
+    if total > 0 and timed:
+        out["samples_per_s"] = sum(steps["samples"][skip:]) / total
+        out["steps_per_s"] = timed / total
         if outcome.tokens_seen is not None:
-            out["tokens_per_s"] = sum(r["tokens"] for r in timed_rows) / total
+            out["tokens_per_s"] = sum(steps["tokens"][skip:]) / total
     return out
 
 
@@ -119,7 +119,7 @@ def run_trial(
         "device": _device_name(device),
         "started_at": started_at,
     }
-    if row["timed_steps"] == 0 and run.outcome.rows:
+    if row["timed_steps"] == 0 and run.outcome.steps:
         notes.append("no steps after the timing warm-up: rates are null")
     fields = run.meter_fields
     notes.extend(fields.pop("notes", []))
@@ -133,7 +133,7 @@ def run_trial(
         row.update(parallel.trial_fields(row))
         row["extra"] = records.extra_json(parallel.extra())
 
-    steps = records.steps_frame(config.trial_key, run.outcome.rows)
+    steps = records.steps_frame(config.trial_key, run.outcome.steps)
     return TrialResult(trial=records.trial_row(**row), steps=steps)
 
 
@@ -270,9 +270,7 @@ def _outcome_fields(run: _Run) -> dict:
         "tokens_seen": outcome.tokens_seen,
         "final_loss": outcome.final_loss,
         "tail_loss": store.tail_loss(
-            [r["loss"] for r in outcome.rows],
-            [r["samples"] for r in outcome.rows],
-            [r["tokens"] for r in outcome.rows],
+            outcome.steps["loss"], outcome.steps["samples"], outcome.steps["tokens"]
         ),
         "best_val_loss": outcome.best_val_loss,
         "restored_val_loss": outcome.restored_val_loss,
@@ -285,15 +283,15 @@ def _energy_per_sample(row: dict, outcome: TrainOutcome, notes: list[str]) -> di
     """energy_j_per_sample, when the energy window held training alone."""
     if row.get("energy_j") is None or not row["samples_per_s"]:
         return {}
-    timed = outcome.rows[outcome.timing_warmup_steps :]
-    evaluations = sum(r["val_loss"] is not None for r in timed)
+    skip = outcome.timing_warmup_steps
+    evaluations = sum(v is not None for v in outcome.steps["val_loss"][skip:])
     if evaluations:  # the energy window is wall time: it holds the evaluations too
         notes.append(
             f"energy_j includes {evaluations} evaluation pass(es); energy_j_per_sample "
             "is left null (eval_every = 0 measures training alone)"
         )
         return {}
-    return {"energy_j_per_sample": row["energy_j"] / sum(r["samples"] for r in timed)}
+    return {"energy_j_per_sample": row["energy_j"] / sum(outcome.steps["samples"][skip:])}
 
 
 def _flops_fields(

@@ -128,7 +128,7 @@ class RankHooks:
         """Each rank's step losses are its share (its loss sum over the window's global
         units): summed over the ranks they are the window's mean. One collective at the
         end, none in the loop."""
-        losses = torch.tensor([row["loss"] for row in outcome.rows], dtype=torch.float64)
+        losses = torch.tensor(outcome.steps["loss"], dtype=torch.float64)
         # The fewest and the most steps any rank recorded, so that every rank takes the
         # same branch (one raising alone would leave the others waiting in a collective).
         counts = torch.tensor([len(losses), -len(losses)], dtype=torch.int64)
@@ -139,8 +139,7 @@ class RankHooks:
         if self.device.type == "cuda":  # NCCL reduces device tensors
             losses = losses.to(self.device)
         dist.all_reduce(losses)
-        for row, loss in zip(outcome.rows, losses.tolist(), strict=True):
-            row["loss"] = loss
+        outcome.steps["loss"][:] = losses.tolist()
 
     def trial_fields(self, row: dict) -> dict:
         """This rank's trials columns (rank 0's become the trial's)."""

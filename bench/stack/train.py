@@ -284,7 +284,8 @@ class _StackRun:
         norm_values = torch.stack(list(norms.values())).T.tolist() if norms else None
         # Every active member has the same rows so far: its columns are the stack's.
         columns = self.members[active[0]].recorder.step_columns(seconds)
-        table = self._schedule_lrs(range(columns[0]["step"], columns[-1]["step"] + 1))
+        steps = columns["step"]
+        table = self._schedule_lrs(range(steps[0], steps[-1] + 1))
         for i in active:
             member_norms = dict(zip(norms, norm_values[i], strict=True)) if norms else None
             if not self.members[i].recorder.add_steps(
@@ -323,6 +324,6 @@ class _StackRun:
         for i, m in enumerate(self.members):
             if not m.active:
                 continue
-            m.outcome.rows[-1]["val_loss"] = values[i]
+            m.outcome.steps.set_last("val_loss", values[i])
             if m.early_stopping.update(values[i], None, step, m.outcome):
                 self._mask(i, lrs)

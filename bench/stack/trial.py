@@ -86,7 +86,7 @@ def _run_once(configs, workload, plan, device, sweep, results_dir) -> list[Trial
         row.update(_flops_columns(per_sample, outcome, device, config, row["samples_per_s"]))
         member_notes = [*notes, *outcome.notes]
         row["notes"] = "; ".join(member_notes) if member_notes else None
-        steps = records.steps_frame(config.trial_key, outcome.rows)
+        steps = records.steps_frame(config.trial_key, outcome.steps)
         results.append(TrialResult(trial=records.trial_row(**row), steps=steps))
     return results
 
