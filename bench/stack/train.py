@@ -5,18 +5,18 @@ Each member is what its solo run (``bench.train``) is: the model built from its 
 data each epoch, the same windows and loss weights (``bench.train_windows``), its own
 LR schedule (``bench.train_optim.lr_factor`` through ``LRSchedule``), optimizer state
 (``bench.stack.optim``), losses, gradient norms, evaluations and step rows (a
-``StepRecorder`` each). The members' parameters are stacked on dim 0
-(``torch.func.stack_module_state``) and the forward is ``vmap`` of ``functional_call``
-over them and over each member's gathered micro-batch; the backward is ordinary
-autograd on the stacked leaves, seeded per member with the window weight, so member
-i's gradient is exactly d(loss_i * w)/d(theta_i).
+``StepRecorder`` each, handed its rows at each flush). The members' parameters are
+stacked on dim 0 (``torch.func.stack_module_state``). A plain MLP classifier trains
+with its gradients written out as batched matrix products (``bench.stack.mlp``); any
+other model runs as ``vmap`` of ``functional_call`` over the members and their gathered
+micro-batches, with autograd on the stacked leaves seeded per member with the window
+weight. Either way member i's gradient is exactly d(loss_i * w)/d(theta_i).
 
 A member whose loss turns non-finite is recorded ``diverged`` at the flush that sees it
 (as its solo run is) and masked: its parameters and optimizer state are zeroed and its
 lr is 0, so nothing non-finite flows through the stack afterwards; the other members'
 arithmetic never mixes with its slice.
 """
-
 from __future__ import annotations
 
 import contextlib
