@@ -7,9 +7,10 @@ tensors and a grad buffer per operation, every micro-batch) costs more than the
 arithmetic, and it chooses the layout of each weight-gradient product from the forward.
 Written out, a seed-mlp step of 64 members takes about half the time
 (docs/benchmarks.md, "Stacked sweeps"). Each member's slice of every product and sum
-is its own, so a member never mixes with another, and the result equals autograd's
-to rounding (fp64: 1e-10 relative per step against the member's solo run,
-tests/test_stack.py).
+is its own, so a member never mixes with another. The loss gradient goes through the
+very ops autograd runs for cross-entropy; the products' rounding may differ from the
+solo run's matrix products (fp64: 1e-10 relative per step against the member's solo
+run, tests/test_stack.py; fp32: docs/commands/stack.md).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class StackedMLP:
 
     def __init__(self, linear_names: list[str]) -> None:
         self.names = [(f"{n}.weight", f"{n}.bias") for n in linear_names]
-        self._minus_one: dict[tuple, torch.Tensor] = {}
+        self._minus_w: dict[tuple, torch.Tensor] = {}
 
     def forward(self, params: dict, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The logits (S, b, classes) of inputs x (S, b, in), and each linear layer's input."""
@@ -68,11 +69,14 @@ class StackedMLP:
         logits, inputs = self.forward(params, x)
         log_p = torch.log_softmax(logits, -1)
         loss_sums = _nll_sums(log_p, y)
-        # d(weight * sum_j -log_softmax(z_j)[y_j]) / dz = weight * (softmax(z) - onehot(y))
-        grad = log_p.exp_()
+        # d(weight * sum_j -log_softmax(z_j)[y_j]) / dz through the ops autograd runs for
+        # F.cross_entropy (nll_loss's, then log_softmax's backward): the logits' gradient
+        # is the solo run's to the bit. softmax(z) - onehot(y) is the same number to
+        # rounding, but its ulps sent teacher-mlp's lr = 0.384 member (fp32) 2e-2 away
+        # from its solo curve within 256 steps, where these stay within 3.2e-7.
         target = y.unsqueeze(-1)
-        grad.scatter_add_(-1, target, self._minus_ones(target.shape, grad))
-        grad.mul_(weight)
+        grad = torch.zeros_like(log_p).scatter_(-1, target, self._minus(target.shape, weight))
+        grad = torch.ops.aten._log_softmax_backward_data(grad, log_p, -1, log_p.dtype)
         for i in range(len(self.names) - 1, -1, -1):
             weight_name, bias_name = self.names[i]
             a, w = inputs[i], params[weight_name]
@@ -82,12 +86,14 @@ class StackedMLP:
                 grad = torch.ops.aten.threshold_backward(torch.bmm(grad, w), a, 0)
         return loss_sums
 
-    def _minus_ones(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """-1s of ``shape``, made once per shape (a short micro-batch has its own)."""
-        key = (tuple(shape), like.dtype, like.device)
-        if key not in self._minus_one:
-            self._minus_one[key] = torch.full(shape, -1.0, dtype=like.dtype, device=like.device)
-        return self._minus_one[key]
+    def _minus(self, shape: torch.Size, weight: torch.Tensor) -> torch.Tensor:
+        """-weight in ``shape`` (nll_loss's gradient at each target), made once per
+        shape and weight tensor (a short micro-batch has its own; the window weights
+        live as long as the run, in its WindowPlan)."""
+        key = (tuple(shape), weight.data_ptr())
+        if key not in self._minus_w:
+            self._minus_w[key] = (-weight).expand(shape).contiguous()
+        return self._minus_w[key]
 
 
 def _nll_sums(log_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

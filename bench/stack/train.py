@@ -17,6 +17,7 @@ A member whose loss turns non-finite is recorded ``diverged`` at the flush that 
 lr is 0, so nothing non-finite flows through the stack afterwards; the other members'
 arithmetic never mixes with its slice.
 """
+
 from __future__ import annotations
 
 import contextlib
