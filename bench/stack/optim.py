@@ -4,8 +4,11 @@ Each member has its own lr, momentum and weight decay (0-d values gathered into 
 tensors) and its own state; the arithmetic is ``torch.optim``'s single-tensor CPU path
 (torch/optim/sgd.py ``_single_tensor_sgd``, adam.py ``_single_tensor_adam`` with
 decoupled weight decay), with the per-member hyperparameters broadcast along dim 0.
-Equal to ``torch.optim`` to ~1e-16 relative in fp64 per update (tests/test_stack_optim.py):
-torch's ``add_(x, alpha=-lr)`` may fuse the multiply-add where a tensor lr cannot.
+Equal to ``torch.optim`` to ~1e-16 relative in fp64 per update (tests/test_stack_optim.py).
+SGD's update is ``p.addcmul_(-lr, grad)``: one multiply-add in place, as torch's
+``p.add_(grad, alpha=-lr)`` (teacher-mlp's first fp32 SGD step then equals the solo
+run's to the bit on the 2-core EPYC; ``p.sub_(lr * grad)`` rounds the product first).
+AdamW keeps torch's arithmetic with per-member step sizes.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class StackedSGD:
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> None:
         """One update with per-member learning rates ``lr`` (S,)."""
+        step = -lr  # p += (-lr) * grad in place: no parameter-sized temporary a step
         for i, p in enumerate(self.params):
             grad = p.grad
             if self.any_decay:
@@ -56,7 +60,7 @@ class StackedSGD:
                 else:
                     buf.mul_(self.momentum[i]).add_(grad)
                 grad = grad + self.momentum[i] * buf if self.nesterov else buf
-            p.sub_(per_member(lr, p) * grad)
+            p.addcmul_(per_member(step, p), grad)
 
     def reset_member(self, member: int) -> None:
         """Zero a masked member's state (its parameters are zeroed by the caller)."""
