@@ -78,6 +78,20 @@ def test_members_equal_their_solo_runs_fp64(case):
     assert len({r.trial["stack_id"] for r in results}) == 1
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_members_on_cuda_equal_their_solo_runs_fp64(case):
+    # The same stack on the GPU: batched cuBLAS products against the solo run's.
+    configs = _configs(case, device="cuda")
+    results = run_stack(configs)
+    for config, result in zip(configs, results, strict=True):
+        solo = run_trial(config)
+        assert result.status == solo.status == "ok"
+        _assert_close(result.steps, solo.steps, rel=1e-10)
+        assert result.trial["device"] == solo.trial["device"] != "cpu"
+        assert result.trial["peak_allocated_bytes"] > 0  # the stack's own peak
+
+
 def test_fp32_members_within_the_stated_bound():
     # docs/commands/stack.md states the bound: 1e-5 relative per step over 15 steps.
     configs = _configs("sgd", precision="fp32")
