@@ -92,8 +92,10 @@ class StackedAdamW:
             p.mul_(per_member(decay, p))
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-            p.sub_(per_member(step_size, p) * (exp_avg / denom))
+            # One parameter-sized temporary, not four: a stack's peak holds it S times.
+            update = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(ADAM_EPS)
+            torch.div(exp_avg, update, out=update)
+            p.addcmul_(per_member(-step_size, p), update)
 
     def reset_member(self, member: int) -> None:
         for state in (*self.exp_avg, *self.exp_avg_sq):
