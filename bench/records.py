@@ -177,9 +177,7 @@ class ProbeRecord:
     # identity
     probe_key: str  # hash of probe config + capacity + device: what reuse matches on
     search_key: str | None = None  # the same without b and k: one search's probes
-    kind: str | None = (
-        None  # "boundary" (N steps at k=1), "throughput" (k = B / b), "ladder", "stack"
-    )
+    kind: str | None = None  # "boundary" (k=1), "throughput" (k = B / b), "ladder", "stack"
     trial_key: str | None = None
     workload: str | None = None
     precision: str | None = None

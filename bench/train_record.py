@@ -8,21 +8,30 @@ from the plan and is made at flush time, off the step clock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from bench.meters.clock import StepClock
+from bench.records import StepRecord
 from bench.train_noise import Pending
 from bench.train_optim import LRSchedule
 from bench.train_windows import WindowPlan
 
-# The steps table's columns but trial_key (bench.records.StepRecord), in its order.
-ROW_COLUMNS = (
-    "epoch", "step", "step_in_epoch", "micro_batches", "samples", "samples_seen",
-    "tokens", "loss", "lr", "grad_norm", "time_s", "val_loss", "b_simple",
-)  # fmt: skip
+# The steps table's columns but trial_key, in its order.
+ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(StepRecord))[1:]
+# Those that follow from the plan and the clock alone (StepRecorder.step_columns).
+PLAN_COLUMNS = (
+    "epoch",
+    "step",
+    "step_in_epoch",
+    "micro_batches",
+    "samples",
+    "samples_seen",
+    "time_s",
+)
 
 
 class StepColumns:
@@ -166,10 +175,7 @@ class StepRecorder:
         steps = self.outcome.steps
         step, elapsed = (steps.last("step"), steps.last("time_s")) if steps else (0, 0.0)
         per_epoch, windows = self.windows.steps_per_epoch, self.windows.windows
-        columns: dict[str, list] = {
-            name: [] for name in ("epoch", "step", "step_in_epoch", "micro_batches", "samples",
-                                  "samples_seen", "time_s")
-        }  # fmt: skip
+        columns: dict[str, list] = {name: [] for name in PLAN_COLUMNS}
         for dt in seconds:
             step += 1
             elapsed += dt

@@ -65,7 +65,7 @@ def _median_iqr(values: list[float]) -> tuple[float | None, float | None]:
 def _throughput(outcome: TrainOutcome, plan: Plan) -> dict:
     """Rates over the measured window: steps after the timing warm-up, eval time excluded."""
     skip, steps = outcome.timing_warmup_steps, outcome.steps
-    timed = len(steps) - min(skip, len(steps))
+    timed = max(0, len(steps) - skip)
     seconds = outcome.step_seconds[skip : len(steps)]
     total = sum(seconds)
     median_s, iqr_s = _median_iqr(seconds)

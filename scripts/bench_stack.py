@@ -127,7 +127,8 @@ def in_process(args: argparse.Namespace) -> None:
                             lr=LRS[i % 8], seed=i // 8)
                 for i in range(size)
             ]  # fmt: skip
-            run_stack(configs[:2]), run_trial(configs[0])  # warm: first calls load code
+            run_stack(configs[:2])  # warm: first calls load code
+            run_trial(configs[0])
             stacked, solo = [], []
             for _ in range(args.repeats):  # interleaved
                 t0 = time.perf_counter()

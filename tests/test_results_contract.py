@@ -10,7 +10,6 @@ and a ``bench oom`` probes file are written by the real commands, then read with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import io
 import json
@@ -240,10 +239,3 @@ def test_an_unreported_trial_has_the_finished_trials_schema(tmp_path):
 def test_extra_is_one_json_object():
     assert records.extra_json({}) is None
     assert json.loads(records.extra_json({"traceback": "x", "n": 2})) == {"n": 2, "traceback": "x"}
-
-
-def test_the_loops_step_columns_are_the_steps_tables():
-    from bench.train_record import ROW_COLUMNS
-
-    names = [f.name for f in dataclasses.fields(records.StepRecord)]
-    assert names[0] == "trial_key" and list(ROW_COLUMNS) == names[1:]

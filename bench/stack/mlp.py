@@ -120,7 +120,7 @@ def _nll_sums(log_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _bias_grad(grad: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    return torch.sum(grad, 1, out=out) if out is not None else grad.sum(1)
+    return torch.sum(grad, 1, out=out)
 
 
 def _weight_grad(grad: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
