@@ -61,7 +61,13 @@ def _assert_close(stacked, solo, *, rel: float) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_members_equal_their_solo_runs_fp64(case):
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_members_equal_their_solo_runs_fp64(case, chunk, monkeypatch):
+    # chunk: micro-batches gathered at once (None: the default, the whole epoch here);
+    # with 5, each epoch's 19 gather as 5 + 5 + 5 + 4, across the windows of 4, the
+    # short micro-batch in the last.
+    if chunk is not None:
+        monkeypatch.setattr("bench.stack.train._chunk_micro_batches", lambda *_: chunk)
     configs = _configs(case)
     results = run_stack(configs)
     for config, result in zip(configs, results, strict=True):
@@ -113,19 +119,20 @@ def test_members_with_normalisation_equal_their_solo_runs_fp64(norm):
 @pytest.mark.parametrize("sizes", [[10, 50, 2], [7, 16, 16, 5], [40, 3, 9]])
 def test_written_out_mlp_gradients_equal_autograd(sizes):
     # Both weight-gradient layouts (in <= out and in > out), one and two hidden layers,
-    # and a second micro-batch added to the first's gradients.
+    # a second micro-batch added to the first's gradients, and a window's first
+    # micro-batch writing over the last window's.
     torch.manual_seed(0)
     models = [mlp(sizes).double() for _ in range(3)]
     params, _ = stack_module_state(models)
     mine = {name: p.detach().clone() for name, p in params.items()}
-    stacked = stacked_mlp(models[0], ClassificationWorkload("t", (), (), lambda: None))
+    stacked = stacked_mlp(models[0], ClassificationWorkload("t", (), (), lambda: None), mine)
     weight = torch.tensor(0.125, dtype=torch.float64)
     batches = [
         (torch.randn(3, b, sizes[0], dtype=torch.float64), torch.randint(0, sizes[-1], (3, b)))
         for b in (8, 5)
     ]
-    for x, y in batches:
-        sums = stacked.train_step(mine, (x, y), weight)
+    for first, (x, y) in zip((True, False), batches, strict=True):
+        sums = stacked.train_step((x, y), weight, first)
         for i, model in enumerate(models):
             loss = F.cross_entropy(model(x[i]), y[i], reduction="sum")
             assert sums[i].item() == pytest.approx(loss.item(), rel=1e-14)
@@ -133,6 +140,15 @@ def test_written_out_mlp_gradients_equal_autograd(sizes):
     for name, p in mine.items():
         expected = torch.stack([dict(m.named_parameters())[name].grad for m in models])
         torch.testing.assert_close(p.grad, expected, rtol=1e-13, atol=1e-15)
+    (x, y), before = batches[1], {name: p.grad.clone() for name, p in mine.items()}
+    stacked.train_step((x, y), weight, True)  # the next window: the second batch alone
+    for i, model in enumerate(models):
+        model.zero_grad()
+        (F.cross_entropy(model(x[i]), y[i], reduction="sum") * weight).backward()
+    for name, p in mine.items():
+        expected = torch.stack([dict(m.named_parameters())[name].grad for m in models])
+        torch.testing.assert_close(p.grad, expected, rtol=1e-13, atol=1e-15)
+        assert not torch.allclose(p.grad, before[name])
 
 
 def test_a_diverging_member_is_masked_and_the_others_are_untouched():

@@ -21,9 +21,10 @@ from torch import nn
 from bench.workloads.base import ClassificationWorkload, Workload
 
 
-def stacked_mlp(model: nn.Module, workload: Workload) -> StackedMLP | None:
+def stacked_mlp(model: nn.Module, workload: Workload, params: dict) -> StackedMLP | None:
     """The written-out form for a plain MLP classifier (``nn.Sequential`` of Linear and
-    ReLU, the workload's loss ``ClassificationWorkload.loss_sum``); None otherwise."""
+    ReLU, the workload's loss ``ClassificationWorkload.loss_sum``) over the stacked
+    ``params``; None otherwise."""
     plain_loss = type(workload).loss_sum is ClassificationWorkload.loss_sum
     layers = list(model) if isinstance(model, nn.Sequential) else []
     kinds = [type(m) for m in layers]
@@ -32,46 +33,55 @@ def stacked_mlp(model: nn.Module, workload: Workload) -> StackedMLP | None:
     # Linear, ReLU, Linear, ReLU, ..., Linear: ReLU exactly between linear layers.
     if kinds[0::2] != [nn.Linear] * len(kinds[0::2]) or set(kinds[1::2]) - {nn.ReLU}:
         return None
-    return StackedMLP([f"{i}" for i in range(0, len(layers), 2)])
+    return StackedMLP([f"{i}" for i in range(0, len(layers), 2)], params)
 
 
 class StackedMLP:
-    """Loss sums and gradients of a stack of MLPs; parameters are the dict of
-    ``torch.func.stack_module_state`` (weights (S, out, in), biases (S, out))."""
+    """Loss sums and gradients of a stack of MLPs; ``params`` is the dict of
+    ``torch.func.stack_module_state`` (weights (S, out, in), biases (S, out)).
 
-    def __init__(self, linear_names: list[str]) -> None:
-        self.names = [(f"{n}.weight", f"{n}.bias") for n in linear_names]
+    Each parameter's ``.grad`` is a buffer of its own, set here once and written in
+    place step after step: a fresh one a step meant glibc freeing and faulting in
+    megabytes of pages every step (a process training three teacher-mlp stacks of 32
+    for 4 epochs: 1.36 M page faults, 4.6 s against 3.3 s with glibc told to keep its
+    pages). A weight's buffer has the layout its product is fast in (``_narrow``)."""
+
+    def __init__(self, linear_names: list[str], params: dict) -> None:
+        self.layers = [(params[f"{n}.weight"], params[f"{n}.bias"]) for n in linear_names]
+        for weight, bias in self.layers:
+            if _narrow(weight):
+                buffer = weight.new_empty(weight.shape[0], weight.shape[2], weight.shape[1])
+                weight.grad = buffer.transpose(1, 2)
+            else:
+                weight.grad = torch.empty_like(weight)
+            bias.grad = torch.empty_like(bias)
         self._minus_w: dict[tuple, torch.Tensor] = {}
-        # Each parameter's gradient buffer, written in place step after step: a fresh
-        # one a step meant glibc freeing and faulting in megabytes of pages every step
-        # (a process training three teacher-mlp stacks of 32 for 4 epochs: 1.36 M page
-        # faults, 4.6 s against 3.3 s with glibc told to keep its pages).
-        self._grads: dict[int, torch.Tensor] = {}
 
-    def forward(self, params: dict, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The logits (S, b, classes) of inputs x (S, b, in), and each linear layer's input."""
         inputs = []
-        for i, (weight, bias) in enumerate(self.names):
-            if i:
-                x = torch.relu(x)
+        for i, (weight, bias) in enumerate(self.layers):
+            if i:  # in place: the product's output is this function's own
+                x = torch.relu_(x)
             inputs.append(x)
             # x (S, b, in) @ weight (S, out, in)^T + bias (S, 1, out)
-            x = torch.baddbmm(params[bias].unsqueeze(1), x, params[weight].transpose(1, 2))
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
         return x, inputs
 
     @torch.no_grad()
-    def loss_sums(self, params: dict, batch: tuple) -> torch.Tensor:
+    def loss_sums(self, batch: tuple) -> torch.Tensor:
         """Each member's summed cross-entropy (S,) on its micro-batch, without gradients."""
         x, y = batch
-        logits, _ = self.forward(params, x)
+        logits, _ = self.forward(x)
         return _nll_sums(torch.log_softmax(logits, -1), y)
 
     @torch.no_grad()
-    def train_step(self, params: dict, batch: tuple, weight: torch.Tensor) -> torch.Tensor:
-        """Each member's summed loss (S,) on its micro-batch; adds the gradient of
-        ``weight * loss_sum`` to every parameter's ``.grad`` (member i's to slice i)."""
+    def train_step(self, batch: tuple, weight: torch.Tensor, first: bool) -> torch.Tensor:
+        """Each member's summed loss (S,) on its micro-batch; writes the gradient of
+        ``weight * loss_sum`` into every parameter's ``.grad`` (member i's to slice i),
+        or adds it there unless this is the ``first`` micro-batch of a window."""
         x, y = batch
-        logits, inputs = self.forward(params, x)
+        logits, inputs = self.forward(x)
         log_p = torch.log_softmax(logits, -1)
         loss_sums = _nll_sums(log_p, y)
         # d(weight * sum_j -log_softmax(z_j)[y_j]) / dz through the ops autograd runs for
@@ -82,28 +92,17 @@ class StackedMLP:
         target = y.unsqueeze(-1)
         grad = torch.zeros_like(log_p).scatter_(-1, target, self._minus(target.shape, weight))
         grad = torch.ops.aten._log_softmax_backward_data(grad, log_p, -1, log_p.dtype)
-        for i in range(len(self.names) - 1, -1, -1):
-            weight_name, bias_name = self.names[i]
-            a, w = inputs[i], params[weight_name]
-            self._accumulate(params[weight_name], _weight_grad, grad, a)
-            self._accumulate(params[bias_name], _bias_grad, grad)
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, bias = self.layers[i]
+            a = inputs[i]
+            _weight_grad(grad, a, w.grad, first)
+            if first:
+                torch.sum(grad, 1, out=bias.grad)
+            else:
+                bias.grad.add_(grad.sum(1))
             if i:  # back through the linear layer, then the ReLU before it
                 grad = torch.ops.aten.threshold_backward(torch.bmm(grad, w), a, 0)
         return loss_sums
-
-    def _accumulate(self, param: torch.Tensor, gradient, *args: torch.Tensor) -> None:
-        """Add ``gradient(*args, out)`` to ``param.grad``; the first micro-batch of a
-        window (the loop sets ``.grad`` to None after each step) writes into the
-        parameter's buffer."""
-        if param.grad is not None:
-            param.grad.add_(gradient(*args, None))
-            return
-        key = id(param)
-        if key not in self._grads:
-            self._grads[key] = gradient(*args, None)
-        else:
-            gradient(*args, self._grads[key])
-        param.grad = self._grads[key]
 
     def _minus(self, shape: torch.Size, weight: torch.Tensor) -> torch.Tensor:
         """-weight in ``shape`` (nll_loss's gradient at each target), made once per
@@ -119,19 +118,25 @@ def _nll_sums(log_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return log_p.gather(-1, y.unsqueeze(-1)).sum((1, 2)).neg()
 
 
-def _bias_grad(grad: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    return torch.sum(grad, 1, out=out)
+def _narrow(weight: torch.Tensor) -> bool:
+    """Few inputs feed many outputs: the weight-gradient product in the parameter's
+    layout is narrow, which the CPU's batched GEMM runs slowly (seed-mlp's first layer,
+    10 -> 50: 84 us against 31 us at S = 32), so its transpose is computed instead."""
+    return 4 * weight.shape[-1] < weight.shape[-2]
 
 
-def _weight_grad(grad: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """grad^T @ a (S, out, in), summed over the micro-batch (into ``out``, a buffer of
-    this function's result, when given): in the parameter's layout, so the optimizer's
-    elementwise ops read it in order (on a transposed gradient they took 3-4x longer:
-    379 against 95 us for teacher-mlp's 128 x 128 weights at S = 32). Where few inputs
-    feed many outputs, that product is narrow, which the CPU's batched GEMM runs slowly
-    (seed-mlp's first layer, 10 -> 50: 84 us against 31 us at S = 32), and its
-    transpose (S, in, out) is computed and viewed back instead."""
-    if 4 * a.shape[-1] < grad.shape[-1]:
-        target = None if out is None else out.transpose(1, 2)
-        return torch.bmm(a.transpose(1, 2), grad, out=target).transpose(1, 2)
-    return torch.bmm(grad.transpose(1, 2), a, out=out)
+def _weight_grad(grad: torch.Tensor, a: torch.Tensor, dst: torch.Tensor, first: bool) -> None:
+    """grad^T @ a (S, out, in), summed over the micro-batch, written into ``dst`` (the
+    weight's ``.grad``), or added to it unless ``first``. In the parameter's layout, so
+    the optimizer's elementwise ops read it in order (on a transposed gradient they took
+    3-4x longer: 379 against 95 us for teacher-mlp's 128 x 128 weights at S = 32), but
+    for a narrow product (``_narrow``: ``dst`` is then a transposed buffer)."""
+    if dst.stride(-1) != 1:  # narrow: dst.transpose(1, 2) is the contiguous buffer
+        if first:
+            torch.bmm(a.transpose(1, 2), grad, out=dst.transpose(1, 2))
+        else:
+            dst.transpose(1, 2).add_(torch.bmm(a.transpose(1, 2), grad))
+    elif first:
+        torch.bmm(grad.transpose(1, 2), a, out=dst)
+    else:
+        dst.add_(torch.bmm(grad.transpose(1, 2), a))
