@@ -105,6 +105,21 @@ def test_fp32_members_within_the_stated_bound():
         _assert_close(result.steps, run_trial(config).steps, rel=1e-5)
 
 
+def test_seed_mlp_members_equal_their_solo_runs_fp64_with_drop_last(monkeypatch):
+    # seed-mlp's first layer (10 -> 50) is narrow: its gradient buffer is transposed
+    # (bench.stack.mlp._narrow). drop_last: 18 full micro-batches an epoch, in windows
+    # of 4 + 4 + 4 + 4 + 2, gathered 5 at a time.
+    monkeypatch.setattr("bench.stack.train._chunk_micro_batches", lambda *_: 5)
+    configs = _configs("sgd", workload="seed-mlp", workload_options={"val_samples": 64},
+                       drop_last=True)  # fmt: skip
+    for config, result in zip(configs, run_stack(configs), strict=True):
+        solo = run_trial(config)
+        assert result.status == solo.status == "ok"
+        assert len(result.steps) == len(solo.steps) == 15
+        assert result.steps["samples"].sum() == 3 * 18 * 16
+        _assert_close(result.steps, solo.steps, rel=1e-10)
+
+
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_members_with_normalisation_equal_their_solo_runs_fp64(norm):
     # Not a plain MLP: vmap of functional_call and autograd train the stack, and each

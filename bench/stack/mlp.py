@@ -50,11 +50,11 @@ class StackedMLP:
         self.layers = [(params[f"{n}.weight"], params[f"{n}.bias"]) for n in linear_names]
         for weight, bias in self.layers:
             if _narrow(weight):
-                buffer = weight.new_empty(weight.shape[0], weight.shape[2], weight.shape[1])
+                buffer = weight.new_zeros(weight.shape[0], weight.shape[2], weight.shape[1])
                 weight.grad = buffer.transpose(1, 2)
             else:
-                weight.grad = torch.empty_like(weight)
-            bias.grad = torch.empty_like(bias)
+                weight.grad = torch.zeros_like(weight)
+            bias.grad = torch.zeros_like(bias)
         self._minus_w: dict[tuple, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

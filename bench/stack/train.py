@@ -218,11 +218,15 @@ class _StackRun:
                 for t in self.train_data
             ]
             if end - begin == len(chunk) * self.plan.micro_batch_size:  # no short one
-                views = [p.unflatten(1, (len(chunk), -1)).unbind(1) for p in parts]
-                yield from zip(*views, strict=True)
-                continue
-            for start, stop in chunk:
-                yield tuple(p[:, start - begin : stop - begin] for p in parts)
+                micro_batches = zip(
+                    *[p.unflatten(1, (len(chunk), -1)).unbind(1) for p in parts], strict=True
+                )
+            else:
+                micro_batches = (
+                    tuple(p[:, a - begin : z - begin] for p in parts) for a, z in chunk
+                )
+            yield from micro_batches
+            del parts, micro_batches  # the next gather must not hold this chunk's rows too
 
     def loop(self) -> None:
         plan, clock, members = self.plan, self.clock, self.members
