@@ -96,10 +96,7 @@ class StackedMLP:
             w, bias = self.layers[i]
             a = inputs[i]
             _weight_grad(grad, a, w.grad, first)
-            if first:
-                torch.sum(grad, 1, out=bias.grad)
-            else:
-                bias.grad.add_(grad.sum(1))
+            _into(bias.grad, first, torch.sum, grad, 1)
             if i:  # back through the linear layer, then the ReLU before it
                 grad = torch.ops.aten.threshold_backward(torch.bmm(grad, w), a, 0)
         return loss_sums
@@ -126,17 +123,21 @@ def _narrow(weight: torch.Tensor) -> bool:
 
 
 def _weight_grad(grad: torch.Tensor, a: torch.Tensor, dst: torch.Tensor, first: bool) -> None:
-    """grad^T @ a (S, out, in), summed over the micro-batch, written into ``dst`` (the
-    weight's ``.grad``), or added to it unless ``first``. In the parameter's layout, so
-    the optimizer's elementwise ops read it in order (on a transposed gradient they took
-    3-4x longer: 379 against 95 us for teacher-mlp's 128 x 128 weights at S = 32), but
-    for a narrow product (``_narrow``: ``dst`` is then a transposed buffer)."""
+    """grad^T @ a (S, out, in), summed over the micro-batch, into ``dst`` (the weight's
+    ``.grad``, ``_into``). In the parameter's layout, so the optimizer's elementwise ops
+    read it in order (on a transposed gradient they took 3-4x longer: 379 against 95 us
+    for teacher-mlp's 128 x 128 weights at S = 32), but for a narrow product
+    (``_narrow``: ``dst`` is then a transposed buffer, and a^T @ grad fills its transpose)."""
     if dst.stride(-1) != 1:  # narrow: dst.transpose(1, 2) is the contiguous buffer
-        if first:
-            torch.bmm(a.transpose(1, 2), grad, out=dst.transpose(1, 2))
-        else:
-            dst.transpose(1, 2).add_(torch.bmm(a.transpose(1, 2), grad))
-    elif first:
-        torch.bmm(grad.transpose(1, 2), a, out=dst)
+        _into(dst.transpose(1, 2), first, torch.bmm, a.transpose(1, 2), grad)
     else:
-        dst.add_(torch.bmm(grad.transpose(1, 2), a))
+        _into(dst, first, torch.bmm, grad.transpose(1, 2), a)
+
+
+def _into(dst: torch.Tensor, first: bool, op, *args) -> None:
+    """``op(*args)`` written into ``dst`` on a window's first micro-batch (``out=``: no
+    temporary), added to it on the others."""
+    if first:
+        op(*args, out=dst)
+    else:
+        dst.add_(op(*args))

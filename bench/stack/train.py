@@ -223,7 +223,8 @@ class _StackRun:
                 )
             else:
                 micro_batches = (
-                    tuple(p[:, a - begin : z - begin] for p in parts) for a, z in chunk
+                    tuple(p[:, start - begin : stop - begin] for p in parts)
+                    for start, stop in chunk
                 )
             yield from micro_batches
             del parts, micro_batches  # the next gather must not hold this chunk's rows too
